@@ -1,0 +1,285 @@
+"""LLaMA family (LLaMA 2/3, Mistral, SmolLM2) as HF LlamaForCausalLM / MistralForCausalLM.
+
+Parameter paths follow HF module names: model/embed_tokens, model/layers_{i}/self_attn/q_proj,
+model/layers_{i}/mlp/gate_proj, model/norm, lm_head. Kernels are [in, out].
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Any, Optional
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+
+from gmem.models.common import hf_dict, require, to_dtype
+from gmem.nn.attention import (KVCache, advance_valid, constrain, dot_product_attention,
+                               make_mask, update_layer_cache)
+from gmem.nn.embeddings import Embed
+from gmem.nn.norms import RMSNorm
+from gmem.nn.projection import Projection
+from gmem.nn.rope import apply_rope, inverse_frequencies, rope_cos_sin
+
+
+@dataclasses.dataclass(frozen=True)
+class LlamaConfig:
+    """Hyper-parameters of a LLaMA-family decoder.
+
+    Args:
+      rope_scaling: None, or a tuple of (key, value) pairs as in HF's rope dict
+        (rope_type 'linear' or 'llama3'); a tuple keeps the dataclass hashable for jit.
+      sliding_window: Mistral's window (a token sees itself and window-1 before it); None = full.
+      dtype: compute dtype name; parameters stay float32.
+      remat: rematerialise each decoder layer in the backward pass.
+    """
+
+    vocab_size: int = 32000
+    hidden_size: int = 4096
+    intermediate_size: int = 11008
+    num_hidden_layers: int = 32
+    num_attention_heads: int = 32
+    num_key_value_heads: int = 32
+    head_dim: Optional[int] = None
+    rms_norm_eps: float = 1e-6
+    rope_theta: float = 10000.0
+    rope_scaling: Optional[tuple] = None
+    max_position_embeddings: int = 4096
+    tie_word_embeddings: bool = False
+    sliding_window: Optional[int] = None
+    attention_bias: bool = False
+    mlp_bias: bool = False
+    bos_token_id: Optional[int] = 1
+    eos_token_id: Any = 2
+    pad_token_id: Optional[int] = None
+    model_type: str = "llama"
+    dtype: str = "float32"
+    remat: bool = False
+
+    @property
+    def head_size(self) -> int:
+        return self.head_dim or self.hidden_size // self.num_attention_heads
+
+    @property
+    def rope_dict(self) -> dict | None:
+        return dict(self.rope_scaling) if self.rope_scaling else None
+
+    @classmethod
+    def from_hf(cls, hf_config: Any, **overrides) -> "LlamaConfig":
+        """From a transformers LlamaConfig/MistralConfig or its config.json dict (v4 or v5)."""
+        d = hf_dict(hf_config)
+        where = "config.json"
+        rope = d.get("rope_parameters") or d.get("rope_scaling") or {}
+        theta = rope.get("rope_theta", d.get("rope_theta", 10000.0))
+        kind = rope.get("rope_type", rope.get("type", "default"))
+        scaling = None
+        if kind not in (None, "default"):
+            keep = {k: v for k, v in rope.items() if k != "rope_theta" and v is not None}
+            keep["rope_type"] = kind
+            keep.pop("type", None)
+            scaling = tuple(sorted(keep.items()))
+        heads = require(d, "num_attention_heads", where)
+        window = d.get("sliding_window") if d.get("use_sliding_window", True) else None
+        kwargs = dict(
+            vocab_size=require(d, "vocab_size", where),
+            hidden_size=require(d, "hidden_size", where),
+            intermediate_size=require(d, "intermediate_size", where),
+            num_hidden_layers=require(d, "num_hidden_layers", where),
+            num_attention_heads=heads,
+            num_key_value_heads=d.get("num_key_value_heads") or heads,
+            head_dim=d.get("head_dim"),
+            rms_norm_eps=d.get("rms_norm_eps", 1e-6),
+            rope_theta=float(theta),
+            rope_scaling=scaling,
+            max_position_embeddings=d.get("max_position_embeddings", 4096),
+            tie_word_embeddings=bool(d.get("tie_word_embeddings", False)),
+            sliding_window=window,
+            attention_bias=bool(d.get("attention_bias", False)),
+            mlp_bias=bool(d.get("mlp_bias", False)),
+            bos_token_id=d.get("bos_token_id"),
+            eos_token_id=d.get("eos_token_id"),
+            pad_token_id=d.get("pad_token_id"),
+            model_type=d.get("model_type", "llama"),
+        )
+        kwargs.update(overrides)
+        return cls(**kwargs)
+
+    def to_hf(self) -> dict:
+        """A config.json dict that transformers' AutoConfig reads (v5 rope_parameters form)."""
+        rope = {"rope_type": "default", "rope_theta": self.rope_theta}
+        if self.rope_scaling:
+            rope = dict(self.rope_scaling, rope_theta=self.rope_theta)
+        arch = "MistralForCausalLM" if self.model_type == "mistral" else "LlamaForCausalLM"
+        d = {
+            "architectures": [arch], "model_type": self.model_type,
+            "vocab_size": self.vocab_size, "hidden_size": self.hidden_size,
+            "intermediate_size": self.intermediate_size,
+            "num_hidden_layers": self.num_hidden_layers,
+            "num_attention_heads": self.num_attention_heads,
+            "num_key_value_heads": self.num_key_value_heads, "head_dim": self.head_size,
+            "rms_norm_eps": self.rms_norm_eps, "rope_parameters": rope,
+            "rope_theta": self.rope_theta,
+            "max_position_embeddings": self.max_position_embeddings,
+            "tie_word_embeddings": self.tie_word_embeddings,
+            "attention_bias": self.attention_bias, "hidden_act": "silu",
+            "bos_token_id": self.bos_token_id, "eos_token_id": self.eos_token_id,
+            "pad_token_id": self.pad_token_id, "torch_dtype": "float32",
+        }
+        if self.model_type == "llama":
+            d["mlp_bias"] = self.mlp_bias
+        else:
+            d["sliding_window"] = self.sliding_window
+        if self.rope_scaling:
+            d["rope_scaling"] = dict(self.rope_scaling)
+        return d
+
+
+class LlamaAttention(nn.Module):
+    config: LlamaConfig
+
+    @nn.compact
+    def __call__(self, x_BLD, cos, sin, mask_B1LS, kv_cache=None, cache_index=None):
+        c = self.config
+        dt = to_dtype(c.dtype)
+        b, l, _ = x_BLD.shape
+        h, kvh, hd = c.num_attention_heads, c.num_key_value_heads, c.head_size
+        proj = lambda n, f, axes: Projection(f, axes=axes, use_bias=c.attention_bias, dtype=dt, name=n)
+        q = proj("q_proj", h * hd, ("embed", "heads"))(x_BLD).reshape(b, l, h, hd)
+        k = proj("k_proj", kvh * hd, ("embed", "kv_heads"))(x_BLD).reshape(b, l, kvh, hd)
+        v = proj("v_proj", kvh * hd, ("embed", "kv_heads"))(x_BLD).reshape(b, l, kvh, hd)
+        q = constrain(apply_rope(q, cos, sin), ("batch", "length", "heads", "head_dim"))
+        k = apply_rope(k, cos, sin)
+        new_cache = None
+        if kv_cache is not None:
+            k_all, v_all = update_layer_cache(kv_cache[0], kv_cache[1], k, v, cache_index)
+            new_cache = (k_all, v_all)
+            k, v = k_all, v_all
+        out = dot_product_attention(q, k, v, mask_B1LS)
+        out = out.reshape(b, l, h * hd)
+        o = Projection(c.hidden_size, axes=("heads", "embed"), use_bias=c.attention_bias,
+                       dtype=dt, name="o_proj")(out)
+        return o, new_cache
+
+
+class LlamaMLP(nn.Module):
+    config: LlamaConfig
+
+    @nn.compact
+    def __call__(self, x_BLD):
+        c = self.config
+        dt = to_dtype(c.dtype)
+        gate = Projection(c.intermediate_size, axes=("embed", "mlp"), use_bias=c.mlp_bias, dtype=dt, name="gate_proj")(x_BLD)
+        up = Projection(c.intermediate_size, axes=("embed", "mlp"), use_bias=c.mlp_bias, dtype=dt, name="up_proj")(x_BLD)
+        h = constrain(nn.silu(gate) * up, ("batch", "length", "mlp"))
+        return Projection(c.hidden_size, axes=("mlp", "embed"), use_bias=c.mlp_bias, dtype=dt, name="down_proj")(h)
+
+
+class LlamaDecoderLayer(nn.Module):
+    """Pre-norm block. `memory_block`, if given, runs after self-attention and before the MLP
+    (the place GMT's memory cross-attention sits); it maps (h_BLD, memory) -> h_BLD."""
+
+    config: LlamaConfig
+    memory_block: Optional[Any] = None
+
+    @nn.compact
+    def __call__(self, x_BLD, cos, sin, mask_B1LS, kv_cache=None, cache_index=None, memory=None):
+        c = self.config
+        dt = to_dtype(c.dtype)
+        h, new_cache = LlamaAttention(c, name="self_attn")(
+            RMSNorm(c.rms_norm_eps, dtype=dt, name="input_layernorm")(x_BLD),
+            cos, sin, mask_B1LS, kv_cache, cache_index)
+        x_BLD = x_BLD + h
+        if self.memory_block is not None and memory is not None:
+            x_BLD = self.memory_block(name="memory_attn")(x_BLD, memory)
+        h = LlamaMLP(c, name="mlp")(RMSNorm(c.rms_norm_eps, dtype=dt, name="post_attention_layernorm")(x_BLD))
+        x_BLD = constrain(x_BLD + h, ("batch", "length", "embed"))
+        return x_BLD, new_cache
+
+
+def default_positions(attention_mask_BL: jax.Array, cache: KVCache | None) -> jax.Array:
+    """Position ids from the padding mask: real tokens count 0, 1, 2, ... per row (pads get 1,
+    like HF generate), continuing after the tokens already in the cache."""
+    m = attention_mask_BL.astype(jnp.int32)
+    pos = jnp.cumsum(m, axis=-1) - 1
+    if cache is not None:
+        pos = pos + cache.valid_BS.sum(-1, dtype=jnp.int32)[:, None]
+    return jnp.where(m > 0, pos, 1)
+
+
+class LlamaModel(nn.Module):
+    config: LlamaConfig
+    memory_block: Optional[Any] = None
+    memory_layers: tuple = ()
+
+    def setup(self):
+        c = self.config
+        dt = to_dtype(c.dtype)
+        self.embed_tokens = Embed(c.vocab_size, c.hidden_size, dtype=dt)
+        layer_cls = nn.remat(LlamaDecoderLayer, static_argnums=()) if c.remat else LlamaDecoderLayer
+        self.layers = [layer_cls(c, memory_block=self.memory_block if i in self.memory_layers else None)
+                       for i in range(c.num_hidden_layers)]
+        self.norm = RMSNorm(c.rms_norm_eps, dtype=dt)
+
+    def __call__(self, input_ids_BL=None, attention_mask_BL=None, position_ids_BL=None,
+                 cache: KVCache | None = None, inputs_embeds_BLD=None, memory=None):
+        """Returns (hidden_BLD after the final norm, new cache or None)."""
+        c = self.config
+        x = self.embed_tokens(input_ids_BL) if inputs_embeds_BLD is None else inputs_embeds_BLD
+        b, l = x.shape[:2]
+        if attention_mask_BL is None:
+            attention_mask_BL = jnp.ones((b, l), jnp.int32)
+        if position_ids_BL is None:
+            position_ids_BL = default_positions(attention_mask_BL, cache)
+        x = constrain(x, ("batch", "length", "embed"))
+        cos, sin = rope_cos_sin(position_ids_BL, inverse_frequencies(c.head_size, c.rope_theta, c.rope_dict))
+        if cache is None:
+            mask = make_mask(jnp.arange(l), attention_mask_BL, window=c.sliding_window)
+            index = None
+        else:
+            index = cache.index
+            valid = advance_valid(cache.valid_BS, attention_mask_BL, index)
+            mask = make_mask(index + jnp.arange(l), valid, window=c.sliding_window)
+        keys, values = [], []
+        for i, layer in enumerate(self.layers):
+            kv = None if cache is None else (cache.keys[i], cache.values[i])
+            x, new_kv = layer(x, cos, sin, mask, kv, index, memory)
+            if new_kv is not None:
+                keys.append(new_kv[0])
+                values.append(new_kv[1])
+        new_cache = None
+        if cache is not None:
+            new_cache = KVCache(keys=tuple(keys), values=tuple(values), valid_BS=valid, index=index + l)
+        return self.norm(x), new_cache
+
+
+class LlamaForCausalLM(nn.Module):
+    """Causal LM: __call__(input_ids [B, L], ...) -> (logits [B, L, V] fp32, cache)."""
+
+    config: LlamaConfig
+    memory_block: Optional[Any] = None
+    memory_layers: tuple = ()
+
+    def setup(self):
+        c = self.config
+        self.model = LlamaModel(c, memory_block=self.memory_block, memory_layers=tuple(self.memory_layers))
+        if not c.tie_word_embeddings:
+            self.lm_head = Projection(c.vocab_size, axes=("embed", "vocab"), dtype=to_dtype(c.dtype))
+
+    def __call__(self, input_ids_BL=None, attention_mask_BL=None, position_ids_BL=None,
+                 cache: KVCache | None = None, inputs_embeds_BLD=None, memory=None,
+                 return_hidden: bool = False):
+        h, cache = self.model(input_ids_BL, attention_mask_BL, position_ids_BL, cache,
+                              inputs_embeds_BLD, memory)
+        logits = self.lm_head(h) if not self.config.tie_word_embeddings else self.model.embed_tokens.attend(h)
+        logits = constrain(logits.astype(jnp.float32), ("batch", "length", "vocab"))
+        if return_hidden:
+            return logits, cache, h
+        return logits, cache
+
+    def embed(self, input_ids_BL):
+        return self.model.embed_tokens(input_ids_BL)
+
+    def init_cache(self, batch: int, slots: int) -> KVCache:
+        c = self.config
+        return KVCache.zeros(c.num_hidden_layers, batch, slots, c.num_key_value_heads, c.head_size,
+                             to_dtype(c.dtype))

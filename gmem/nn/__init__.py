@@ -1,0 +1,2 @@
+"""Small parts every model shares: projection (with the adapter hook), attention, norms,
+rotary embeddings, token embeddings."""

@@ -1,0 +1,98 @@
+"""Attention core shared by every family: masks, scaled dot-product with GQA, and the KV cache.
+
+Families keep their own thin modules (HF names differ: q_proj / query / c_attn) and call these
+functions. Positions in a sequence are *slots*: with left padding the pad tokens take the first
+slots and are masked out as keys, so causality and sliding windows are decided on slot indices.
+"""
+
+from __future__ import annotations
+
+import flax
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+
+# Large negative used instead of -inf so that fully-masked rows (pad queries) give a uniform
+# softmax instead of NaN, as HF does with finfo.min.
+_MASK_VALUE = -0.7 * float(jnp.finfo(jnp.float32).max)
+
+
+def make_mask(q_slots_L: jax.Array, kv_valid_BS: jax.Array, *, causal: bool = True,
+              window: int | None = None) -> jax.Array:
+    """Boolean mask [B, 1, L, S]: query at slot q_slots[l] may see key slot s.
+
+    kv_valid_BS marks real (non-pad) keys. With causal, s <= q; with window w, q - s < w
+    (HF/Mistral convention: a token sees itself and the w-1 before it).
+    """
+    s = jnp.arange(kv_valid_BS.shape[1])
+    mask = kv_valid_BS[:, None, None, :].astype(bool)
+    q = q_slots_L[:, None]
+    if causal:
+        mask = mask & (s[None, :] <= q)[None, None]
+    if window is not None:
+        mask = mask & ((q - s[None, :]) < window)[None, None]
+    return mask
+
+
+def dot_product_attention(q_BLHD: jax.Array, k_BSKD: jax.Array, v_BSKD: jax.Array,
+                          mask_B1LS: jax.Array | None, *, scale: float | None = None) -> jax.Array:
+    """Softmax attention with grouped KV heads (H = K * G). Returns [B, L, H, D].
+
+    Scores and softmax run in fp32 whatever the compute dtype, as in HF eager attention.
+    """
+    b, l, h, d = q_BLHD.shape
+    kvh = k_BSKD.shape[2]
+    g = h // kvh
+    scale = d ** -0.5 if scale is None else scale
+    q = q_BLHD.reshape(b, l, kvh, g, d)
+    scores = jnp.einsum("blkgd,bskd->bkgls", q, k_BSKD).astype(jnp.float32) * scale
+    if mask_B1LS is not None:
+        scores = jnp.where(mask_B1LS[:, :, None], scores, _MASK_VALUE)
+    probs = jax.nn.softmax(scores, axis=-1).astype(v_BSKD.dtype)
+    out = jnp.einsum("bkgls,bskd->blkgd", probs, v_BSKD)
+    return out.reshape(b, l, h, v_BSKD.shape[-1])
+
+
+@flax.struct.dataclass
+class KVCache:
+    """Keys and values of every layer for S slots, which slots hold real tokens, and the next slot.
+
+    keys[i], values[i]: [B, S, K, D]; valid_BS: bool [B, S]; index: int32 scalar.
+    The shapes are static, so a jitted decode step compiles once for the whole generation.
+    """
+
+    keys: tuple
+    values: tuple
+    valid_BS: jax.Array
+    index: jax.Array
+
+    @classmethod
+    def zeros(cls, num_layers: int, batch: int, slots: int, kv_heads: int, head_dim: int,
+              dtype=jnp.float32) -> "KVCache":
+        shape = (batch, slots, kv_heads, head_dim)
+        z = tuple(jnp.zeros(shape, dtype) for _ in range(num_layers))
+        return cls(keys=z, values=tuple(jnp.zeros(shape, dtype) for _ in range(num_layers)),
+                   valid_BS=jnp.zeros((batch, slots), bool), index=jnp.zeros((), jnp.int32))
+
+    @property
+    def slots(self) -> int:
+        return self.valid_BS.shape[1]
+
+
+def update_layer_cache(k_cache: jax.Array, v_cache: jax.Array, k_BLKD: jax.Array,
+                       v_BLKD: jax.Array, index: jax.Array) -> tuple[jax.Array, jax.Array]:
+    """Write L new keys/values at slots [index, index + L)."""
+    start = (0, index, 0, 0)
+    k_cache = jax.lax.dynamic_update_slice(k_cache, k_BLKD.astype(k_cache.dtype), start)
+    v_cache = jax.lax.dynamic_update_slice(v_cache, v_BLKD.astype(v_cache.dtype), start)
+    return k_cache, v_cache
+
+
+def advance_valid(valid_BS: jax.Array, attention_mask_BL: jax.Array, index: jax.Array) -> jax.Array:
+    """Mark the L slots written at `index` as valid where the new tokens are not padding."""
+    return jax.lax.dynamic_update_slice(valid_BS, attention_mask_BL.astype(bool), (0, index))
+
+
+def constrain(x: jax.Array, axes: tuple) -> jax.Array:
+    """Logical sharding constraint; a no-op outside a mesh with axis rules."""
+    return nn.with_logical_constraint(x, axes)
