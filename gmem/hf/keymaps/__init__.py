@@ -1,0 +1,1 @@
+"""One module per family, each defining RULES: tuple[Rule, ...]."""
