@@ -31,7 +31,7 @@ def make_mask(q_slots_L: jax.Array, kv_valid_BS: jax.Array, *, causal: bool = Tr
         mask = mask & (s[None, :] <= q)[None, None]
     if window is not None:
         mask = mask & ((q - s[None, :]) < window)[None, None]
-    return mask
+    return jnp.broadcast_to(mask, (kv_valid_BS.shape[0], 1, q_slots_L.shape[0], kv_valid_BS.shape[1]))
 
 
 def dot_product_attention(q_BLHD: jax.Array, k_BSKD: jax.Array, v_BSKD: jax.Array,
