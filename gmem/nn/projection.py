@@ -6,12 +6,21 @@ whose tree mirrors the module paths of the base model (`model/layers_3/self_attn
 module with no entry in that collection is a plain dense layer, so the base tree stays frozen
 and adapter trees can be swapped per call (`variables = {"params": base, ADAPTER: tree}`).
 
-Per-module adapter entries (any subset; shapes for a kernel [D_in, D_out]):
+Per-module adapter entries (any subset; shapes for a kernel K = W^T [D_in, D_out]):
   lora_A [D_in, r], lora_B [r, D_out], lora_scale [], lora_dropout []
-      y = x W + scale * (dropout(x) A) B                               (LoRA, PEFT semantics)
-  gift_psi [r, D_in], gift_phi [D_in, r], optional gift_psi_bias [r], gift_phi_bias [D_in]
-      y = (x + act(x psi^T + b_psi) phi^T + b_phi) W                   (GIFT, W' = W (I + phi psi))
-  gift_act []  (0 = identity, 1 = gelu, 2 = relu, 3 = tanh, 4 = silu)
+      y = x K + scale * (dropout(x) A) B                                (LoRA, PEFT semantics)
+  gift_phi [D_in, r], gift_psi [r, D_in], optional gift_phi_bias [r], gift_psi_bias [D_in],
+  optional gift_act [] (int code into GIFT_ACTS)
+      GIFT's weight residual, in PyTorch layout W [D_out, D_in], A = phi^T, B = psi^T:
+        dW = act(W A^T + 1 a^T) B^T + 1 c^T      (a = gift_phi_bias, c = gift_psi_bias)
+        y  = x W^T + b + x dW^T
+      With no gift_act (identity) this is the activation form
+        y = (x + (x psi^T) phi^T) K + ((x psi^T) . a + x . c) 1^T
+      which never builds a weight-sized temporary. With gift_act the activation sits on the
+      weight-side product C = W phi [D_out, r], so the layer computes C (D_in*D_out*r flops)
+      and adds (x psi^T) act(C)^T: still no [D_in, D_out] temporary.
+LoRA sees the layer input before GIFT's residual, so both deltas are computed from the frozen
+kernel and `merge` can add them independently.
 """
 
 from __future__ import annotations
@@ -24,7 +33,10 @@ import jax.numpy as jnp
 
 ADAPTER = "adapter"
 
-_GIFT_ACTS = (lambda h: h, nn.gelu, nn.relu, jnp.tanh, nn.silu)
+# Names as in GIFT's simple_block act_layer; torch's nn.GELU is the exact (erf) form.
+GIFT_ACT_NAMES = ("identity", "gelu", "gelu_tanh", "relu", "tanh", "silu", "sigmoid")
+_GIFT_ACTS = (lambda h: h, lambda h: nn.gelu(h, approximate=False),
+              lambda h: nn.gelu(h, approximate=True), nn.relu, jnp.tanh, nn.silu, nn.sigmoid)
 
 
 def _gift_activation(h: jax.Array, code: jax.Array) -> jax.Array:
@@ -58,10 +70,12 @@ class Projection(nn.Module):
             self.param_dtype,
         )
         x = x.astype(self.dtype)
+        k = kernel.astype(self.dtype)
         adapter = self._adapter()
         if "gift_psi" in adapter:
-            x = x + self._gift_residual(x, adapter)
-        y = jnp.dot(x, kernel.astype(self.dtype))
+            y = self._gift(x, k, adapter)
+        else:
+            y = jnp.dot(x, k)
         if "lora_A" in adapter:
             y = y + self._lora_delta(x, adapter)
         if self.use_bias:
@@ -90,13 +104,18 @@ class Projection(nn.Module):
             x = jnp.where(keep, x / jnp.maximum(1.0 - rate, 1e-6), 0.0).astype(self.dtype)
         return jnp.dot(jnp.dot(x, lora_a), lora_b) * scale
 
-    def _gift_residual(self, x: jax.Array, a: dict) -> jax.Array:
-        h = jnp.dot(x, a["gift_psi"].astype(self.dtype).T)  # [..., r]
-        if "gift_psi_bias" in a:
-            h = h + a["gift_psi_bias"].astype(self.dtype)
+    def _gift(self, x: jax.Array, k: jax.Array, a: dict) -> jax.Array:
+        phi = a["gift_phi"].astype(self.dtype)            # [D_in, r]
+        h = jnp.dot(x, a["gift_psi"].astype(self.dtype).T)  # x psi^T: [..., r]
         if "gift_act" in a:
-            h = _gift_activation(h, a["gift_act"])
-        r = jnp.dot(h, a["gift_phi"].astype(self.dtype).T)  # [..., D_in]
-        if "gift_phi_bias" in a:
-            r = r + a["gift_phi_bias"].astype(self.dtype)
-        return r
+            c = jnp.dot(k.T, phi)                          # W phi: [D_out, r]
+            if "gift_phi_bias" in a:
+                c = c + a["gift_phi_bias"].astype(self.dtype)
+            y = jnp.dot(x, k) + jnp.dot(h, _gift_activation(c, a["gift_act"]).T)
+        else:
+            y = jnp.dot(x + jnp.dot(h, phi.T), k)
+            if "gift_phi_bias" in a:
+                y = y + jnp.dot(h, a["gift_phi_bias"].astype(self.dtype))[..., None]
+        if "gift_psi_bias" in a:
+            y = y + jnp.dot(x, a["gift_psi_bias"].astype(self.dtype))[..., None]
+        return y

@@ -1,0 +1,241 @@
+"""GIFT: W' = W (I + phi psi), weight residuals generated from the frozen weights themselves.
+
+One (phi, psi) pair per target type, shared by every layer where that type occurs
+(share_projections=True: one pair, key "shared_projection", for every target). No LoRA-style
+scaling. Trainable tree (shapes for a target type whose kernels are [D_in, D_out]):
+
+    {"q_proj": {"phi": [D_in, r], "psi": [r, D_in],
+                "phi_bias": [r] (in_projection_bias), "psi_bias": [D_in] (out_projection_bias)}}
+
+phi is the original's in_projections[t].weight transposed (A^T), psi is
+out_projections[t].weight transposed (B^T). The hypernet is the original's default
+'simple_block': an elementwise activation on C = W phi (identity by default), no parameters.
+`adapter_collection` broadcasts each pair to every module of its type; gradients from all
+layers sum into the one shared pair.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Mapping
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from gmem.errors import GmemError, collect_errors
+from gmem.nn.projection import GIFT_ACT_NAMES
+
+SHARED = "shared_projection"
+
+_JAX_ACTS = {
+    "identity": lambda h: h, "gelu": lambda h: jax.nn.gelu(h, approximate=False),
+    "gelu_tanh": lambda h: jax.nn.gelu(h, approximate=True), "relu": jax.nn.relu,
+    "tanh": jnp.tanh, "silu": jax.nn.silu, "sigmoid": jax.nn.sigmoid,
+}
+_NP_ACTS = {
+    "identity": lambda h: h,
+    "gelu": lambda h: np.asarray(jax.nn.gelu(jnp.asarray(h), approximate=False), np.float64),
+    "gelu_tanh": lambda h: np.asarray(jax.nn.gelu(jnp.asarray(h), approximate=True), np.float64),
+    "relu": lambda h: np.maximum(h, 0.0),
+    "tanh": np.tanh,
+    "silu": lambda h: h / (1.0 + np.exp(-h)),
+    "sigmoid": lambda h: 1.0 / (1.0 + np.exp(-h)),
+}
+
+
+def group_key(spec, target: str) -> str:
+    return SHARED if spec.share_projections else target
+
+
+def init_gift(spec, groups: dict[str, list[str]], shapes: dict[str, tuple[int, int]],
+              rng: jax.Array) -> dict[str, dict]:
+    """One pair per group key. phi (and its bias) ~ U(+-1/sqrt(D_in)) as torch nn.Linear
+    initialises the original's in_projection; psi and its bias are zero (zero_init=True)."""
+    d_in = _group_dims(spec, groups, shapes)
+    out = {}
+    keys = jax.random.split(rng, max(len(d_in), 1))
+    for key, g in zip(keys, sorted(d_in)):
+        n = d_in[g]
+        bound = 1.0 / math.sqrt(n)
+        k1, k2 = jax.random.split(key)
+        e = {"phi": jax.random.uniform(k1, (n, spec.rank), jnp.float32, -bound, bound),
+             "psi": jnp.zeros((spec.rank, n), jnp.float32)}
+        if spec.in_projection_bias:
+            e["phi_bias"] = jax.random.uniform(k2, (spec.rank,), jnp.float32, -bound, bound)
+        if spec.out_projection_bias:
+            e["psi_bias"] = jnp.zeros((n,), jnp.float32)
+        out[g] = e
+    return out
+
+
+def _group_dims(spec, groups, shapes) -> dict[str, int]:
+    """Each group's D_in; every module sharing a pair must have the same D_in."""
+    dims: dict[str, dict[int, list[str]]] = {}
+    for t, paths in groups.items():
+        for p in paths:
+            dims.setdefault(group_key(spec, t), {}).setdefault(shapes[p][0], []).append(p)
+    errors = [f"{g}: modules differ in input width {sorted(d)} ({ {k: v[0] for k, v in d.items()} })"
+              for g, d in dims.items() if len(d) > 1]
+    collect_errors(errors, f"adapter {spec.name!r} (GIFT): shared projections need one D_in")
+    return {g: next(iter(d)) for g, d in dims.items()}
+
+
+def gift_entries(spec, tree: Mapping, groups: dict[str, list[str]]) -> dict[str, dict]:
+    """Broadcast each shared pair to its modules: {module path: hook entry}."""
+    act = GIFT_ACT_NAMES.index(spec.gift_act)
+    out = {}
+    for t, paths in groups.items():
+        g = group_key(spec, t)
+        if g not in tree:
+            raise GmemError(f"adapter {spec.name!r} (GIFT): trainable tree has no pair {g!r}; "
+                            f"it has {sorted(tree)}")
+        e = tree[g]
+        entry = {"gift_phi": e["phi"], "gift_psi": e["psi"]}
+        if "phi_bias" in e:
+            entry["gift_phi_bias"] = e["phi_bias"]
+        if "psi_bias" in e:
+            entry["gift_psi_bias"] = e["psi_bias"]
+        if act != 0:
+            entry["gift_act"] = jnp.asarray(act, jnp.int32)
+        for p in paths:
+            out[p] = entry
+    return out
+
+
+def gift_delta_kernel(kernel, entry: dict, act: str) -> np.ndarray:
+    """dK = (dW)^T = psi^T act(K^T phi + a)^T + c 1^T, shape [D_in, D_out] (float64)."""
+    k = np.asarray(kernel, np.float64)
+    c = k.T @ np.asarray(entry["gift_phi"], np.float64)
+    if "gift_phi_bias" in entry:
+        c = c + np.asarray(entry["gift_phi_bias"], np.float64)
+    d = np.asarray(entry["gift_psi"], np.float64).T @ _NP_ACTS[act](c).T
+    if "gift_psi_bias" in entry:
+        d = d + np.asarray(entry["gift_psi_bias"], np.float64)[:, None]
+    return d
+
+
+def gift_unmerge_kernel(merged, entry: dict, act: str, where: str) -> np.ndarray:
+    """Invert K' = K + dK(K). Identity activation: dK = M K + v 1^T with M = psi^T phi^T,
+    so K = (I + M)^{-1} (K' - v 1^T). Other activations: Newton on W phi (below)."""
+    km = np.asarray(merged, np.float64)
+    if act == "identity":
+        phi = np.asarray(entry["gift_phi"], np.float64)
+        psi = np.asarray(entry["gift_psi"], np.float64)
+        v = np.zeros(km.shape[0])
+        if "gift_phi_bias" in entry:
+            v = v + psi.T @ np.asarray(entry["gift_phi_bias"], np.float64)
+        if "gift_psi_bias" in entry:
+            v = v + np.asarray(entry["gift_psi_bias"], np.float64)
+        return np.linalg.solve(np.eye(km.shape[0]) + psi.T @ phi.T, km - v[:, None])
+    # dK depends on K only through U = K^T phi [D_out, r]. From K = K' - psi^T act(U + a)^T
+    # - c 1^T: U = B - act(U + a) M with M = psi phi [r, r], B = K'^T phi - 1 c^T phi, one
+    # r-dimensional equation per output row, solved by Newton (batched r x r systems).
+    phi = jnp.asarray(entry["gift_phi"], jnp.float64 if jax.config.jax_enable_x64 else jnp.float32)
+    dt = phi.dtype
+    psi = jnp.asarray(entry["gift_psi"], dt)
+    a = jnp.asarray(entry.get("gift_phi_bias", np.zeros(phi.shape[1])), dt)
+    c = jnp.asarray(entry.get("gift_psi_bias", np.zeros(phi.shape[0])), dt)
+    act_fn = _JAX_ACTS[act]
+    m = psi @ phi
+    b = jnp.asarray(km, dt).T @ phi - (c @ phi)[None, :]
+    def g_row(u, b_row):
+        return u + act_fn(u + a) @ m - b_row
+    jac = jax.vmap(jax.jacfwd(g_row), in_axes=(0, 0))
+    u = b
+    for _ in range(50):
+        step = jnp.linalg.solve(jac(u, b), jax.vmap(g_row)(u, b)[..., None])[..., 0]
+        u = u - step
+        if float(jnp.max(jnp.abs(step))) < 1e-7 * max(1.0, float(jnp.max(jnp.abs(u)))):
+            break
+    k = km - np.asarray(psi.T @ act_fn(u + a).T, np.float64) - np.asarray(c, np.float64)[:, None]
+    err = np.max(np.abs(k + gift_delta_kernel(k, entry, act) - km))
+    if not np.isfinite(err) or err > 1e-4 * max(1.0, np.max(np.abs(km))):
+        raise GmemError(f"{where}: GIFT unmerge did not converge (act={act!r}, residual "
+                        f"{err:.2e}); keep the base weights instead of unmerging")
+    return k
+
+
+# ---- the original GIFT checkpoint layout -------------------------------------------------
+
+def from_gift_state_dict(state: Mapping, spec) -> tuple[dict, dict]:
+    """Original GIFT state dict -> (trainable tree for `spec`, the keys left over).
+
+    Reads `in_projections.<target>.weight [r, D_in]` (+ `.bias [r]`) and
+    `out_projections.<target>.weight [D_in, r]` (+ `.bias [D_in]`), <target> as written in the
+    original config ('q_proj', 'attn:proj', or 'shared_projection'). Left over: everything
+    else (e.g. `backbone.head.weight`), for the caller to map (systems.gift does the head).
+    `hypernets.*` keys mean a hypernet other than simple_block, which gmem does not build.
+    """
+    arrays = {k: _np(v) for k, v in state.items()}
+    tree: dict = {}
+    rest = {}
+    errors = []
+    for k, v in arrays.items():
+        parts = k.split(".")
+        if len(parts) == 3 and parts[0] in ("in_projections", "out_projections"):
+            side, tgt, kind = parts
+            name = ("phi" if side == "in_projections" else "psi") + ("_bias" if kind == "bias" else "")
+            tree.setdefault(tgt, {})[name] = v.T if kind == "weight" else v
+        elif k.startswith("hypernets."):
+            errors.append(f"{k}: hypernet parameters (block_type other than simple_block)")
+        else:
+            rest[k] = v
+    for tgt, e in tree.items():
+        if "phi" not in e or "psi" not in e:
+            errors.append(f"{tgt}: needs both in_projections and out_projections weights")
+        elif e["phi"].shape[1] != spec.rank or e["psi"].shape[0] != spec.rank:
+            errors.append(f"{tgt}: rank {e['phi'].shape[1]} in the checkpoint, spec.rank={spec.rank}")
+        if spec.in_projection_bias != ("phi_bias" in e):
+            errors.append(f"{tgt}: in_projections bias present={'phi_bias' in e}, "
+                          f"spec.in_projection_bias={spec.in_projection_bias}")
+        if spec.out_projection_bias != ("psi_bias" in e):
+            errors.append(f"{tgt}: out_projections bias present={'psi_bias' in e}, "
+                          f"spec.out_projection_bias={spec.out_projection_bias}")
+    want = {SHARED} if spec.share_projections else {t.replace(".", ":") for t in _target_list(spec)}
+    if not tree:
+        errors.append("no in_projections.*/out_projections.* keys found")
+    elif set(tree) != want:
+        errors.append(f"projection keys {sorted(tree)} != the spec's {sorted(want)}")
+    collect_errors(errors, f"GIFT checkpoint for adapter {spec.name!r}")
+    return {k: {n: jnp.asarray(a, jnp.float32) for n, a in e.items()} for k, e in tree.items()}, rest
+
+
+def to_gift_state_dict(tree: Mapping) -> dict[str, np.ndarray]:
+    """Trainable GIFT tree -> the original's key layout (torch Linear [out, in] weights)."""
+    out = {}
+    for tgt, e in tree.items():
+        out[f"in_projections.{tgt}.weight"] = np.ascontiguousarray(np.asarray(e["phi"]).T)
+        out[f"out_projections.{tgt}.weight"] = np.ascontiguousarray(np.asarray(e["psi"]).T)
+        if "phi_bias" in e:
+            out[f"in_projections.{tgt}.bias"] = np.asarray(e["phi_bias"])
+        if "psi_bias" in e:
+            out[f"out_projections.{tgt}.bias"] = np.asarray(e["psi_bias"])
+    return out
+
+
+def load_gift_checkpoint(path: str, spec) -> tuple[dict, dict]:
+    """Read an original GIFT checkpoint file (.pth/.pth.tar with weights_only=True, or
+    .safetensors) and return from_gift_state_dict's (tree, leftover keys)."""
+    import os
+    if not os.path.exists(path):
+        raise GmemError(f"{path}: GIFT checkpoint not found")
+    if path.endswith(".safetensors"):
+        from safetensors.numpy import load_file
+        state = load_file(path)
+    else:
+        import torch
+        state = torch.load(path, map_location="cpu", weights_only=True)
+        if isinstance(state, dict) and "state_dict" in state and isinstance(state["state_dict"], dict):
+            state = state["state_dict"]   # timm-style training checkpoints wrap the weights
+    return from_gift_state_dict(state, spec)
+
+
+def _target_list(spec):
+    return (spec.targets,) if isinstance(spec.targets, str) else spec.targets
+
+
+def _np(v) -> np.ndarray:
+    if hasattr(v, "detach"):
+        v = v.detach().float().cpu().numpy()
+    return np.asarray(v, np.float32)
