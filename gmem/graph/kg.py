@@ -1,0 +1,389 @@
+"""Knowledge graphs: OpenKE folders and label-TSV triples, the neighbourhood index, and GMT
+subgraphs around a query triple (h, r, t) as jraph.GraphsTuples.
+
+Ids: entities 0..N-1, base relations 0..R-1. With `add_inverse`, the edge from t back to h of
+triple (h, r, t) carries relation r + R (GMT's `--add_inverse`); without it, it carries r
+(the same id in both directions, as in the reference). Triples are kept as int32 [n, 3] in
+(h, r, t) order whatever the file order.
+
+Bad files raise GmemError naming the file and line; every problem in a file is listed at once.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+from typing import Mapping, Sequence
+
+import jraph
+import numpy as np
+
+from gmem.errors import GmemError, collect_errors
+
+_FORMATS = ("htr", "hrt", "thr", "trh", "rht", "rth")
+
+
+# ---------------------------------------------------------------------------------------------
+# The graph
+
+
+@dataclasses.dataclass(frozen=True, eq=False)
+class KG:
+    """A knowledge graph: names, the triples that build the adjacency, and the inverse flag.
+
+    entities[i] / relations[j] are the names of entity i / base relation j; triples int32
+    [n, 3] (h, r, t) are the graph's facts (the training split: valid and test triples are
+    not in the graph, as in GMT).
+    """
+
+    entities: tuple
+    relations: tuple
+    triples: np.ndarray
+    add_inverse: bool = False
+    source: str = ""
+
+    @property
+    def num_entities(self) -> int:
+        return len(self.entities)
+
+    @property
+    def num_relations(self) -> int:
+        """Base relations R (without inverses)."""
+        return len(self.relations)
+
+    @property
+    def num_edge_relations(self) -> int:
+        """Relation ids an edge can carry: 2R with add_inverse, else R."""
+        return 2 * len(self.relations) if self.add_inverse else len(self.relations)
+
+    def edge_relation_names(self) -> list[str]:
+        """Names of every edge relation id; inverse ids get 'inverse of <name>'."""
+        names = list(self.relations)
+        if self.add_inverse:
+            names += [f"inverse of {n}" for n in self.relations]
+        return names
+
+
+def _read_lines(path: str) -> list[str]:
+    if not os.path.isfile(path):
+        raise GmemError(f"{path}: file not found")
+    with open(path, encoding="utf-8") as f:
+        return f.read().splitlines()
+
+
+def _int(tok: str):
+    try:
+        return int(tok)
+    except ValueError:
+        return None
+
+
+def _check_format(triple_format: str) -> str:
+    if triple_format not in _FORMATS:
+        raise GmemError(f"triple_format: {triple_format!r} is not one of {', '.join(_FORMATS)}")
+    return triple_format
+
+
+def read_openke_names(path: str) -> tuple:
+    """entity2id.txt / relation2id.txt: a count line, then `name<TAB>id` lines -> names by id."""
+    lines = _read_lines(path)
+    errors: list[str] = []
+    if not lines or _int(lines[0].strip()) is None:
+        raise GmemError(f"{path}:1: expected the number of entries on the first line")
+    count = _int(lines[0].strip())
+    names: dict[int, str] = {}
+    body = [(i, ln) for i, ln in enumerate(lines[1:], start=2) if ln.strip()]
+    for lineno, ln in body:
+        parts = ln.split("\t") if "\t" in ln else ln.split()
+        if len(parts) != 2:
+            errors.append(f"line {lineno}: expected 2 columns (name, id), got {len(parts)}")
+            continue
+        i = _int(parts[1].strip())
+        if i is None:
+            errors.append(f"line {lineno}: id {parts[1].strip()!r} is not an integer")
+        elif not 0 <= i < count:
+            errors.append(f"line {lineno}: id {i} out of range [0, {count})")
+        elif i in names:
+            errors.append(f"line {lineno}: id {i} given twice")
+        else:
+            names[i] = parts[0].strip()
+    if len(body) != count and not errors:
+        errors.append(f"line 1: count says {count} entries but the file has {len(body)}")
+    collect_errors(errors, path)
+    return tuple(names[i] for i in range(count))
+
+
+def read_openke_triples(path: str, num_entities: int, num_relations: int,
+                        triple_format: str = "htr") -> np.ndarray:
+    """train2id.txt-style file: a count line, then 3 integer ids per line in `triple_format`
+    order. Returns int32 [n, 3] in (h, r, t) order."""
+    fmt = _check_format(triple_format)
+    lines = _read_lines(path)
+    if not lines or _int(lines[0].strip()) is None:
+        raise GmemError(f"{path}:1: expected the number of triples on the first line")
+    count = _int(lines[0].strip())
+    col = {c: fmt.index(c) for c in "hrt"}
+    out, errors = [], []
+    body = [(i, ln) for i, ln in enumerate(lines[1:], start=2) if ln.strip()]
+    for lineno, ln in body:
+        parts = ln.split()
+        if len(parts) != 3:
+            errors.append(f"line {lineno}: expected 3 columns ({fmt}), got {len(parts)}")
+            continue
+        ids = [_int(p) for p in parts]
+        if any(i is None for i in ids):
+            errors.append(f"line {lineno}: non-integer id in {ln.strip()!r}")
+            continue
+        h, r, t = ids[col["h"]], ids[col["r"]], ids[col["t"]]
+        for what, i, n in (("head", h, num_entities), ("relation", r, num_relations),
+                           ("tail", t, num_entities)):
+            if not 0 <= i < n:
+                errors.append(f"line {lineno}: {what} id {i} out of range [0, {n})")
+        out.append((h, r, t))
+    if len(body) != count and not errors:
+        errors.append(f"line 1: count says {count} triples but the file has {len(body)}")
+    collect_errors(errors, path)
+    return np.asarray(out, np.int32).reshape(-1, 3)
+
+
+def load_openke(folder: str, triple_file: str = "train2id.txt", triple_format: str = "htr",
+                add_inverse: bool = False) -> KG:
+    """An OpenKE folder (entity2id.txt, relation2id.txt, `triple_file`) -> KG.
+
+    triple_format: column order of the triple file ('htr' is OpenKE's and GMT's default).
+    """
+    ents = read_openke_names(os.path.join(folder, "entity2id.txt"))
+    rels = read_openke_names(os.path.join(folder, "relation2id.txt"))
+    triples = read_openke_triples(os.path.join(folder, triple_file), len(ents), len(rels),
+                                  triple_format)
+    return KG(ents, rels, triples, add_inverse, source=folder)
+
+
+def read_label_triples(path: str, entity_ids: Mapping[str, int],
+                       relation_ids: Mapping[str, int]) -> np.ndarray:
+    """A `head<TAB>relation<TAB>tail` file of names -> int32 [n, 3] (h, r, t) ids.
+
+    Names missing from the vocabularies are errors (with their line)."""
+    errors, out = [], []
+    for lineno, ln in enumerate(_read_lines(path), start=1):
+        if not ln.strip():
+            continue
+        parts = ln.split("\t")
+        if len(parts) != 3:
+            errors.append(f"line {lineno}: expected 3 tab-separated columns "
+                          f"(head, relation, tail), got {len(parts)}")
+            continue
+        h, r, t = (p.strip() for p in parts)
+        bad = [f"unknown {w} {n!r}" for w, n, voc in (("entity", h, entity_ids),
+                                                       ("relation", r, relation_ids),
+                                                       ("entity", t, entity_ids)) if n not in voc]
+        if bad:
+            errors.append(f"line {lineno}: " + ", ".join(bad))
+            continue
+        out.append((entity_ids[h], relation_ids[r], entity_ids[t]))
+    collect_errors(errors, path)
+    return np.asarray(out, np.int32).reshape(-1, 3)
+
+
+def _label_vocab(paths: Sequence[str]) -> tuple[tuple, tuple]:
+    ents, rels, errors = set(), set(), []
+    for path in paths:
+        errors = []
+        for lineno, ln in enumerate(_read_lines(path), start=1):
+            if not ln.strip():
+                continue
+            parts = ln.split("\t")
+            if len(parts) != 3:
+                errors.append(f"line {lineno}: expected 3 tab-separated columns "
+                              f"(head, relation, tail), got {len(parts)}")
+                continue
+            ents.update((parts[0].strip(), parts[2].strip()))
+            rels.add(parts[1].strip())
+        collect_errors(errors, path)
+    # Sorted names, as PyKEEN's TriplesFactory numbers them, so ids are reproducible.
+    return tuple(sorted(ents)), tuple(sorted(rels))
+
+
+def load_label_tsv(splits: Mapping[str, str] | str, graph_split: str = "train",
+                   add_inverse: bool = False) -> tuple[KG, dict[str, np.ndarray]]:
+    """Label-TSV triples (UMLS, Nations, Kinships as shipped in pykeen) -> (KG, {split: ids}).
+
+    splits: {split name: path}, or a folder holding train.txt / valid.txt / test.txt. Entity
+    and relation ids number the sorted names over every split; the graph is `graph_split`.
+    """
+    if isinstance(splits, str):
+        folder = splits
+        if not os.path.isdir(folder):
+            raise GmemError(f"{folder}: folder not found")
+        splits = {s: os.path.join(folder, f"{s}.txt") for s in ("train", "valid", "test")
+                  if os.path.isfile(os.path.join(folder, f"{s}.txt"))}
+        if graph_split not in splits:
+            raise GmemError(f"{folder}: no {graph_split}.txt")
+    if graph_split not in splits:
+        raise GmemError(f"graph_split: {graph_split!r} is not one of {sorted(splits)}")
+    ents, rels = _label_vocab(list(splits.values()))
+    e_ids = {n: i for i, n in enumerate(ents)}
+    r_ids = {n: i for i, n in enumerate(rels)}
+    ids = {s: read_label_triples(p, e_ids, r_ids) for s, p in splits.items()}
+    kg = KG(ents, rels, ids[graph_split], add_inverse, source=str(splits[graph_split]))
+    return kg, ids
+
+
+# ---------------------------------------------------------------------------------------------
+# Neighbourhood index
+
+
+@dataclasses.dataclass(frozen=True, eq=False)
+class NeighbourIndex:
+    """Per entity, its incident edges as CSR arrays (GMT's `KGIndex.adj`).
+
+    Entity e's edges are rel[offsets[e]:offsets[e+1]] and nbr[...] (relation id, neighbour),
+    in the reference's append order: for each triple (h, r, t) in file order, h gets (r, t)
+    and t gets (r + R if add_inverse else r, h). Duplicates are kept; degree is unbounded.
+    """
+
+    offsets: np.ndarray   # int64 [N + 1]
+    rel: np.ndarray       # int32 [2n]
+    nbr: np.ndarray       # int32 [2n]
+    num_entities: int
+    num_relations: int    # base R
+    add_inverse: bool
+
+    @property
+    def num_edge_relations(self) -> int:
+        return 2 * self.num_relations if self.add_inverse else self.num_relations
+
+    @property
+    def degree(self) -> np.ndarray:
+        return np.diff(self.offsets)
+
+    @classmethod
+    def build(cls, kg: KG) -> "NeighbourIndex":
+        h, r, t = kg.triples[:, 0], kg.triples[:, 1], kg.triples[:, 2]
+        inv = r + kg.num_relations if kg.add_inverse else r
+        # Interleave (h-entry, t-entry) per triple, then a stable sort by owner keeps the
+        # reference's per-entity append order.
+        owner = np.stack([h, t], 1).reshape(-1)
+        rel = np.stack([r, inv], 1).reshape(-1)
+        nbr = np.stack([t, h], 1).reshape(-1)
+        order = np.argsort(owner, kind="stable")
+        counts = np.bincount(owner, minlength=kg.num_entities)
+        offsets = np.concatenate([[0], np.cumsum(counts)]).astype(np.int64)
+        return cls(offsets, rel[order].astype(np.int32), nbr[order].astype(np.int32),
+                   kg.num_entities, kg.num_relations, kg.add_inverse)
+
+    def neighbours(self, e: int) -> tuple[np.ndarray, np.ndarray]:
+        """(relation ids, neighbour ids) of entity e's edges."""
+        s, f = self.offsets[e], self.offsets[e + 1]
+        return self.rel[s:f], self.nbr[s:f]
+
+    def padded(self, max_degree: int | None = None) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """Dense per-entity arrays (rel [N, D], nbr [N, D], mask [N, D]), D = max degree
+        (or `max_degree`, keeping each entity's first D edges)."""
+        deg = self.degree
+        d = int(deg.max(initial=0)) if max_degree is None else int(max_degree)
+        slot = np.arange(len(self.rel)) - np.repeat(self.offsets[:-1], deg)
+        owner = np.repeat(np.arange(self.num_entities), deg)
+        keep = slot < d
+        rel = np.zeros((self.num_entities, d), np.int32)
+        nbr = np.zeros((self.num_entities, d), np.int32)
+        mask = np.zeros((self.num_entities, d), bool)
+        rel[owner[keep], slot[keep]] = self.rel[keep]
+        nbr[owner[keep], slot[keep]] = self.nbr[keep]
+        mask[owner[keep], slot[keep]] = True
+        return rel, nbr, mask
+
+    def relation_histogram(self, entities: np.ndarray) -> np.ndarray:
+        """float32 [len(entities), R_edge]: how many edges of each relation each entity has.
+
+        This is what the SGM's top-k context needs from a neighbour: its incident relations as
+        a multiset (top-k of a multiset by similarity = walk relations by similarity, taking
+        copies until k are taken), so the context is exact without padding to the max degree.
+        """
+        entities = np.asarray(entities, np.int64)
+        deg = self.degree[entities]
+        rows = np.repeat(np.arange(len(entities)), deg)
+        starts = np.repeat(self.offsets[entities], deg)
+        pos = starts + np.arange(int(deg.sum())) - np.repeat(np.cumsum(deg) - deg, deg)
+        hist = np.zeros((len(entities), self.num_edge_relations), np.float32)
+        np.add.at(hist, (rows, self.rel[pos]), 1.0)
+        return hist
+
+
+# ---------------------------------------------------------------------------------------------
+# Subgraphs
+
+
+def query_relation_set(r: int, num_relations: int, add_inverse: bool) -> tuple[int, ...]:
+    """Relation ids that count as the query fact (GMT B6): {r}, or {r mod R, r mod R + R}."""
+    if add_inverse:
+        base = r % num_relations
+        return (base, base + num_relations)
+    return (r,)
+
+
+def extract_subgraph(index: NeighbourIndex, h: int, r: int, t: int,
+                     mask_query: bool = True) -> jraph.GraphsTuple:
+    """The neighbourhood of query (h, r, t) as a one-graph GraphsTuple (numpy arrays).
+
+    Edges are adj[h] ++ adj[t] (head's first, as GMT's `_collect_edges`); each points from the
+    neighbour (sender) to its centre (receiver: node 0 = h, node 1 = t, always two centre
+    nodes even when h == t). Other nodes are the distinct neighbours, in first-seen order.
+
+    mask_query (default True, unlike the reference where it defaults to False and positive
+    training triples see their own fact): drop every edge between {h, t} carrying a relation in
+    `query_relation_set`, and remove those edges from the relation histograms of h and t too,
+    so the fact is absent from the top-k contexts as well (the reference leaves it there).
+
+    Node features: entity int32 [N], rel_hist float32 [N, R_edge]. Edge features: relation
+    int32 [E]. Globals: query int32 [1, 3] (h, r, t).
+    """
+    for what, i, n in (("head", h, index.num_entities), ("tail", t, index.num_entities),
+                       ("relation", r, index.num_edge_relations)):
+        if not 0 <= int(i) < n:
+            raise GmemError(f"query: {what} id {i} out of range [0, {n})")
+    rh, nh = index.neighbours(h)
+    rt, nt = index.neighbours(t)
+    rel = np.concatenate([rh, rt])
+    nbr = np.concatenate([nh, nt])
+    recv = np.concatenate([np.zeros(len(rh), np.int32), np.ones(len(rt), np.int32)])
+    qset = np.asarray(query_relation_set(r, index.num_relations, index.add_inverse))
+    if mask_query:
+        hit = np.isin(nbr, (h, t)) & np.isin(rel, qset)
+        rel, nbr, recv = rel[~hit], nbr[~hit], recv[~hit]
+    # Node ids: centres first, then distinct other neighbours in first-seen order.
+    others = nbr[(nbr != h) & (nbr != t)]
+    _, first = np.unique(others, return_index=True)
+    nodes = np.concatenate([[h, t], others[np.sort(first)]]).astype(np.int32)
+    lookup = {int(e): i for i, e in enumerate(nodes[2:], start=2)}
+    lookup[int(t)] = 1
+    lookup[int(h)] = 0
+    senders = np.asarray([lookup[int(e)] for e in nbr], np.int32)
+    hist = index.relation_histogram(nodes)
+    if mask_query:
+        for c in (0, 1):
+            rc, nc = index.neighbours(int(nodes[c]))
+            gone = np.isin(nc, (h, t)) & np.isin(rc, qset)
+            np.subtract.at(hist[c], rc[gone], 1.0)
+    return jraph.GraphsTuple(
+        nodes={"entity": nodes, "rel_hist": hist},
+        edges={"relation": rel.astype(np.int32)},
+        senders=senders, receivers=recv.astype(np.int32),
+        n_node=np.asarray([len(nodes)], np.int32), n_edge=np.asarray([len(rel)], np.int32),
+        globals={"query": np.asarray([[h, r, t]], np.int32)})
+
+
+def entity_graph(index: NeighbourIndex) -> jraph.GraphsTuple:
+    """The whole KG as one padded graph: node i = entity i, one edge per adjacency entry
+    (neighbour -> owner). SGM stage 1 encodes every entity at once from it (mean of its edges'
+    states). Padded by batching.pad_graphs like every graph the layers read."""
+    from gmem.graph.batching import pad_graphs
+    n = index.num_entities
+    owner = np.repeat(np.arange(n, dtype=np.int32), index.degree)
+    return pad_graphs([jraph.GraphsTuple(
+        nodes={"entity": np.arange(n, dtype=np.int32),
+               "rel_hist": index.relation_histogram(np.arange(n))},
+        edges={"relation": index.rel.copy()},
+        senders=index.nbr.copy(), receivers=owner,
+        n_node=np.asarray([n], np.int32), n_edge=np.asarray([len(index.rel)], np.int32),
+        globals={"query": np.zeros((1, 3), np.int32)})], num_graphs=1)
