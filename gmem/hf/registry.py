@@ -6,7 +6,7 @@ Add a family by adding one Family entry to FAMILIES (keep entries small: data, n
 from __future__ import annotations
 
 import dataclasses
-from typing import Any, Callable
+from typing import Any, Callable, Optional
 
 from gmem.errors import GmemError
 from gmem.hf.keymap import Rule
@@ -22,12 +22,30 @@ class Family:
     config_cls: Any                       # has from_hf(dict) and to_hf() -> dict
     module: Callable[[Any], Any]          # config -> linen Module
     rules: tuple[Rule, ...]
+    # HF keys that are buffers, not weights (regexes, full match), skipped on import.
+    ignore: tuple[str, ...] = ()
+    # HF keys that duplicate a tied parameter: skipped on import when the config ties them.
+    tied: tuple[str, ...] = ()
+    # transformers Auto class that loads an exported folder.
+    auto_class: str = "AutoModelForCausalLM"
+    # config -> positional args for module.init (shapes only matter); None = ids of shape [1, 1].
+    example_inputs: Optional[Callable[[Any], tuple]] = None
 
 
 FAMILIES: list[Family] = [
     Family("llama", ("llama", "mistral"), ("LlamaForCausalLM", "MistralForCausalLM"),
-           llama.LlamaConfig, llama.LlamaForCausalLM, llama_keys.RULES),
+           llama.LlamaConfig, llama.LlamaForCausalLM, llama_keys.RULES,
+           ignore=llama_keys.IGNORE, tied=llama_keys.TIED),
 ]
+
+
+def family_by_architecture(architecture: str) -> Family:
+    """The family serving an HF architecture name such as "LlamaForCausalLM"."""
+    for fam in FAMILIES:
+        if architecture in fam.architectures:
+            return fam
+    known = sorted({a for f in FAMILIES for a in f.architectures})
+    raise GmemError(f"architecture={architecture!r} is not supported; gmem knows {known}")
 
 
 def family_for(hf_config: dict, where: str = "config.json") -> Family:

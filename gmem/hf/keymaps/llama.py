@@ -12,3 +12,9 @@ RULES = (
     Rule("model.norm.weight", "model/norm/scale"),
     Rule("lm_head.weight", "lm_head/kernel", "T"),
 )
+
+# Buffers some checkpoints carry (older transformers saved rotary inv_freq per layer).
+IGNORE = (r".*\.rotary_emb\.inv_freq", r".*\.position_ids")
+
+# With tie_word_embeddings the head is the embedding table; a saved copy is dropped.
+TIED = ("lm_head.weight",)
