@@ -1,0 +1,294 @@
+"""Typed run configs: YAML files that extend each other, plus command-line overrides.
+
+A config is an OmegaConf structured config over the dataclasses below, so unknown keys and
+wrong types are caught with the key's full path. Layers merge in order:
+
+  schema defaults <- configs/X.yaml (after the files it `extends:`) <- --override F.yaml ... <- key.sub=value
+
+Every problem is a one-line GmemError naming the file (and line for YAML syntax) and the key.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import pathlib
+from dataclasses import dataclass, field
+from typing import Any, Dict, List, Optional, Sequence
+
+import yaml
+from omegaconf import OmegaConf
+from omegaconf.errors import OmegaConfBaseException
+
+from gmem.errors import GmemError
+
+CONFIG_DIR = pathlib.Path(__file__).resolve().parent.parent / "configs"
+DEFAULT_CONFIG = CONFIG_DIR / "default.yaml"
+
+
+@dataclass
+class ModelConfig:
+    """Which base model. source: 'random' (tiny config from the fields below), an embedded asset
+    name ('smollm2'), a local HF folder, or a .gguf file. dtype is the compute dtype; parameters
+    stay float32 (master weights)."""
+
+    source: str = "random"
+    dtype: str = "float32"
+    remat: bool = False
+    seed: int = 0
+    # Only for source=random (tests, benchmarks); a real source brings its own config.json.
+    vocab_size: int = 260
+    hidden_size: int = 32
+    intermediate_size: int = 64
+    num_hidden_layers: int = 2
+    num_attention_heads: int = 4
+    num_key_value_heads: int = 2
+    head_dim: Optional[int] = None
+    max_position_embeddings: int = 2048
+    tie_word_embeddings: bool = False
+
+
+@dataclass
+class AdapterConfig:
+    """One adapter set (see gmem.adapters.AdapterSpec)."""
+
+    kind: str = "lora"
+    name: str = "default"
+    targets: List[str] = field(default_factory=lambda: ["q_proj", "v_proj"])
+    rank: int = 8
+    alpha: float = 16.0
+    dropout: float = 0.0
+
+
+@dataclass
+class DataConfig:
+    """Text corpus for language modelling. corpus: 'shakespeare' (embedded), a .txt file, a
+    folder of .txt files (matching `glob`), or a .json/.jsonl file with `text_field`.
+    batch_size is global (all hosts, all micro-batches of one optimizer step)."""
+
+    corpus: str = "shakespeare"
+    glob: str = "*.txt"
+    text_field: str = "text"
+    seq_len: int = 128
+    batch_size: int = 8
+    eval_fraction: float = 0.02
+    max_chars: Optional[int] = None
+    seed: int = 0
+
+
+@dataclass
+class OptimConfig:
+    """AdamW with warmup then cosine/linear/constant decay to lr * end_lr_ratio."""
+
+    lr: float = 1e-3
+    warmup_steps: int = 10
+    schedule: str = "cosine"
+    end_lr_ratio: float = 0.1
+    weight_decay: float = 0.0
+    b1: float = 0.9
+    b2: float = 0.999
+    eps: float = 1e-8
+    clip_norm: Optional[float] = 1.0
+    grad_accum: int = 1
+    # Parameters whose path contains one of these names (or that are 1-D) get no weight decay.
+    no_decay: List[str] = field(default_factory=lambda: ["bias", "norm", "scale"])
+
+
+@dataclass
+class MeshConfig:
+    """Device mesh shape; -1 on one axis takes the devices left over."""
+
+    data: int = -1
+    fsdp: int = 1
+    tensor: int = 1
+
+
+@dataclass
+class ShardingConfig:
+    mesh: MeshConfig = field(default_factory=MeshConfig)
+    # Extra or replacement logical-axis rules, e.g. {length: data}; None/[] = replicated.
+    rules: Dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass
+class CheckpointConfig:
+    """dir: '' means RUN_DIR/checkpoints. keep_best > 0 also keeps the best by `best_metric`."""
+
+    dir: str = ""
+    every: int = 100
+    keep: int = 2
+    keep_best: int = 0
+    best_metric: str = "eval/loss"
+    best_mode: str = "min"
+    async_save: bool = True
+
+
+@dataclass
+class EvalConfig:
+    every: int = 0
+    batches: int = 4
+    prompts: List[str] = field(default_factory=lambda: ["ROMEO:"])
+    max_new_tokens: int = 32
+    temperature: float = 0.0
+    top_k: int = 0
+
+
+@dataclass
+class TrainConfig:
+    steps: int = 100
+    seed: int = 0
+    log_every: int = 1
+    run_dir: str = "runs/default"
+    resume: bool = True
+    progress: bool = True
+
+
+@dataclass
+class SystemConfig:
+    """Which system assembles model, loss, data and eval; `params` holds its own options."""
+
+    name: str = "lm"
+    params: Dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass
+class Config:
+    system: SystemConfig = field(default_factory=SystemConfig)
+    model: ModelConfig = field(default_factory=ModelConfig)
+    adapters: List[AdapterConfig] = field(default_factory=lambda: [AdapterConfig()])
+    data: DataConfig = field(default_factory=DataConfig)
+    optim: OptimConfig = field(default_factory=OptimConfig)
+    sharding: ShardingConfig = field(default_factory=ShardingConfig)
+    checkpoint: CheckpointConfig = field(default_factory=CheckpointConfig)
+    eval: EvalConfig = field(default_factory=EvalConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+
+
+def _one_line(e: OmegaConfBaseException) -> str:
+    key = getattr(e, "full_key", None)
+    msg = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+    return f"{key}: {msg}" if key else msg
+
+
+def read_yaml(path: str | pathlib.Path) -> dict:
+    """safe_load a YAML mapping; syntax errors name the file and line."""
+    p = pathlib.Path(path)
+    if not p.is_file():
+        raise GmemError(f"{p}: config file not found")
+    try:
+        data = yaml.safe_load(p.read_text())
+    except yaml.MarkedYAMLError as e:
+        mark = e.problem_mark or e.context_mark
+        where = f"{p}:{mark.line + 1}" if mark else str(p)
+        raise GmemError(f"{where}: bad YAML: {e.problem or e.context}") from None
+    except yaml.YAMLError as e:
+        raise GmemError(f"{p}: bad YAML: {e}") from None
+    if data is None:
+        return {}
+    if not isinstance(data, dict):
+        raise GmemError(f"{p}: a config file must be a mapping of sections, got {type(data).__name__}")
+    return data
+
+
+def _file_layers(path: pathlib.Path, seen: tuple = ()) -> list[tuple[str, dict]]:
+    """The file and the files it extends, base first, as (name, dict) layers."""
+    path = path.resolve()
+    if path in seen:
+        chain = " -> ".join(str(s) for s in seen + (path,))
+        raise GmemError(f"{path}: `extends` makes a cycle: {chain}")
+    data = read_yaml(path)
+    parents = data.pop("extends", None) or []
+    if isinstance(parents, str):
+        parents = [parents]
+    layers = []
+    for parent in parents:
+        pp = pathlib.Path(parent)
+        if not pp.is_absolute():
+            pp = path.parent / pp
+        if not pp.is_file():
+            raise GmemError(f"{path}: extends: file {parent!r} not found (looked at {pp})")
+        layers += _file_layers(pp, seen + (path,))
+    return layers + [(str(path), data)]
+
+
+def _merge(cfg, layer: Any, where: str):
+    try:
+        return OmegaConf.merge(cfg, layer)
+    except OmegaConfBaseException as e:
+        raise GmemError(f"{where}: {_one_line(e)}") from None
+
+
+def load_config(path: str | pathlib.Path | None = None, overrides: Sequence[str] = (),
+                override_files: Sequence[str | pathlib.Path] = ()):
+    """Build the resolved config (an OmegaConf DictConfig over `Config`)."""
+    cfg = OmegaConf.structured(Config)
+    if path is not None:
+        for name, data in _file_layers(pathlib.Path(path)):
+            cfg = _merge(cfg, data, name)
+    for f in override_files:
+        for name, data in _file_layers(pathlib.Path(f)):
+            cfg = _merge(cfg, data, name)
+    for item in overrides:
+        if "=" not in item:
+            raise GmemError(f"override {item!r}: expected key.sub=value")
+        key, raw = item.split("=", 1)
+        try:
+            # Parse the value as OmegaConf's dotlist does (YAML scalars and lists), then set it by
+            # path so list indices (adapters.0.rank=4) and struct checks both work.
+            value = OmegaConf.to_container(OmegaConf.from_dotlist([f"v={raw}"]))["v"]
+            OmegaConf.update(cfg, key, value, merge=True)
+        except OmegaConfBaseException as e:
+            raise GmemError(f"override {item!r}: {_one_line(e)}") from None
+        except (yaml.YAMLError, TypeError, ValueError, IndexError) as e:
+            raise GmemError(f"override {item!r}: bad value for {key}: {str(e).splitlines()[0]}") from None
+    try:
+        OmegaConf.resolve(cfg)
+    except OmegaConfBaseException as e:
+        raise GmemError(f"config: {_one_line(e)}") from None
+    return cfg
+
+
+def to_object(cfg) -> Config:
+    """The typed dataclass view of a resolved config."""
+    return OmegaConf.to_object(cfg)
+
+
+def to_yaml(cfg) -> str:
+    if dataclasses.is_dataclass(cfg):
+        cfg = OmegaConf.structured(cfg)
+    return OmegaConf.to_yaml(cfg)
+
+
+def to_dict(cfg) -> dict:
+    if dataclasses.is_dataclass(cfg):
+        cfg = OmegaConf.structured(cfg)
+    return OmegaConf.to_container(cfg, resolve=True)
+
+
+def from_dict(d: dict) -> Config:
+    """Rebuild a typed config from a saved dict (checkpoint metadata)."""
+    return to_object(_merge(OmegaConf.structured(Config), d, "saved config"))
+
+
+def parse_cli(argv: Sequence[str]) -> tuple[Optional[str], list[str], list[str], list[str]]:
+    """Split argv into (--config path, --override files, key=value overrides, the rest)."""
+    path, files, pairs, rest = None, [], [], []
+    it = iter(argv)
+    for a in it:
+        if a in ("--config", "-c", "--override"):
+            try:
+                v = next(it)
+            except StopIteration:
+                raise GmemError(f"{a}: expected a file name after it") from None
+            if a == "--override":
+                files.append(v)
+            else:
+                path = v
+        elif a.startswith("--config="):
+            path = a.split("=", 1)[1]
+        elif a.startswith("--override="):
+            files.append(a.split("=", 1)[1])
+        elif "=" in a and not a.startswith("-"):
+            pairs.append(a)
+        else:
+            rest.append(a)
+    return path, files, pairs, rest

@@ -1,0 +1,1 @@
+"""Text loading, tokenization, fixed-length chunking and deterministic batching."""

@@ -1,0 +1,133 @@
+"""Language-model data: a corpus of documents -> token chunks [N, L+1] -> batches by index.
+
+Batches are a pure function of (seed, batch index): batch i of epoch e takes rows of a
+permutation seeded by (seed, e). The data-iterator position saved in a checkpoint is therefore
+one integer, and a resumed run sees exactly the batches an uninterrupted run would have.
+Each host builds only its own rows of every global batch.
+"""
+
+from __future__ import annotations
+
+import json
+import pathlib
+from typing import Callable, Iterator, Sequence
+
+import numpy as np
+
+from gmem.errors import GmemError
+
+
+def corpus_files(corpus: str, glob: str = "*.txt") -> list[pathlib.Path]:
+    """'shakespeare' (embedded asset), a .txt/.json/.jsonl file, or a folder of files."""
+    if corpus == "shakespeare":
+        import gmem.assets
+        p = pathlib.Path(gmem.assets.path("shakespeare"))
+    else:
+        p = pathlib.Path(corpus).expanduser()
+    if p.is_dir():
+        files = sorted(p.rglob(glob))
+        if not files:
+            raise GmemError(f"data.corpus: no files matching {glob!r} under {p}")
+        return files
+    if not p.is_file():
+        raise GmemError(f"data.corpus: {corpus!r} is not 'shakespeare', a file or a folder")
+    return [p]
+
+
+def load_texts(corpus: str, glob: str = "*.txt", text_field: str = "text",
+               max_chars: int | None = None) -> list[str]:
+    """Documents as strings, in a fixed order, cut to max_chars characters in total."""
+    texts: list[str] = []
+    for f in corpus_files(corpus, glob):
+        if f.suffix in (".json", ".jsonl"):
+            import datasets
+            ds = datasets.load_dataset("json", data_files=str(f), split="train")
+            if text_field not in ds.column_names:
+                raise GmemError(f"{f}: no field {text_field!r} (data.text_field); fields are {ds.column_names}")
+            texts += [str(t) for t in ds[text_field]]
+        else:
+            texts.append(f.read_text(encoding="utf-8", errors="replace"))
+    if max_chars is not None:
+        out, left = [], max_chars
+        for t in texts:
+            if left <= 0:
+                break
+            out.append(t[:left])
+            left -= len(out[-1])
+        texts = out
+    return texts
+
+
+def chunk_tokens(texts: Sequence[str], encode: Callable[[str], list[int]], seq_len: int,
+                 eos_id: int | None = None) -> np.ndarray:
+    """Concatenate the encoded documents (EOS between them) and cut into rows of seq_len + 1
+    tokens (inputs and shifted targets share a row). Returns int32 [N, seq_len + 1]."""
+    ids: list[int] = []
+    for t in texts:
+        ids += list(encode(t))
+        if eos_id is not None:
+            ids.append(int(eos_id))
+    n = len(ids) // (seq_len + 1)
+    if n == 0:
+        raise GmemError(f"data: the corpus has {len(ids)} tokens, fewer than one row of "
+                        f"data.seq_len+1={seq_len + 1}")
+    return np.asarray(ids[: n * (seq_len + 1)], np.int32).reshape(n, seq_len + 1)
+
+
+def split_rows(rows: np.ndarray, eval_fraction: float) -> tuple[np.ndarray, np.ndarray]:
+    """Last eval_fraction of the rows (at least one, when the fraction is > 0) for evaluation."""
+    n_eval = int(round(len(rows) * eval_fraction))
+    if eval_fraction > 0:
+        n_eval = max(1, n_eval)
+    if n_eval >= len(rows):
+        raise GmemError(f"data.eval_fraction={eval_fraction} leaves no training rows ({len(rows)} rows)")
+    return rows[: len(rows) - n_eval], rows[len(rows) - n_eval:]
+
+
+class BatchStream:
+    """Global batch i (of `batch_size` rows) of a shuffled, epoch-repeating stream of rows;
+    `host_batch(i, rows)` returns only this host's rows."""
+
+    def __init__(self, rows: np.ndarray, batch_size: int, seed: int = 0, shuffle: bool = True):
+        if len(rows) < batch_size:
+            raise GmemError(f"data.batch_size={batch_size} is larger than the {len(rows)} rows of data")
+        self.rows, self.batch_size, self.seed, self.shuffle = rows, batch_size, seed, shuffle
+        self.per_epoch = len(rows) // batch_size
+
+    def indices(self, i: int) -> np.ndarray:
+        epoch, j = divmod(int(i), self.per_epoch)
+        order = (np.random.default_rng([self.seed, epoch]).permutation(len(self.rows))
+                 if self.shuffle else np.arange(len(self.rows)))
+        return order[j * self.batch_size:(j + 1) * self.batch_size]
+
+    def host_batch(self, i: int, host: slice = slice(None)) -> dict:
+        return {"input_ids": self.rows[self.indices(i)[host]]}
+
+    def iterate(self, start: int = 0, host: slice = slice(None)) -> Iterator[dict]:
+        i = start
+        while True:
+            yield self.host_batch(i, host)
+            i += 1
+
+
+class ByteTokenizer:
+    """Bytes as tokens (ids 0-255) plus BOS 256, EOS 257, PAD 258: for tiny random models
+    and tests, with the encode/decode interface of HF tokenizers."""
+
+    bos_token_id, eos_token_id, pad_token_id = 256, 257, 258
+    vocab_size = 259
+
+    def encode(self, text: str, add_special_tokens: bool = False) -> list[int]:
+        ids = list(text.encode("utf-8"))
+        return [self.bos_token_id] + ids if add_special_tokens else ids
+
+    def decode(self, ids, skip_special_tokens: bool = True) -> str:
+        return bytes(i for i in ids if i < 256).decode("utf-8", errors="replace")
+
+
+def write_jsonl(path: str | pathlib.Path, rows: Sequence[dict]) -> None:
+    p = pathlib.Path(path)
+    p.parent.mkdir(parents=True, exist_ok=True)
+    with open(p, "w") as f:
+        for r in rows:
+            f.write(json.dumps(r, ensure_ascii=False) + "\n")

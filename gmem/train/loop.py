@@ -1,0 +1,220 @@
+"""The training loop. It knows no system: a system object hands it
+
+  structure                        dict of structural choices (checked on checkpoint restore)
+  abstract_base() -> (tree, specs) frozen weights as ShapeDtypeStructs + logical PartitionSpecs
+  load_base() -> tree              the frozen weights (host arrays)
+  abstract_trainable(abstract_base), trainable_specs(abstract_trainable, base_specs)
+  init_trainable(base, rng)        fresh trainable tree (fp32)
+  loss(trainable, frozen, batch, rng) -> (loss, aux)   pure, jit-able
+  batch_shapes() -> {name: ShapeDtypeStruct}           one global batch
+  batch(index, host_rows) -> {name: np.ndarray}        host-local rows of global batch `index`
+  evaluate(trainable, frozen) -> metrics dict ; predict(trainable, frozen) -> (rows, metrics)
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import importlib
+import math
+import os
+import pathlib
+import signal
+import time
+from typing import Any
+
+import flax.linen as nn
+import jax
+import numpy as np
+from jax.sharding import NamedSharding, PartitionSpec as P
+
+from gmem import config as gconfig
+from gmem.errors import GmemError
+from gmem.train import sharding as shd
+from gmem.train.checkpoint import Checkpointer, abstract_with_shardings
+from gmem.train.metrics import MetricsWriter
+from gmem.train.optim import make_optimizer
+from gmem.train.state import TrainState, abstract_state, create_state, state_shardings
+from gmem.train.step import jit_train_step, make_train_step
+
+# Test hook: after the checkpoint of this step is committed, print a line and stall until killed
+# (the exact-resume test SIGKILLs the process at that point).
+HANG_ENV = "GMEM_HANG_AFTER_STEP"
+
+
+def load_system(cfg, **kwargs):
+    """gmem.systems.<cfg.system.name>.build(cfg)."""
+    name = cfg.system.name
+    try:
+        mod = importlib.import_module(f"gmem.systems.{name}")
+    except ModuleNotFoundError as e:
+        if e.name == f"gmem.systems.{name}":
+            raise GmemError(f"system.name: unknown system {name!r} (no gmem/systems/{name}.py)") from None
+        raise
+    return mod.build(cfg, **kwargs)
+
+
+@dataclasses.dataclass
+class Plan:
+    """Everything about a run that is decided before any weight is allocated."""
+
+    mesh: Any
+    rules: tuple
+    optimizer: Any
+    schedule: Any
+    abstract_frozen: Any
+    frozen_sh: Any
+    abstract_trainable: Any
+    trainable_sh: Any
+    abstract_state: TrainState
+    state_sh: TrainState
+    batch_sh: dict
+    step: Any  # jitted train step
+
+    def context(self):
+        """Mesh + logical rules in scope, so `constrain` inside the model resolves."""
+        return _Ctx(self.mesh, self.rules)
+
+
+class _Ctx:
+    def __init__(self, mesh, rules):
+        self.mesh, self.rules = mesh, rules
+
+    def __enter__(self):
+        self._a = jax.set_mesh(self.mesh)
+        self._b = nn.logical_axis_rules(list(self.rules))
+        self._a.__enter__()
+        self._b.__enter__()
+        return self
+
+    def __exit__(self, *exc):
+        self._b.__exit__(*exc)
+        self._a.__exit__(*exc)
+
+
+def make_plan(cfg, system, mesh=None) -> Plan:
+    m = cfg.sharding.mesh
+    mesh = mesh or shd.make_mesh(m.data, m.fsdp, m.tensor)
+    rules = shd.rules_with(cfg.sharding.rules)
+    optimizer, schedule = make_optimizer(cfg.optim, cfg.train.steps)
+    abs_frozen, frozen_specs = system.abstract_base()
+    frozen_sh = shd.mesh_shardings(frozen_specs, mesh, rules)
+    shd.check_divisible(abs_frozen, frozen_sh, "params")
+    abs_train = system.abstract_trainable(abs_frozen)
+    train_sh = shd.mesh_shardings(system.trainable_specs(abs_train, frozen_specs), mesh, rules)
+    shd.check_divisible(abs_train, train_sh, "trainable")
+    replicated = NamedSharding(mesh, P())
+    st_sh = state_shardings(train_sh, optimizer, abs_train, replicated)
+    abs_state = abstract_state(abs_train, optimizer)
+    shapes = system.batch_shapes()
+    n_batch = math.prod(mesh.shape[a] for a in ("data", "fsdp"))
+    for k, s in shapes.items():
+        if s.shape[0] % (n_batch * cfg.optim.grad_accum):
+            raise GmemError(f"data.batch_size={s.shape[0]} must divide by data*fsdp={n_batch} "
+                            f"times optim.grad_accum={cfg.optim.grad_accum}")
+    batch_sh = {k: shd.batch_sharding(mesh, rules, len(s.shape)) for k, s in shapes.items()}
+    step = jit_train_step(make_train_step(system.loss, optimizer, schedule, cfg.optim.grad_accum),
+                          st_sh, frozen_sh, batch_sh)
+    return Plan(mesh, rules, optimizer, schedule, abs_frozen, frozen_sh, abs_train, train_sh,
+                abs_state, st_sh, batch_sh, step)
+
+
+def checkpoint_dir(cfg) -> pathlib.Path:
+    return pathlib.Path(cfg.checkpoint.dir or pathlib.Path(cfg.train.run_dir) / "checkpoints")
+
+
+def _finite(x) -> bool:
+    return bool(np.isfinite(np.asarray(x)).all())
+
+
+def train(cfg, system=None, mesh=None, log=print) -> dict:
+    """Train (or resume) per cfg; returns a summary dict. Ctrl-C saves and exits cleanly."""
+    system = system or load_system(cfg)
+    plan = make_plan(cfg, system, mesh)
+    run_dir = pathlib.Path(cfg.train.run_dir)
+    ckpt = Checkpointer(checkpoint_dir(cfg), cfg.checkpoint)
+    writer = MetricsWriter(run_dir)
+    config_dict = gconfig.to_dict(cfg)
+    host = shd.host_rows(cfg.data.batch_size)
+    total = cfg.train.steps
+    interrupted = {"flag": False}
+    summary: dict = {"run_dir": str(run_dir), "checkpoint_dir": str(ckpt.directory)}
+
+    def on_sigint(signum, frame):
+        if interrupted["flag"]:  # second Ctrl-C: give up at once
+            raise KeyboardInterrupt
+        interrupted["flag"] = True
+        log("interrupt: saving a checkpoint after this step (Ctrl-C again to abort)")
+
+    old_handler = signal.signal(signal.SIGINT, on_sigint)
+    try:
+        with plan.context():
+            frozen = jax.device_put(system.load_base(), plan.frozen_sh)
+            start, position = 0, 0
+            if cfg.train.resume and ckpt.latest_step() is not None:
+                target = abstract_with_shardings(plan.abstract_state, plan.state_sh)
+                state, meta = ckpt.restore(target, system.structure)
+                start, position = int(state.step), int(meta.get("data_position", int(state.step)))
+                log(f"resumed from {ckpt.directory}/{start} (data position {position})")
+            else:
+                trainable = system.init_trainable(frozen, jax.random.PRNGKey(cfg.train.seed))
+                state = jax.device_put(create_state(trainable, plan.optimizer, cfg.train.seed), plan.state_sh)
+            last_saved = start if start else None
+            eval_fn = jax.jit(lambda t, f, x: system.loss(t, f, x, jax.random.PRNGKey(0))[0])
+
+            def save(step, metrics=None):
+                meta = {"structure": system.structure, "config": config_dict,
+                        "data_position": position, "step": step}
+                ckpt.save(step, state, meta, metrics=metrics)
+
+            pbar = None
+            if cfg.train.progress and jax.process_index() == 0 and start < total:
+                from tqdm import tqdm
+                pbar = tqdm(total=total, initial=start, desc="train", dynamic_ncols=True)
+            t_last, losses = time.perf_counter(), []
+            for step in range(start + 1, total + 1):
+                batch = shd.global_batch(plan.mesh, system.batch(position, host), plan.rules)
+                position += 1
+                state, metrics = plan.step(state, frozen, batch)
+                metrics = {k: float(v) for k, v in jax.device_get(metrics).items()}
+                if not (_finite(metrics["loss"]) and _finite(metrics["grad_norm"])):
+                    ckpt.wait()
+                    good = ckpt.latest_step()
+                    where = f"step {good} in {ckpt.directory}" if good is not None else "none saved yet"
+                    raise GmemError(f"step {step}: loss is {metrics['loss']}, grad norm is "
+                                    f"{metrics['grad_norm']}; training stopped (last good checkpoint: {where})")
+                now = time.perf_counter()
+                metrics["tokens_per_s"] = metrics.get("tokens", 0.0) / max(now - t_last, 1e-9)
+                t_last = now
+                losses.append(metrics["loss"])
+                if step % cfg.train.log_every == 0 or step == total:
+                    writer.write(step, metrics)
+                if pbar is not None:
+                    pbar.set_postfix(loss=f"{metrics['loss']:.4f}", tok_s=f"{metrics['tokens_per_s']:.0f}")
+                    pbar.update(1)
+                ev = None
+                if cfg.eval.every and (step % cfg.eval.every == 0 or step == total):
+                    ev = system.evaluate(state.trainable, frozen, eval_fn)
+                    writer.write(step, ev)
+                    summary["eval"] = ev
+                if step % cfg.checkpoint.every == 0 or step == total or interrupted["flag"]:
+                    save(step, ev if cfg.checkpoint.keep_best and ev else None)
+                    last_saved = step
+                if os.environ.get(HANG_ENV) == str(step):
+                    ckpt.wait()
+                    print(f"HANG after step {step}", flush=True)
+                    while True:
+                        time.sleep(1)
+                if interrupted["flag"]:
+                    ckpt.wait()
+                    log(f"\ninterrupted: checkpoint saved at step {step} in {ckpt.directory}; "
+                        "run the same command again to resume")
+                    summary["interrupted"] = True
+                    break
+            if pbar is not None:
+                pbar.close()
+            summary.update(step=int(state.step), losses=losses, last_checkpoint=last_saved)
+    finally:
+        signal.signal(signal.SIGINT, old_handler)
+        ckpt.close()
+        writer.close()
+    return summary

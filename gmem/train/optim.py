@@ -1,0 +1,58 @@
+"""optax AdamW with warmup + decay, gradient clipping and a weight-decay mask.
+
+The optimizer is built for the trainable tree only, so its state never holds a moment for a
+frozen base weight. Gradient accumulation lives in the train step (a scan over micro-batches),
+so one optimizer update is one step everywhere (schedules, checkpoints, logs).
+"""
+
+from __future__ import annotations
+
+from typing import Sequence
+
+import jax
+import optax
+
+from gmem.errors import GmemError
+
+SCHEDULES = ("cosine", "linear", "constant")
+
+
+def schedule(lr: float, total_steps: int, warmup_steps: int = 0, kind: str = "cosine",
+             end_lr_ratio: float = 0.0) -> optax.Schedule:
+    """Linear warmup from 0 to lr, then cosine/linear decay to lr*end_lr_ratio at total_steps."""
+    if kind not in SCHEDULES:
+        raise GmemError(f"optim.schedule: unknown value {kind!r}; use one of {SCHEDULES}")
+    warmup_steps = max(0, min(warmup_steps, total_steps))
+    decay_steps = max(1, total_steps - warmup_steps)
+    end = lr * end_lr_ratio
+    if kind == "cosine":
+        decay = optax.cosine_decay_schedule(lr, decay_steps, alpha=end_lr_ratio)
+    elif kind == "linear":
+        decay = optax.linear_schedule(lr, end, decay_steps)
+    else:
+        decay = optax.constant_schedule(lr)
+    if warmup_steps == 0:
+        return decay
+    return optax.join_schedules([optax.linear_schedule(0.0, lr, warmup_steps), decay], [warmup_steps])
+
+
+def decay_mask(params, no_decay: Sequence[str] = ("bias", "norm", "scale")):
+    """True where weight decay applies: matrices whose path names none of `no_decay`."""
+    def keep(path, leaf):
+        name = jax.tree_util.keystr(path).lower()
+        return leaf.ndim >= 2 and not any(n.lower() in name for n in no_decay)
+    return jax.tree_util.tree_map_with_path(keep, params)
+
+
+def make_optimizer(cfg, total_steps: int) -> tuple[optax.GradientTransformation, optax.Schedule]:
+    """From an OptimConfig: (optimizer, lr schedule)."""
+    if cfg.grad_accum < 1:
+        raise GmemError(f"optim.grad_accum: must be >= 1, got {cfg.grad_accum}")
+    sched = schedule(cfg.lr, total_steps, cfg.warmup_steps, cfg.schedule, cfg.end_lr_ratio)
+    parts = []
+    if cfg.clip_norm:
+        parts.append(optax.clip_by_global_norm(cfg.clip_norm))
+    no_decay = tuple(cfg.no_decay)
+    parts.append(optax.adamw(sched, b1=cfg.b1, b2=cfg.b2, eps=cfg.eps, weight_decay=cfg.weight_decay,
+                             mask=lambda p: decay_mask(p, no_decay)))
+    return optax.chain(*parts), sched

@@ -1,0 +1,167 @@
+"""Meshes, the one logical-axis rules table, and global batches from per-host data.
+
+Every parameter carries logical axis names (nn.with_logical_partitioning); RULES maps them onto
+the mesh axes (data, fsdp, tensor). Parameters are sharded over fsdp on their `embed` axis and
+over tensor on heads/mlp/vocab; the batch is split over data x fsdp.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+from typing import Any, Mapping
+
+import flax.linen as nn
+import jax
+import numpy as np
+from jax.sharding import AxisType, Mesh, NamedSharding, PartitionSpec as P
+
+from gmem.errors import GmemError
+
+MESH_AXES = ("data", "fsdp", "tensor")
+
+# Logical axis -> mesh axes. The ONE table: parameters, activations (constrain) and batches.
+RULES: tuple[tuple[str, Any], ...] = (
+    ("batch", ("data", "fsdp")),
+    ("embed", "fsdp"),
+    ("heads", "tensor"),
+    ("kv_heads", "tensor"),
+    ("mlp", "tensor"),
+    ("vocab", "tensor"),
+    ("head_dim", None),
+    ("length", None),
+    ("memory", None),
+    ("nodes", None),
+    ("edges", None),
+    ("lora_rank", None),
+)
+
+
+def rules_with(overrides: Mapping[str, Any] | None = None) -> tuple:
+    """RULES with entries replaced or added from a config mapping (value None/[] = replicated)."""
+    if not overrides:
+        return RULES
+    table = dict(RULES)
+    for k, v in overrides.items():
+        if isinstance(v, (list, tuple)):
+            v = tuple(v) or None
+        for ax in (v if isinstance(v, tuple) else (v,)):
+            if ax is not None and ax not in MESH_AXES:
+                raise GmemError(f"sharding.rules.{k}: unknown mesh axis {ax!r}; use one of {MESH_AXES}")
+        table[k] = v
+    return tuple(table.items())
+
+
+def maybe_initialize_distributed() -> None:
+    """jax.distributed.initialize() when a multi-host environment is present (TPU pod, SLURM,
+    or JAX_COORDINATOR_ADDRESS); a single process does nothing."""
+    markers = ("JAX_COORDINATOR_ADDRESS", "SLURM_NTASKS", "TPU_WORKER_HOSTNAMES", "MEGASCALE_COORDINATOR_ADDRESS")
+    if any(os.environ.get(m) for m in markers) and not jax.distributed.is_initialized():
+        if os.environ.get("SLURM_NTASKS", "1") == "1" and not (
+                os.environ.get("JAX_COORDINATOR_ADDRESS") or os.environ.get("TPU_WORKER_HOSTNAMES")):
+            return
+        jax.distributed.initialize()
+
+
+def mesh_shape(data: int, fsdp: int, tensor: int, n_devices: int) -> tuple[int, int, int]:
+    """Resolve one -1 entry to the devices left over; check the product."""
+    dims = [data, fsdp, tensor]
+    if sum(d == -1 for d in dims) > 1:
+        raise GmemError("sharding.mesh: at most one of data/fsdp/tensor may be -1")
+    for name, d in zip(MESH_AXES, dims):
+        if d == 0 or d < -1:
+            raise GmemError(f"sharding.mesh.{name}: must be positive or -1, got {d}")
+    known = math.prod(d for d in dims if d != -1)
+    if -1 in dims:
+        if n_devices % known:
+            raise GmemError(f"sharding.mesh: {n_devices} devices do not divide by {known}")
+        dims[dims.index(-1)] = n_devices // known
+    if math.prod(dims) != n_devices:
+        raise GmemError(f"sharding.mesh: data*fsdp*tensor = {math.prod(dims)} but there are "
+                        f"{n_devices} devices")
+    return tuple(dims)
+
+
+def make_mesh(data: int = -1, fsdp: int = 1, tensor: int = 1, devices=None) -> Mesh:
+    """A (data, fsdp, tensor) mesh with Auto axes (jax.make_mesh defaults to Explicit)."""
+    devices = list(jax.devices() if devices is None else devices)
+    shape = mesh_shape(data, fsdp, tensor, len(devices))
+    return jax.make_mesh(shape, MESH_AXES, axis_types=(AxisType.Auto,) * 3, devices=devices)
+
+
+def logical_specs(boxed_tree) -> Any:
+    """Tree of logical PartitionSpecs from a tree holding nn.LogicallyPartitioned boxes
+    (e.g. jax.eval_shape(model.init, ...)); unboxed leaves get P() (replicated)."""
+    return nn.get_partition_spec(boxed_tree)
+
+
+def adapter_logical_specs(abstract_trainable, base_specs) -> Any:
+    """Logical specs for an adapter tree ({set name: tree mirroring module paths}): LoRA A
+    [D_in, r] takes its kernel's input axis, B [r, D_out] its output axis, so a LoRA pair is
+    sharded like the projection it sits on; every other leaf is replicated."""
+    def key(k):
+        return getattr(k, "key", getattr(k, "idx", k))
+
+    def spec(path, leaf):
+        keys = [key(k) for k in path]
+        name = keys[-1]
+        if name in ("lora_A", "lora_B") and len(keys) >= 3:
+            node = base_specs
+            for k in keys[1:-1] + ["kernel"]:
+                node = node.get(k) if isinstance(node, dict) else None
+                if node is None:
+                    break
+            if isinstance(node, P) and len(node) == 2:
+                return P(node[0], None) if name == "lora_A" else P(None, node[1])
+        return P(*([None] * len(leaf.shape)))
+    return jax.tree_util.tree_map_with_path(spec, abstract_trainable)
+
+
+def mesh_shardings(spec_tree, mesh: Mesh, rules=RULES):
+    """Logical PartitionSpec tree -> NamedSharding tree on mesh."""
+    return nn.logical_to_mesh_sharding(spec_tree, mesh, list(rules))
+
+
+def check_divisible(abstract_tree, sharding_tree, where: str = "params") -> None:
+    """A clear error when a dimension does not divide by its mesh axes (instead of XLA's)."""
+    errors = []
+    flat_a = jax.tree_util.tree_flatten_with_path(abstract_tree)[0]
+    flat_s = jax.tree_util.tree_leaves(sharding_tree, is_leaf=lambda x: isinstance(x, NamedSharding))
+    for (path, a), s in zip(flat_a, flat_s):
+        for dim, axes in zip(a.shape, s.spec):
+            if axes is None:
+                continue
+            n = math.prod(s.mesh.shape[x] for x in (axes if isinstance(axes, tuple) else (axes,)))
+            if dim % n:
+                errors.append(f"{where}{jax.tree_util.keystr(path)} dim {dim} by {axes}={n}")
+    if errors:
+        raise GmemError("sharding: dimensions do not divide by the mesh: " + "; ".join(errors[:5]))
+
+
+def batch_sharding(mesh: Mesh, rules=RULES, ndim: int = 2) -> NamedSharding:
+    """Sharding of a [B, ...] batch array: B over the mesh axes that `batch` maps to."""
+    spec = nn.logical_to_mesh_axes(("batch",) + (None,) * (ndim - 1), list(rules))
+    return NamedSharding(mesh, spec)
+
+
+def host_rows(global_batch: int) -> slice:
+    """The rows of a global batch this process loads (each host loads only its own shard)."""
+    n, i = jax.process_count(), jax.process_index()
+    if global_batch % n:
+        raise GmemError(f"data.batch_size={global_batch} does not divide by {n} hosts")
+    per = global_batch // n
+    return slice(i * per, (i + 1) * per)
+
+
+def global_batch(mesh: Mesh, local: Mapping[str, np.ndarray], rules=RULES) -> dict:
+    """Per-host numpy arrays [B_host, ...] -> global jax arrays [B, ...] sharded over batch axes."""
+    out = {}
+    for k, v in local.items():
+        v = np.asarray(v)
+        shape = (v.shape[0] * jax.process_count(),) + v.shape[1:]
+        out[k] = jax.make_array_from_process_local_data(batch_sharding(mesh, rules, v.ndim), v, shape)
+    return out
+
+
+def describe(mesh: Mesh) -> str:
+    return " x ".join(f"{k}={v}" for k, v in mesh.shape.items()) + f" ({mesh.devices.size} devices)"
