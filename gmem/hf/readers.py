@@ -1,0 +1,134 @@
+"""Tensor sources: read an HF checkpoint one tensor at a time, without torch where possible.
+
+A TensorSource lists its keys and shapes up front (from file headers only) and hands out one
+host numpy array per `get`, so a converter can move each tensor to its device and drop the host
+copy before reading the next. Sources:
+
+  safetensors  model.safetensors, or shards listed in model.safetensors.index.json
+  torch        pytorch_model.bin (or its sharded index), via torch.load(weights_only=True, mmap=True)
+  gguf         gmem.hf.gguf.GGUFSource (llama.cpp files, dequantised)
+
+Untrusted files: safetensors first; torch pickles only with weights_only=True.
+"""
+
+from __future__ import annotations
+
+import json
+import pathlib
+from typing import Iterable, Protocol
+
+import numpy as np
+
+from gmem.errors import GmemError
+
+SAFE_INDEX = "model.safetensors.index.json"
+SAFE_SINGLE = "model.safetensors"
+TORCH_INDEX = "pytorch_model.bin.index.json"
+TORCH_SINGLE = "pytorch_model.bin"
+
+
+class TensorSource(Protocol):
+    where: str                                    # the file or folder, for error messages
+
+    def keys(self) -> list[str]: ...
+    def shape(self, key: str) -> tuple[int, ...]: ...
+    def get(self, key: str) -> np.ndarray: ...    # HF layout ([out, in] for Linear weights)
+    def close(self) -> None: ...
+
+
+def _read_index(path: pathlib.Path) -> dict[str, str]:
+    try:
+        weight_map = json.loads(path.read_text())["weight_map"]
+    except (OSError, ValueError, KeyError) as e:
+        raise GmemError(f"{path}: not a readable shard index ({e})") from None
+    missing = sorted({f for f in weight_map.values() if not (path.parent / f).exists()})
+    if missing:
+        raise GmemError(f"{path}: lists shard files that do not exist: {missing}")
+    return weight_map
+
+
+class SafetensorsSource:
+    """One or more .safetensors files read lazily with safe_open (numpy framework)."""
+
+    def __init__(self, files: Iterable[pathlib.Path], where: str):
+        from safetensors import safe_open
+
+        self.where = where
+        self._handles = []
+        self._owner: dict[str, object] = {}
+        for f in files:
+            try:
+                h = safe_open(str(f), framework="np")
+            except Exception as e:  # safetensors raises its own SafetensorError
+                raise GmemError(f"{f}: not a readable safetensors file ({e})") from None
+            self._handles.append(h)
+            for k in h.keys():
+                self._owner[k] = h
+
+    def keys(self) -> list[str]:
+        return list(self._owner)
+
+    def shape(self, key: str) -> tuple[int, ...]:
+        return tuple(self._owner[key].get_slice(key).get_shape())
+
+    def get(self, key: str) -> np.ndarray:
+        return self._owner[key].get_tensor(key)
+
+    def close(self) -> None:
+        self._handles.clear()
+        self._owner.clear()
+
+
+class TorchSource:
+    """pytorch_model.bin file(s), loaded with weights_only=True and mmap (no full copy)."""
+
+    def __init__(self, files: Iterable[pathlib.Path], where: str):
+        import torch
+
+        self.where = where
+        self._tensors: dict[str, object] = {}
+        for f in files:
+            try:
+                sd = torch.load(str(f), map_location="cpu", weights_only=True, mmap=True)
+            except Exception as e:  # pickle refused by weights_only, truncated file, ...
+                raise GmemError(f"{f}: cannot be read as a torch state dict with "
+                                f"weights_only=True ({type(e).__name__}: {e})") from None
+            if not isinstance(sd, dict):
+                raise GmemError(f"{f}: holds a {type(sd).__name__}, not a state dict")
+            self._tensors.update(sd)
+
+    def keys(self) -> list[str]:
+        return list(self._tensors)
+
+    def shape(self, key: str) -> tuple[int, ...]:
+        return tuple(self._tensors[key].shape)
+
+    def get(self, key: str) -> np.ndarray:
+        import torch
+
+        t = self._tensors[key].detach()
+        if t.dtype == torch.bfloat16:  # numpy has no bf16: reinterpret the bits via ml_dtypes
+            import ml_dtypes
+
+            return t.contiguous().view(torch.int16).numpy().view(ml_dtypes.bfloat16)
+        return t.numpy()
+
+    def close(self) -> None:
+        self._tensors.clear()
+
+
+def open_weights(folder: str | pathlib.Path) -> TensorSource:
+    """The weights of an HF folder: safetensors (single or sharded) first, else torch .bin."""
+    folder = pathlib.Path(folder)
+    if (folder / SAFE_INDEX).exists():
+        files = sorted({folder / f for f in _read_index(folder / SAFE_INDEX).values()})
+        return SafetensorsSource(files, str(folder))
+    if (folder / SAFE_SINGLE).exists():
+        return SafetensorsSource([folder / SAFE_SINGLE], str(folder))
+    if (folder / TORCH_INDEX).exists():
+        files = sorted({folder / f for f in _read_index(folder / TORCH_INDEX).values()})
+        return TorchSource(files, str(folder))
+    if (folder / TORCH_SINGLE).exists():
+        return TorchSource([folder / TORCH_SINGLE], str(folder))
+    raise GmemError(f"{folder}: no weights found (looked for {SAFE_SINGLE}, {SAFE_INDEX}, "
+                    f"{TORCH_SINGLE}, {TORCH_INDEX})")
