@@ -1,0 +1,150 @@
+"""GMT's memory cross-attention (MCA): the decoder reads M memory tokens between self-attention
+and the MLP of chosen layers (specs/gofa-gmt.md B8).
+
+    x2 = x1 + g * o_proj(Attn(q_proj(RMSNorm_mem(x1)), k_proj(mem), v_proj(mem)))
+
+- q/k/v/o are Projections with the layer's self-attention shapes. `init_from_self_attention`
+  copies that layer's self-attention weights into them; they stay frozen and are adapted only
+  by LoRA (r 64, alpha 128, dropout 0.01: `memory_lora_spec`) through the adapter collection.
+- g is a scalar initialised to 0, so at initialisation the model is exactly the base LLM. The
+  reference uses g as is (no tanh): gate="scalar" is the default; gate="tanh" uses tanh(g), as
+  Flamingo-style gates do (same start, bounded). RMSNorm_mem is fresh (scale 1) and trainable.
+- No mask and no RoPE on the memory: memory tokens have no position. Keys and values of the
+  memory are recomputed from the memory passed at every call (16 tokens, cheap), so decoding
+  with a KV cache needs only the same memory at each step; nothing of it enters the cache.
+- GQA works (k/v have kv_heads heads, as the layer's self-attention); the reference needed
+  q/k/v/o all square (LLaMA-7B) and failed on GQA models.
+
+Plug into a LLaMA-family model:
+
+    block = memory_block(config)                  # functools.partial(MemoryCrossAttention, ...)
+    model = LlamaForCausalLM(config, memory_block=block, memory_layers=(22, ..., 29))
+    params = init_from_self_attention(params, memory_layers)
+    logits, cache = model.apply({"params": params, "adapter": lora}, ids, memory=mem_BMD)
+"""
+
+from __future__ import annotations
+
+import functools
+from typing import Any, Sequence
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+
+from gmem.errors import GmemError
+from gmem.models.common import to_dtype
+from gmem.nn.attention import constrain, dot_product_attention
+from gmem.nn.norms import RMSNorm
+from gmem.nn.projection import Projection
+
+BLOCK_NAME = "memory_attn"   # the name the decoder layer gives the block (params path)
+PROJECTIONS = ("q_proj", "k_proj", "v_proj", "o_proj")
+GATES = ("scalar", "tanh")
+
+
+class MemoryCrossAttention(nn.Module):
+    """(h_BLD, memory_BMD) -> h_BLD. config: the decoder's config (LlamaConfig: hidden_size,
+    num_attention_heads, num_key_value_heads, head_size, rms_norm_eps, attention_bias, dtype).
+
+    Params: memory_layernorm/scale, q_proj, k_proj, v_proj, o_proj (kernels [in, out]),
+    memory_gate [].
+    """
+
+    config: Any
+    gate: str = "scalar"
+
+    @nn.compact
+    def __call__(self, x_BLD: jax.Array, memory_BMD: jax.Array) -> jax.Array:
+        c = self.config
+        if self.gate not in GATES:
+            raise GmemError(f"memory gate: {self.gate!r} is not one of {GATES}")
+        dt = to_dtype(c.dtype)
+        b, l, _ = x_BLD.shape
+        m = memory_BMD.shape[1]
+        h, kvh, hd = c.num_attention_heads, c.num_key_value_heads, c.head_size
+        bias = getattr(c, "attention_bias", False)
+        proj = lambda n, f, axes: Projection(f, axes=axes, use_bias=bias, dtype=dt, name=n)
+        mem = constrain(memory_BMD.astype(dt), ("batch", "memory", "embed"))
+        xn = RMSNorm(c.rms_norm_eps, dtype=dt, name="memory_layernorm")(x_BLD)
+        q = proj("q_proj", h * hd, ("embed", "heads"))(xn).reshape(b, l, h, hd)
+        k = proj("k_proj", kvh * hd, ("embed", "kv_heads"))(mem).reshape(b, m, kvh, hd)
+        v = proj("v_proj", kvh * hd, ("embed", "kv_heads"))(mem).reshape(b, m, kvh, hd)
+        q = constrain(q, ("batch", "length", "heads", "head_dim"))
+        out = dot_product_attention(q, k, v, None).reshape(b, l, h * hd)
+        o = proj("o_proj", c.hidden_size, ("heads", "embed"))(out)
+        g = self.param("memory_gate", nn.with_logical_partitioning(nn.initializers.zeros_init(), ()),
+                       (), jnp.float32)
+        g = jnp.tanh(g) if self.gate == "tanh" else g
+        return constrain(x_BLD + g.astype(o.dtype) * o, ("batch", "length", "embed"))
+
+
+def memory_block(config: Any, gate: str = "scalar"):
+    """The `memory_block` argument of LlamaForCausalLM: the decoder instantiates it as
+    block(name="memory_attn")."""
+    if gate not in GATES:
+        raise GmemError(f"memory gate: {gate!r} is not one of {GATES}")
+    return functools.partial(MemoryCrossAttention, config, gate=gate)
+
+
+def top_layers(num_hidden_layers: int, count: int = 8) -> tuple[int, ...]:
+    """GMT's default memory layers: the top `count` decoder layers (0-based)."""
+    if not 0 < count <= num_hidden_layers:
+        raise GmemError(f"memory_layers: cannot take the top {count} of {num_hidden_layers} layers")
+    return tuple(range(num_hidden_layers - count, num_hidden_layers))
+
+
+def init_from_self_attention(params: dict, memory_layers: Sequence[int],
+                             prefix: tuple = ("model",)) -> dict:
+    """Copy each memory layer's self_attn q/k/v/o (kernels and biases) into its memory_attn.
+
+    params: the model's params tree (plain or flax-boxed), e.g. variables["params"]. Returns a
+    new tree; the input is not modified. Memory-block params missing from `params` (a base tree
+    imported from HF) are created: gate 0, layernorm scale 1.
+    """
+    new = _copy_dicts(params)
+    root = new
+    for p in prefix:
+        if p not in root:
+            raise GmemError(f"params: no {'/'.join(prefix)} in the tree")
+        root = root[p]
+    for i in memory_layers:
+        layer = root.get(f"layers_{i}")
+        if layer is None or "self_attn" not in layer:
+            raise GmemError(f"memory_layers: params have no {'/'.join(prefix)}/layers_{i}/self_attn")
+        sa = layer["self_attn"]
+        block = layer.setdefault(BLOCK_NAME, {})
+        for n in PROJECTIONS:
+            block[n] = dict(sa[n])
+        kernel = sa["o_proj"]["kernel"]
+        # Keep the tree's style: boxed (LogicallyPartitioned) leaves if the source has them.
+        box = ((lambda v, names: nn.LogicallyPartitioned(v, names))
+               if isinstance(kernel, nn.LogicallyPartitioned) else (lambda v, names: v))
+        if "memory_gate" not in block:
+            block["memory_gate"] = box(jnp.zeros((), jnp.float32), ())
+        if "memory_layernorm" not in block:
+            d = nn.unbox(kernel).shape[-1]
+            block["memory_layernorm"] = {"scale": box(jnp.ones((d,), jnp.float32), ("embed",))}
+    return new
+
+
+def memory_lora_spec(rank: int = 64, alpha: float = 128.0, dropout: float = 0.01,
+                     name: str = "memory"):
+    """LoRA on the memory blocks' q/k/v/o only (GMT: r 64, alpha 128, dropout 0.01)."""
+    from gmem.adapters import AdapterSpec
+    return AdapterSpec(kind="lora", targets=tuple(f"{BLOCK_NAME}.{p}" for p in PROJECTIONS),
+                       rank=rank, alpha=alpha, dropout=dropout, name=name)
+
+
+def is_trainable_memory_param(path: Sequence[str]) -> bool:
+    """GMT's stage-2 trainable LLM-side params besides LoRA: every memory_gate and
+    memory_layernorm (the copied q/k/v/o stay frozen). path: the param's keys."""
+    keys = [str(getattr(k, "key", k)) for k in path]
+    return BLOCK_NAME in keys and ("memory_gate" in keys or "memory_layernorm" in keys)
+
+
+def _copy_dicts(tree):
+    # Fresh dict nodes (so the caller's tree is not mutated); leaves are shared.
+    if isinstance(tree, dict) or hasattr(tree, "items") and not hasattr(tree, "shape"):
+        return {k: _copy_dicts(v) for k, v in tree.items()}
+    return tree

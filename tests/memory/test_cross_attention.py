@@ -1,0 +1,139 @@
+"""GMT memory cross-attention on a tiny random LLaMA: zero gate = base model exactly, a non-zero
+gate changes logits, KV-cache decoding equals the full forward, LoRA reaches the block."""
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from gmem.errors import GmemError
+from gmem.memory.cross_attention import (init_from_self_attention, is_trainable_memory_param,
+                                         memory_block, memory_lora_spec, top_layers)
+from gmem.models.llama import LlamaConfig, LlamaForCausalLM
+
+CFG = LlamaConfig(vocab_size=97, hidden_size=32, intermediate_size=64, num_hidden_layers=4,
+                  num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=64)
+LAYERS = (2, 3)
+B, L, M = 2, 7, 5
+
+
+@pytest.fixture(scope="module")
+def setup():
+    base = LlamaForCausalLM(CFG)
+    mem_model = LlamaForCausalLM(CFG, memory_block=memory_block(CFG), memory_layers=LAYERS)
+    ids = jax.random.randint(jax.random.key(1), (B, L), 0, CFG.vocab_size)
+    memory = jax.random.normal(jax.random.key(2), (B, M, CFG.hidden_size))
+    base_params = nn.unbox(base.init(jax.random.key(0), ids)["params"])
+    # The memory model's tree = the base tree + memory_attn blocks copied from self_attn.
+    params = init_from_self_attention(base_params, LAYERS)
+    assert "memory_attn" not in base_params["model"]["layers_2"]  # input not modified
+    return base, mem_model, base_params, params, ids, memory
+
+
+def _set_gate(params, value):
+    for i in LAYERS:
+        params["model"][f"layers_{i}"]["memory_attn"]["memory_gate"] = jnp.asarray(value, jnp.float32)
+    return params
+
+
+def test_tree_matches_module_init(setup):
+    base, mem_model, _, params, ids, memory = setup
+    fresh = mem_model.init(jax.random.key(3), ids, memory=memory)["params"]
+    boxed_params = init_from_self_attention(base.init(jax.random.key(0), ids)["params"], LAYERS)
+    boxed = lambda t: jax.tree.map(lambda x: type(x).__name__, t,
+                                   is_leaf=lambda x: isinstance(x, nn.LogicallyPartitioned))
+    assert boxed(fresh) == boxed(boxed_params)
+    shapes = lambda t: jax.tree.map(jnp.shape, nn.unbox(t))
+    assert shapes(fresh) == shapes(params)
+    blk = params["model"]["layers_2"]["memory_attn"]
+    sa = params["model"]["layers_2"]["self_attn"]
+    for n in ("q_proj", "k_proj", "v_proj", "o_proj"):
+        np.testing.assert_array_equal(blk[n]["kernel"], sa[n]["kernel"])
+    assert float(blk["memory_gate"]) == 0.0
+    assert "memory_attn" not in params["model"]["layers_1"]
+
+
+def test_zero_gate_is_base_model_exactly(setup):
+    base, mem_model, base_params, params, ids, memory = setup
+    want, _ = base.apply({"params": base_params}, ids)
+    got, _ = mem_model.apply({"params": params}, ids, memory=memory)
+    np.testing.assert_array_equal(np.asarray(got), np.asarray(want))  # tolerance 0: exact
+
+
+def test_nonzero_gate_changes_logits_and_tanh_gate(setup):
+    base, mem_model, base_params, params, ids, memory = setup
+    want, _ = base.apply({"params": base_params}, ids)
+    p = _set_gate(jax.tree.map(lambda x: x, params), 0.5)
+    got, _ = mem_model.apply({"params": p}, ids, memory=memory)
+    assert float(jnp.max(jnp.abs(got - want))) > 1e-3
+    # Different memories give different outputs once the gate is open.
+    got2, _ = mem_model.apply({"params": p}, ids, memory=memory * 2.0)
+    assert float(jnp.max(jnp.abs(got2 - got))) > 1e-4
+    # tanh gate: tanh(0.5) instead of 0.5, same tree.
+    tanh_model = LlamaForCausalLM(CFG, memory_block=memory_block(CFG, gate="tanh"),
+                                  memory_layers=LAYERS)
+    p_t = _set_gate(jax.tree.map(lambda x: x, params), float(np.arctanh(0.5)))
+    got_t, _ = tanh_model.apply({"params": p_t}, ids, memory=memory)
+    np.testing.assert_allclose(got_t, got, atol=1e-5)
+    with pytest.raises(GmemError, match="gate"):
+        memory_block(CFG, gate="sigmoid")
+
+
+def test_kv_cache_decoding_equals_full_forward(setup):
+    _, mem_model, _, params, ids, memory = setup
+    p = _set_gate(jax.tree.map(lambda x: x, params), 0.7)
+    full, _ = mem_model.apply({"params": p}, ids, memory=memory)
+    cache = mem_model.init_cache(B, L)
+    prefill = L - 3
+    logits, cache = mem_model.apply({"params": p}, ids[:, :prefill], cache=cache, memory=memory)
+    steps = [logits]
+    for i in range(prefill, L):  # one token per step; the memory is passed again each time
+        lg, cache = mem_model.apply({"params": p}, ids[:, i:i + 1], cache=cache, memory=memory)
+        steps.append(lg)
+    np.testing.assert_allclose(np.concatenate(steps, 1), full, atol=2e-5, rtol=1e-5)
+
+
+def test_lora_on_memory_block_only(setup):
+    from gmem.adapters import adapter_collection, init_adapters
+    _, mem_model, _, params, ids, memory = setup
+    spec = memory_lora_spec(rank=4, alpha=8.0, dropout=0.0)
+    trainable = init_adapters([spec], params, jax.random.key(5))
+    flat = jax.tree_util.tree_flatten_with_path(trainable)[0]
+    names = {"/".join(str(getattr(k, "key", k)) for k in path) for path, _ in flat}
+    assert names and all("memory_attn" in n for n in names), names
+    assert len(names) == 2 * 4 * len(LAYERS)  # A and B for q/k/v/o in every memory layer
+    # B = 0 at init: still the base model; a non-zero B with an open gate moves the logits.
+    p = _set_gate(jax.tree.map(lambda x: x, params), 0.5)
+    no_lora, _ = mem_model.apply({"params": p}, ids, memory=memory)
+    coll = adapter_collection([spec], trainable, params)
+    same, _ = mem_model.apply({"params": p, "adapter": coll}, ids, memory=memory)
+    np.testing.assert_allclose(same, no_lora, atol=1e-6)
+    bumped = jax.tree_util.tree_map_with_path(
+        lambda path, x: x + 0.1 if "lora_B" in str(path[-1]) else x, trainable)
+    coll = adapter_collection([spec], bumped, params)
+    moved, _ = mem_model.apply({"params": p, "adapter": coll}, ids, memory=memory)
+    assert float(jnp.max(jnp.abs(moved - no_lora))) > 1e-4
+
+
+def test_gradient_reaches_gate_only_at_init(setup):
+    _, mem_model, _, params, ids, memory = setup
+
+    def loss(p):
+        logits, _ = mem_model.apply({"params": p}, ids, memory=memory)
+        return jnp.mean(jax.nn.log_softmax(logits)[..., 0])
+
+    grads = jax.grad(loss)(params)
+    blk = grads["model"]["layers_3"]["memory_attn"]
+    assert float(jnp.abs(blk["memory_gate"])) > 0  # gate 0: only g gets a gradient (B8)
+    assert float(jnp.max(jnp.abs(blk["memory_layernorm"]["scale"]))) == 0.0
+    assert is_trainable_memory_param(("model", "layers_3", "memory_attn", "memory_gate"))
+    assert not is_trainable_memory_param(("model", "layers_3", "memory_attn", "q_proj", "kernel"))
+
+
+def test_layer_helpers_and_errors():
+    assert top_layers(32) == tuple(range(24, 32))
+    with pytest.raises(GmemError, match="top 9"):
+        top_layers(4, 9)
+    with pytest.raises(GmemError, match="layers_7"):
+        init_from_self_attention({"model": {"layers_0": {}}}, (7,))
