@@ -1,0 +1,203 @@
+"""Relation semantics for GMT's SGM: one vector per relation (specs/gofa-gmt.md B4).
+
+Sources (`relation_semantics(..., source=...)`):
+  "bert"           relation texts (names, or definitions from `texts`) encoded by
+                   all-MiniLM-L6-v2 through gmem's own BERT: mean pooling over real tokens,
+                   then L2 norm (sentence-transformers' recipe), d = 384. The reference's
+                   `build_rel_semantics.py` does the same with sentence-transformers.
+  "<file>"         a table [R, d]: .npy, .safetensors (key rel_embeddings, or the only tensor),
+                   or a torch file (.pt/.pth/.bin, weights_only) holding a tensor or a dict with
+                   key rel_embeddings.
+  "kge:<file>"     an OpenKE checkpoint: rel_embeddings.weight (ComplEx: rel_re/rel_im
+                   concatenated); when the entity width differs, the relation vectors are
+                   concatenated with themselves (as the reference's process_kge.py).
+  "random"         randn(R, dim) * 0.02 from `seed`. Only when asked for: the reference falls
+                   back to it silently (and unseeded).
+With add_inverse, inverse relation r + R gets the same vector as r (table duplicated).
+"""
+
+from __future__ import annotations
+
+import os
+from typing import Mapping, Sequence
+
+import numpy as np
+
+from gmem.errors import GmemError
+
+
+def relation_semantics(names: Sequence[str], source: str = "bert", *, add_inverse: bool = False,
+                       dim: int = 256, seed: int = 0,
+                       texts: Mapping[str, str] | None = None,
+                       batch_size: int = 64) -> np.ndarray:
+    """float32 [R or 2R, d]: the relation-semantic table for base relations `names` (R)."""
+    r = len(names)
+    if source == "random":
+        table = np.random.default_rng(seed).standard_normal((r, dim)).astype(np.float32) * 0.02
+    elif source in ("bert", "minilm"):
+        missing = [n for n in (texts or {}) if n not in set(names)]
+        if missing:
+            raise GmemError(f"relation texts: unknown relations {missing[:5]}")
+        table = encode_texts([(texts or {}).get(n, n) for n in names], batch_size=batch_size)
+    elif source.startswith("kge:"):
+        table = load_kge_relations(source[4:])
+    else:
+        table = load_table(source)
+    if table.ndim != 2 or table.shape[0] not in (r, 2 * r):
+        raise GmemError(f"{source}: relation table has shape {tuple(table.shape)}; expected "
+                        f"[{r}, d] (one row per relation)" + (f" or [{2 * r}, d]" if add_inverse else ""))
+    if table.shape[0] == 2 * r and not add_inverse:
+        raise GmemError(f"{source}: {2 * r} rows but the KG has {r} relations and no add_inverse")
+    if add_inverse and table.shape[0] == r:
+        table = np.concatenate([table, table], 0)
+    return np.ascontiguousarray(table, np.float32)
+
+
+def load_table(path: str) -> np.ndarray:
+    """A [R, d] table from .npy, .safetensors or a torch file (tensor or {rel_embeddings})."""
+    if not os.path.isfile(path):
+        raise GmemError(f"{path}: relation-semantics file not found (source must be 'bert', "
+                        "'random', 'kge:<file>' or a file)")
+    ext = os.path.splitext(path)[1].lower()
+    if ext == ".npy":
+        return np.load(path, allow_pickle=False)
+    if ext == ".safetensors":
+        from safetensors.numpy import load_file
+        d = load_file(path)
+        if "rel_embeddings" in d:
+            return d["rel_embeddings"]
+        if len(d) == 1:
+            return next(iter(d.values()))
+        raise GmemError(f"{path}: no tensor 'rel_embeddings' among {sorted(d)}")
+    obj = _torch_load(path)
+    if isinstance(obj, dict):
+        if "rel_embeddings" not in obj:
+            raise GmemError(f"{path}: dict without key 'rel_embeddings' (keys: {sorted(obj)[:8]})")
+        obj = obj["rel_embeddings"]
+    return _to_numpy(obj, path)
+
+
+def load_kge_relations(path: str) -> np.ndarray:
+    """Relation vectors of an OpenKE checkpoint (state dict), as the reference's process_kge."""
+    if not os.path.isfile(path):
+        raise GmemError(f"{path}: KGE checkpoint not found")
+    sd = _torch_load(path) if not path.endswith(".safetensors") else _safetensors(path)
+    if isinstance(sd, dict) and "model" in sd and isinstance(sd["model"], dict):
+        sd = sd["model"]
+    if "rel_embeddings.weight" in sd:
+        rel = _to_numpy(sd["rel_embeddings.weight"], path)
+    elif "rel_re_embeddings.weight" in sd and "rel_im_embeddings.weight" in sd:   # ComplEx
+        rel = np.concatenate([_to_numpy(sd["rel_re_embeddings.weight"], path),
+                              _to_numpy(sd["rel_im_embeddings.weight"], path)], -1)
+    else:
+        raise GmemError(f"{path}: no rel_embeddings.weight (or ComplEx rel_re/rel_im) in the "
+                        f"checkpoint (keys: {sorted(sd)[:8]})")
+    ent = sd.get("ent_embeddings.weight")
+    if ent is not None and _to_numpy(ent, path).shape[-1] != rel.shape[-1]:
+        rel = np.concatenate([rel, rel], -1)
+    return rel
+
+
+def encode_texts(texts: Sequence[str], batch_size: int = 64) -> np.ndarray:
+    """Sentence embeddings of all-MiniLM-L6-v2 (gmem's BERT, weights from gmem.assets):
+    mean of the last hidden states over real tokens, L2-normalised. [len(texts), 384]."""
+    import jax.numpy as jnp
+    model, variables, tokenizer = _minilm()
+    out = []
+    for i in range(0, len(texts), batch_size):
+        enc = tokenizer(list(texts[i:i + batch_size]), padding=True, truncation=True,
+                        max_length=128, return_tensors="np")
+        ids = jnp.asarray(enc["input_ids"])
+        mask = jnp.asarray(enc["attention_mask"])
+        hidden = _last_hidden(model, variables, ids, mask, jnp.asarray(enc.get("token_type_ids", 0 * enc["input_ids"])))
+        m = mask[..., None].astype(jnp.float32)
+        pooled = (hidden * m).sum(1) / jnp.maximum(m.sum(1), 1e-9)
+        pooled = pooled / jnp.maximum(jnp.linalg.norm(pooled, axis=-1, keepdims=True), 1e-12)
+        out.append(np.asarray(pooled, np.float32))
+    return np.concatenate(out, 0)
+
+
+_MINILM = {}
+
+
+def _minilm():
+    """(module, variables, tokenizer) of all-MiniLM-L6-v2, loaded once per process."""
+    if "m" not in _MINILM:
+        try:
+            from gmem.hf.convert import load_pretrained
+        except ImportError as e:  # noqa: F841 - the BERT family is not in this build
+            raise GmemError("relation semantics 'bert': gmem.hf.convert / gmem.models.bert are "
+                            "not available; use relation_init 'random' or a tensor file") from None
+        import gmem.assets
+        from transformers import AutoTokenizer
+        folder = str(gmem.assets.path("all-minilm-l6-v2"))
+        model, variables = _split(load_pretrained(folder))
+        tokenizer = AutoTokenizer.from_pretrained(folder)
+        _MINILM["m"] = (model, variables, tokenizer)
+    return _MINILM["m"]
+
+
+def _split(loaded):
+    # load_pretrained returns (module, params) or an object with .module / .params.
+    if isinstance(loaded, tuple):
+        module, params = loaded[0], loaded[1]
+    else:
+        module, params = loaded.module, loaded.params
+    variables = params if isinstance(params, dict) and "params" in params else {"params": params}
+    return module, variables
+
+
+def _last_hidden(model, variables, ids, mask, token_types):
+    out = model.apply(variables, ids, mask, token_types)
+    if isinstance(out, tuple):
+        out = out[0]
+    if isinstance(out, dict):
+        out = out.get("last_hidden_state", next(iter(out.values())))
+    return out
+
+
+def _torch_load(path: str):
+    import torch
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as e:  # noqa: BLE001 - any unreadable file is a user error here
+        raise GmemError(f"{path}: cannot read as a torch file ({type(e).__name__}: "
+                        f"{str(e).splitlines()[0][:120]})") from None
+
+
+def _safetensors(path: str) -> dict:
+    from safetensors.numpy import load_file
+    return load_file(path)
+
+
+def _to_numpy(x, path: str) -> np.ndarray:
+    if hasattr(x, "detach"):
+        x = x.detach().float().cpu().numpy()
+    x = np.asarray(x)
+    if x.dtype.kind not in "fi":
+        raise GmemError(f"{path}: relation table is not numeric ({x.dtype})")
+    return x.astype(np.float32)
+
+
+def set_relation_semantics(params: dict, table: np.ndarray, path: Sequence[str] = ("sgm",)) -> dict:
+    """Put `table` [R_edge, d] into an SGM/encoder params tree (at path/rel_semantic), checking
+    the shape. Returns a new tree (dict nodes copied; the input is not modified)."""
+    import flax.linen as nn
+    import jax.numpy as jnp
+    new = dict(params)
+    node = new
+    for p in path:
+        if p not in node:
+            raise GmemError(f"params: no {'/'.join(path)} in the tree")
+        node[p] = dict(node[p])
+        node = node[p]
+    old = node.get("rel_semantic")
+    if old is None:
+        raise GmemError(f"params: no {'/'.join(path)}/rel_semantic")
+    shape = nn.unbox(old).shape
+    if tuple(table.shape) != tuple(shape):
+        raise GmemError(f"relation semantics: table {tuple(table.shape)} does not fit "
+                        f"rel_semantic {tuple(shape)} (num_edge_relations, rel_dim)")
+    value = jnp.asarray(table, jnp.float32)
+    node["rel_semantic"] = old.replace_boxed(value) if isinstance(old, nn.Partitioned) else value
+    return new
