@@ -52,6 +52,11 @@ def _setup(**kw):
     return hf, GPT2LMHeadModel(cfg), params
 
 
+def _jit(model):
+    # One compilation per shape is far faster than op-by-op dispatch on a busy CPU.
+    return jax.jit(model.apply)
+
+
 def test_padded_batch_left_and_right_matches_hf():
     hf, model, params = _setup()
     rng = np.random.RandomState(0)
@@ -62,7 +67,7 @@ def test_padded_batch_left_and_right_matches_hf():
     ids = np.where(mask > 0, ids, 0)
     # HF's forward counts positions 0..L-1 whatever the mask; generate passes these explicitly.
     ref = _hf_logits(hf, ids, mask, _positions(mask))
-    got, _ = model.apply(params, jnp.asarray(ids), jnp.asarray(mask))
+    got, _ = _jit(model)(params, jnp.asarray(ids), jnp.asarray(mask))
     real = mask.astype(bool)
     err = np.abs(np.asarray(got)[real] - ref[real]).max()
     assert err <= TOL, err
@@ -72,7 +77,7 @@ def test_long_prompt_matches_hf():
     hf, model, params = _setup()
     ids = np.random.RandomState(1).randint(0, 97, size=(1, 300))
     ref = _hf_logits(hf, ids)
-    got, _ = model.apply(params, jnp.asarray(ids))
+    got, _ = _jit(model)(params, jnp.asarray(ids))
     err = np.abs(np.asarray(got) - ref).max()
     assert err <= TOL, err
 
@@ -82,7 +87,7 @@ def test_options_untied_head_layer_scaling_relu_match_hf():
                                activation_function="relu", n_inner=48)
     assert not model.config.tie_word_embeddings and "lm_head" in params["params"]
     ids = np.random.RandomState(2).randint(0, 97, size=(2, 9))
-    err = np.abs(np.asarray(model.apply(params, jnp.asarray(ids))[0]) - _hf_logits(hf, ids)).max()
+    err = np.abs(np.asarray(_jit(model)(params, jnp.asarray(ids))[0]) - _hf_logits(hf, ids)).max()
     assert err <= TOL, err
 
 
@@ -94,12 +99,13 @@ def test_cached_decode_matches_full_forward():
     ids = rng.randint(3, 97, size=(2, 10))
     mask = np.ones((2, 10), np.int64)
     mask[1, :3] = 0
-    full, _ = model.apply(params, jnp.asarray(ids), jnp.asarray(mask))
+    apply = _jit(model)
+    full, _ = apply(params, jnp.asarray(ids), jnp.asarray(mask))
     cache = model.init_cache(2, 10)
-    logits, cache = model.apply(params, jnp.asarray(ids[:, :6]), jnp.asarray(mask[:, :6]), cache=cache)
+    logits, cache = apply(params, jnp.asarray(ids[:, :6]), jnp.asarray(mask[:, :6]), cache=cache)
     steps = [logits]
     for t in range(6, 10):
-        lg, cache = model.apply(params, jnp.asarray(ids[:, t:t + 1]), jnp.asarray(mask[:, t:t + 1]), cache=cache)
+        lg, cache = apply(params, jnp.asarray(ids[:, t:t + 1]), jnp.asarray(mask[:, t:t + 1]), cache=cache)
         steps.append(lg)
     got = np.concatenate([np.asarray(s) for s in steps], axis=1)
     real = mask.astype(bool)
@@ -126,9 +132,9 @@ def test_config_round_trip_and_export_keys():
 def test_bf16_smoke_close_to_fp32():
     hf, model, params = _setup()
     ids = np.random.RandomState(4).randint(0, 97, size=(2, 16))
-    ref, _ = model.apply(params, jnp.asarray(ids))
+    ref, _ = _jit(model)(params, jnp.asarray(ids))
     bf = GPT2LMHeadModel(GPT2Config.from_hf(hf.config, dtype="bfloat16"))
-    got, _ = bf.apply(params, jnp.asarray(ids))
+    got, _ = _jit(bf)(params, jnp.asarray(ids))
     assert got.dtype == jnp.float32 and np.isfinite(np.asarray(got)).all()
     # bf16 has an 8-bit mantissa; logits of this tiny model are O(0.1-1): 5e-2 absolute.
     assert np.abs(np.asarray(got) - np.asarray(ref)).max() <= 5e-2
@@ -142,8 +148,9 @@ def test_remat_same_output_and_grads():
     def loss(p, m):
         return jnp.mean(m.apply(p, ids)[0] ** 2)
 
-    l0, g0 = jax.value_and_grad(loss)(params, model)
-    l1, g1 = jax.value_and_grad(loss)(params, remat)
+    grad = jax.jit(jax.value_and_grad(loss), static_argnums=1)
+    l0, g0 = grad(params, model)
+    l1, g1 = grad(params, remat)
     assert abs(float(l0) - float(l1)) <= 1e-6
     for a, b in zip(jax.tree_util.tree_leaves(g0), jax.tree_util.tree_leaves(g1)):
         np.testing.assert_allclose(np.asarray(a), np.asarray(b), atol=1e-6)
