@@ -218,9 +218,12 @@ def _merge(cfg, layer: Any, where: str):
 
 
 def load_config(path: str | pathlib.Path | None = None, overrides: Sequence[str] = (),
-                override_files: Sequence[str | pathlib.Path] = ()):
-    """Build the resolved config (an OmegaConf DictConfig over `Config`)."""
+                override_files: Sequence[str | pathlib.Path] = (), base: dict | None = None):
+    """Build the resolved config (an OmegaConf DictConfig over `Config`). `base` (a saved
+    config dict, e.g. from a checkpoint) is merged first, before the file."""
     cfg = OmegaConf.structured(Config)
+    if base is not None:
+        cfg = _merge(cfg, base, "saved config")
     if path is not None:
         for name, data in _file_layers(pathlib.Path(path)):
             cfg = _merge(cfg, data, name)

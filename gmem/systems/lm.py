@@ -214,7 +214,9 @@ def _ids(encode):
 def _split_loaded(loaded: Any, where) -> tuple:
     """Accept helper B's loader results: a (config, params[, tokenizer]) tuple or an object with
     .config/.params/.tokenizer."""
-    if isinstance(loaded, tuple):
+    if isinstance(loaded, tuple) and isinstance(loaded[0], nn.Module):  # (module, config, params)
+        config, params, tok = loaded[1], loaded[2], None
+    elif isinstance(loaded, tuple):
         config, params = loaded[0], loaded[1]
         tok = loaded[2] if len(loaded) > 2 else None
     else:
@@ -223,9 +225,21 @@ def _split_loaded(loaded: Any, where) -> tuple:
     if isinstance(params, dict) and set(params) == {"params"}:
         params = params["params"]
     if tok is None:
-        from gmem.hf import tokenizer as hf_tok
-        tok = hf_tok.load_tokenizer(where)
+        tok = load_tokenizer(where)
     return config, _unbox(params), tok
+
+
+def load_tokenizer(where):
+    """The tokenizer of a GGUF file or HF folder (helper B's gmem.hf.tokenizer when present,
+    else transformers' AutoTokenizer on a local folder)."""
+    try:
+        from gmem.hf import tokenizer as hf_tok
+    except ImportError:
+        hf_tok = None
+    if hf_tok is not None and hasattr(hf_tok, "load_tokenizer"):
+        return hf_tok.load_tokenizer(where)
+    from transformers import AutoTokenizer
+    return AutoTokenizer.from_pretrained(str(where), local_files_only=True)
 
 
 def json_safe(x):

@@ -23,6 +23,12 @@ from orbax.checkpoint import checkpoint_managers as policies
 
 from gmem.errors import GmemError
 
+try:  # orbax logs every save/restore decision through absl at WARNING; keep the CLI output readable
+    from absl import logging as _absl_logging
+    _absl_logging.set_verbosity(_absl_logging.ERROR)
+except ImportError:
+    pass
+
 
 def _best_policy(cfg):
     sign = -1.0 if cfg.best_mode == "min" else 1.0

@@ -54,7 +54,7 @@ def make_train_step(loss_fn: LossFn, optimizer: optax.GradientTransformation,
             grads = jax.tree_util.tree_map(lambda g: g / grad_accum, grads)
             # Sums stay sums (e.g. token counts); everything else is averaged.
             aux = {k: (v if k.endswith("tokens") else v / grad_accum) for k, v in aux.items()}
-        grad_norm = optax.global_norm(grads)
+        grad_norm = optax.tree.norm(grads)
         updates, opt_state = optimizer.update(grads, state.opt_state, state.trainable)
         trainable = optax.apply_updates(state.trainable, updates)
         metrics = {"loss": loss.astype(jnp.float32), "grad_norm": grad_norm.astype(jnp.float32),

@@ -1,0 +1,54 @@
+#!/usr/bin/env python
+"""Train a gmem system.
+
+    python train.py                                   # configs/default.yaml (the embedded job)
+    python train.py --config configs/lm_lora.yaml train.steps=200 sharding.mesh.fsdp=4
+    python train.py --config configs/lm_lora.yaml --override my_changes.yaml
+
+Overrides are `key.sub=value` pairs or `--override FILE.yaml`; the resolved config is printed
+at the start and saved with every checkpoint. Running the same command again resumes from the
+latest checkpoint in RUN_DIR/checkpoints; Ctrl-C saves a checkpoint and exits cleanly.
+Bad input (unknown key, wrong type, missing file, ...) prints one line and exits with code 2.
+"""
+
+import sys
+
+from gmem.train.cli import run_cli
+
+
+@run_cli
+def main(argv) -> int:
+    if any(a in ("-h", "--help") for a in argv):
+        print(__doc__)
+        return 0
+    from gmem import config as gconfig
+    from gmem.errors import GmemError
+
+    path, files, pairs, rest = gconfig.parse_cli(argv)
+    if rest:
+        raise GmemError(f"unknown argument {rest[0]!r}; use --config FILE, --override FILE or key.sub=value")
+    cfg = gconfig.load_config(path or gconfig.DEFAULT_CONFIG, pairs, files)
+    print("# resolved config\n" + gconfig.to_yaml(cfg), flush=True)
+    import pathlib
+
+    from gmem.train.loop import train
+    from gmem.train.sharding import maybe_initialize_distributed
+
+    maybe_initialize_distributed()
+    obj = gconfig.to_object(cfg)
+    run_dir = pathlib.Path(obj.train.run_dir)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    (run_dir / "config.yaml").write_text(gconfig.to_yaml(cfg))
+    summary = train(obj)
+    if summary.get("losses"):
+        print(f"done: step {summary['step']}, last loss {summary['losses'][-1]:.4f}, "
+              f"checkpoints in {summary['checkpoint_dir']}", flush=True)
+    else:
+        print(f"nothing to do: already at step {summary['step']} ({summary['checkpoint_dir']})", flush=True)
+    if "eval" in summary:
+        print("eval: " + ", ".join(f"{k}={v:.4f}" for k, v in summary["eval"].items()), flush=True)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
