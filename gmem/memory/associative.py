@@ -10,12 +10,12 @@ Distances follow FAISS: squared L2 for metric "l2" (smaller is nearer), the inne
 "ip" (larger is nearer). Empty result slots get index -1, distance +inf ("l2") or -inf ("ip")
 and a zero vector (FAISS pads with -1 and +-FLT_MAX).
 
-IVF (`nlist > 0`): `train_ivf` runs k-means on the stored vectors; every slot remembers its
-nearest centroid (its "list"), also for vectors added later; a search scores the query against
-the centroids, keeps the `nprobe` nearest lists and scans at most `list_cap` slots of each.
-Lists longer than `list_cap` are truncated at search time (`ivf_overflow` counts the vectors a
-search cannot see); with nprobe == nlist and no overflow the result is the exact one. Before
-training, all centroids are zero, which is the original's state (it trained on zeros).
+IVF (`nlist > 0`, details in gmem/memory/ivf.py): `train_ivf` runs k-means on the stored
+vectors and lays them out list-major (each list holds up to `list_cap` vectors); later adds join
+the list of their nearest centroid; a search scores the query against the centroids and scans
+the `nprobe` nearest lists. `ivf_overflow` counts stored vectors the index cannot see (their list
+was full); `rebuild_ivf` compacts the lists. With nprobe == nlist and no overflow the result is
+the exact one. Before training all centroids are zero, the original's state (it trained on zeros).
 """
 
 from __future__ import annotations
@@ -29,6 +29,7 @@ import jax
 import jax.numpy as jnp
 
 from gmem.errors import GmemError
+from gmem.memory import ivf
 
 _HI = jax.lax.Precision.HIGHEST
 _METRICS = ("l2", "ip")
@@ -44,6 +45,8 @@ class MemoryState:
       valid age is the oldest entry, the one a full memory replaces next.
     list_M: int32 [M] IVF list of the slot (0 without IVF).
     centroids_CD: float32 [C, D] IVF coarse centroids.
+    pos_M, ivf_slot_CN, ivf_vec_CND, ivf_sq_CN, ivf_fill_C: the IVF lists (N = list_cap), see
+      gmem/memory/ivf.py; empty ([0, ...] or [1]) without IVF.
     """
 
     vectors_MD: jax.Array
@@ -51,6 +54,11 @@ class MemoryState:
     age_M: jax.Array
     list_M: jax.Array
     centroids_CD: jax.Array
+    pos_M: jax.Array
+    ivf_slot_CN: jax.Array
+    ivf_vec_CND: jax.Array
+    ivf_sq_CN: jax.Array
+    ivf_fill_C: jax.Array
 
     @property
     def count(self) -> jax.Array:
@@ -68,7 +76,7 @@ class AssociativeMemory:
       metric: "l2" (squared Euclidean, FAISS IndexFlatL2) or "ip" (inner product).
       nlist: IVF lists (0 = exact search over all slots).
       nprobe: lists scanned per query.
-      list_cap: slots scanned per probed list; default 2 * ceil(M / nlist) + 16.
+      list_cap: capacity N of each IVF list; default 3 * ceil(M / nlist) + 16.
       query_chunk: queries scored at once; bounds the [chunk, M] score matrix.
     """
 
@@ -101,7 +109,7 @@ class AssociativeMemory:
     def cap(self) -> int:
         if self.list_cap is not None:
             return min(self.list_cap, self.size)
-        return min(self.size, 2 * math.ceil(self.size / max(self.nlist, 1)) + 16)
+        return min(self.size, 3 * math.ceil(self.size / max(self.nlist, 1)) + 16)
 
     # ------------------------------------------------------------------ state
 
@@ -109,12 +117,18 @@ class AssociativeMemory:
         """An empty memory; `batch` adds leading axes (one independent memory per row)."""
         b = (batch,) if isinstance(batch, int) else tuple(batch)
         m, d, c = self.size, self.dim, self.nlist
+        n = self.cap if c else 0
         return MemoryState(
             vectors_MD=jnp.zeros(b + (m, d), jnp.float32),
             valid_M=jnp.zeros(b + (m,), bool),
             age_M=jnp.zeros(b + (m,), jnp.int32),
             list_M=jnp.zeros(b + (m,), jnp.int32),
             centroids_CD=jnp.zeros(b + (c, d), jnp.float32),
+            pos_M=jnp.full(b + ((m,) if c else (0,)), -1, jnp.int32),
+            ivf_slot_CN=jnp.full(b + (c, n), -1, jnp.int32),
+            ivf_vec_CND=jnp.zeros(b + (c, n, d), jnp.float32),
+            ivf_sq_CN=jnp.zeros(b + (c, n), jnp.float32),
+            ivf_fill_C=jnp.zeros(b + (c,), jnp.int32),
         )
 
     def _check(self, x: jax.Array, what: str) -> None:
@@ -159,9 +173,10 @@ class AssociativeMemory:
         if self.nlist and k > self.nprobe * self.cap:
             raise GmemError(f"AssociativeMemory.search: k={k} exceeds nprobe*list_cap="
                             f"{self.nprobe * self.cap} candidates")
-        fn = self._ivf_topk if self.nlist else self._flat_topk
-        chunk = self.query_chunk if not self.nlist else max(1, self.query_chunk // self.nprobe)
-        s, i = _chunked(lambda q: fn(state, q, k), q_QD, chunk)
+        if self.nlist:
+            s, i = ivf.topk(self, state, q_QD, k)
+        else:
+            s, i = _chunked(lambda q: self._flat_topk(state, q, k), q_QD, self.query_chunk)
         return self._finish(s, i, state)
 
     def _flat_topk(self, state, q_QD, k):
@@ -169,33 +184,13 @@ class AssociativeMemory:
         s = jnp.where(state.valid_M[None, :], s, -jnp.inf)
         return jax.lax.top_k(s, k)
 
-    def _lists(self, state):
-        """Slots sorted by list (invalid last), and each list's start and length. [M], [C], [C]."""
-        key = jnp.where(state.valid_M, state.list_M, self.nlist)
-        order = jnp.argsort(key, stable=True)
-        counts = jnp.bincount(key, length=self.nlist + 1)[: self.nlist]
-        starts = jnp.cumsum(counts) - counts
-        return order, starts, counts
-
-    def _ivf_topk(self, state, q_QD, k):
-        order, starts, counts = self._lists(state)
-        _, probes_QP = jax.lax.top_k(self._score(q_QD, state.centroids_CD), self.nprobe)
-        offs = jnp.arange(self.cap)
-        pos = starts[probes_QP][..., None] + offs  # [Q, P, cap]
-        ok = offs < counts[probes_QP][..., None]
-        slots = order[jnp.clip(pos, 0, self.size - 1)].reshape(q_QD.shape[0], -1)
-        ok = ok.reshape(slots.shape)
-        cand = jnp.take(state.vectors_MD, slots, axis=0)  # [Q, N, D]
-        s = jax.vmap(lambda q, c: self._score(q[None], c)[0])(q_QD, cand)
-        s, j = jax.lax.top_k(jnp.where(ok, s, -jnp.inf), k)
-        return s, jnp.take_along_axis(slots, j, axis=1)
-
     def ivf_overflow(self, state: MemoryState) -> jax.Array:
-        """Stored vectors that IVF search cannot reach because their list exceeds list_cap."""
-        if not self.nlist:
-            return jnp.zeros((), jnp.int32)
-        _, _, counts = self._lists(state)
-        return jnp.maximum(counts - self.cap, 0).sum().astype(jnp.int32)
+        """Stored vectors an IVF search cannot see (their list was full when they came)."""
+        return ivf.overflow(self, state) if self.nlist else jnp.zeros((), jnp.int32)
+
+    def rebuild_ivf(self, state: MemoryState) -> MemoryState:
+        """Compact the IVF lists from the current contents (after many removes or overflow)."""
+        return ivf.rebuild(self, state) if self.nlist else state
 
     def train_ivf(self, state: MemoryState, rng: jax.Array, iters: int = 20) -> MemoryState:
         """k-means (Lloyd) on the valid vectors; sets the centroids and every slot's list.
@@ -218,7 +213,7 @@ class AssociativeMemory:
 
         cent = jax.lax.fori_loop(0, iters, step, cent)
         lists = jnp.argmax(self._score(v, cent), axis=-1).astype(jnp.int32)
-        return state.replace(centroids_CD=cent, list_M=lists)
+        return ivf.rebuild(self, state.replace(centroids_CD=cent, list_M=lists))
 
     # ------------------------------------------------------------------ writes
 
@@ -244,6 +239,7 @@ class AssociativeMemory:
         lists = state.list_M
         if self.nlist:
             new = jnp.argmax(self._score(x_ND, state.centroids_CD), axis=-1).astype(jnp.int32)
+            state = ivf.insert(self, state, target, x_ND, keep, new)  # reads the old lists
             lists = lists.at[target].set(new, mode="drop")
         return state.replace(vectors_MD=vectors, valid_M=valid, age_M=age, list_M=lists)
 
@@ -275,7 +271,8 @@ class AssociativeMemory:
 
     def decay(self, state: MemoryState, factor: float) -> MemoryState:
         """Scale every stored vector by factor (the original's age_memory)."""
-        return state.replace(vectors_MD=state.vectors_MD * factor)
+        return state.replace(vectors_MD=state.vectors_MD * factor, ivf_vec_CND=state.ivf_vec_CND * factor,
+                             ivf_sq_CN=state.ivf_sq_CN * factor * factor)
 
     def garbage_collect(self, state: MemoryState, threshold: float = 1e-6) -> MemoryState:
         """Invalidate stored vectors whose L2 norm is below threshold."""

@@ -22,7 +22,14 @@ def _data(n, q=64, seed=0):
 
 
 def _filled(mem, x):
-    return mem.add(mem.init(), jnp.asarray(x))
+    return jax.jit(mem.add)(mem.init(), jnp.asarray(x))
+
+
+def _trained(mem, x, seed, iters=10):
+    # jit the whole fill + k-means: eager dispatch op by op is what makes a test slow on CI.
+    fill_train = jax.jit(lambda x, key: mem.train_ivf(mem.add(mem.init(), x), key, iters))
+    state = fill_train(jnp.asarray(x), jax.random.key(seed))
+    return state, int(jax.jit(mem.ivf_overflow)(state))
 
 
 def _search(mem, state, q, k):
@@ -73,10 +80,10 @@ def _ivf_reference(centroids, x, nprobe, q, k):
 
 
 def test_ivf_matches_faiss_ivfflat():
-    x, q = _data(3000, 80)
-    mem = AssociativeMemory(3000, D, nlist=16, nprobe=3)
-    state = mem.train_ivf(_filled(mem, x), jax.random.key(0))
-    assert int(mem.ivf_overflow(state)) == 0  # default list_cap holds every list here
+    x, q = _data(2000, 80)
+    mem = AssociativeMemory(2000, D, nlist=16, nprobe=3)
+    state, overflow = _trained(mem, x, 0)
+    assert overflow == 0  # default list_cap holds every list here
     idx, dist, _ = _search(mem, state, q, 10)
     ref_d, ref_i = _ivf_reference(state.centroids_CD, x, 3, q, 10)
     _assert_same_neighbours(idx, dist, ref_i, ref_d)
@@ -89,15 +96,15 @@ def test_ivf_matches_faiss_ivfflat():
 def test_ivf_recall_is_one_when_nprobe_equals_nlist():
     x, q = _data(2000, 50, seed=1)
     mem = AssociativeMemory(2048, D, nlist=8, nprobe=8)
-    state = mem.train_ivf(_filled(mem, x), jax.random.key(1), iters=10)
-    assert int(mem.ivf_overflow(state)) == 0
+    state, overflow = _trained(mem, x, 1)
+    assert overflow == 0
     idx, _, _ = _search(mem, state, q, 10)
     exact = faiss.IndexFlatL2(D)
     exact.add(x)
     assert (np.asarray(idx) == exact.search(q, 10)[1]).mean() == 1.0
     # Vectors added after training join their nearest list and are found too.
     y, _ = _data(40, seed=2)
-    state = mem.add(state, jnp.asarray(y))
+    state = jax.jit(mem.add)(state, jnp.asarray(y))
     idx, dist, _ = _search(mem, state, y[:5], 1)
     np.testing.assert_array_equal(np.asarray(idx)[:, 0], np.arange(2000, 2005))
     np.testing.assert_allclose(np.asarray(dist)[:, 0], 0.0, atol=1e-4)
@@ -106,26 +113,51 @@ def test_ivf_recall_is_one_when_nprobe_equals_nlist():
 def test_ivf_list_cap_truncates_and_reports_overflow():
     x, q = _data(500, 5)
     mem = AssociativeMemory(512, D, nlist=4, nprobe=4, list_cap=50)
-    state = mem.train_ivf(_filled(mem, x), jax.random.key(0))
-    assert int(mem.ivf_overflow(state)) == 500 - 4 * 50  # every list is longer than 50
+    state, overflow = _trained(mem, x, 0)
+    assert overflow == 500 - 4 * 50  # every list is longer than 50
     idx, _, _ = _search(mem, state, q, 5)
     assert (np.asarray(idx) >= 0).all()
 
 
+def test_ivf_lists_follow_overwrites_and_removals():
+    """Ring-buffer overwrites and removals after training: full-probe IVF still equals the exact
+    search over what the memory holds now; rebuild_ivf compacts the holes they leave."""
+    x, q = _data(700, 20, seed=3)
+    mem = AssociativeMemory(300, D, nlist=4, nprobe=4, list_cap=300)
+    flat = AssociativeMemory(300, D)
+
+    @jax.jit
+    def run(x, key):
+        s = mem.train_ivf(mem.add(mem.init(), x[:300]), key, 5)
+        for i in range(300, 700, 100):  # 400 more writes replace every entry, oldest first
+            s = mem.add(s, x[i:i + 100])
+        s = mem.remove(s, jnp.arange(0, 300, 7))
+        return s, mem.rebuild_ivf(s)
+
+    state, rebuilt = run(jnp.asarray(x), jax.random.key(0))
+    exact = flat.search(state, jnp.asarray(q), 5)  # flat search reads only vectors and validity
+    for s in (state, rebuilt):
+        idx, dist, _ = _search(mem, s, q, 5)
+        np.testing.assert_array_equal(np.asarray(idx), np.asarray(exact[0]))
+        np.testing.assert_allclose(np.asarray(dist), np.asarray(exact[1]), rtol=1e-5, atol=1e-4)
+    assert int(state.ivf_fill_C.sum()) > int(rebuilt.ivf_fill_C.sum()) == int(state.count)
+
+
 def test_add_ring_buffer_replaces_oldest():
     mem = AssociativeMemory(4, 2)
+    add, remove = jax.jit(mem.add), jax.jit(mem.remove)
     v = lambda *r: jnp.asarray(r, jnp.float32).reshape(-1, 1) * jnp.ones((1, 2))
-    s = mem.add(mem.init(), v(1, 2, 3))
+    s = add(mem.init(), v(1, 2, 3))
     np.testing.assert_array_equal(np.asarray(s.age_M), [2, 1, 0, 0])
-    s = mem.add(s, v(4, 5))  # one free slot, then the oldest (1) is overwritten
+    s = add(s, v(4, 5))  # one free slot, then the oldest (1) is overwritten
     np.testing.assert_array_equal(np.asarray(s.vectors_MD[:, 0]), [5, 2, 3, 4])
     np.testing.assert_array_equal(np.asarray(s.age_M), [0, 3, 2, 1])
-    s = mem.remove(s, jnp.array([2, -1]))  # slot 2 freed; -1 ignored
-    s = mem.add(s, v(6, 7))  # free slot 2 first, then the oldest valid slot (1)
+    s = remove(s, jnp.array([2, -1]))  # slot 2 freed; -1 ignored
+    s = add(s, v(6, 7))  # free slot 2 first, then the oldest valid slot (1)
     np.testing.assert_array_equal(np.asarray(s.vectors_MD[:, 0]), [5, 7, 6, 4])
     assert int(s.count) == 4
     # Masked rows are skipped; more than M writes keep the last M in order.
-    s = mem.add(s, v(10, 11, 12, 13, 14, 15), mask_N=jnp.array([1, 0, 1, 1, 1, 1]))
+    s = add(s, v(10, 11, 12, 13, 14, 15), mask_N=jnp.array([1, 0, 1, 1, 1, 1]))
     vals = np.asarray(s.vectors_MD[:, 0])
     assert sorted(vals) == [12, 13, 14, 15]
     np.testing.assert_array_equal(np.asarray(s.age_M)[np.argsort(vals)], [3, 2, 1, 0])
@@ -135,23 +167,25 @@ def test_remove_near_forget_decay_garbage_collect():
     x, _ = _data(100)
     mem = AssociativeMemory(128, D)
     s = _filled(mem, x)
-    s2 = mem.remove_near(s, jnp.asarray(x[:3] + 1e-3), threshold=1e-3)
+    mem_ops = {n: jax.jit(getattr(mem, n)) for n in ("remove_near", "decay", "garbage_collect", "add")}
+    s2 = mem_ops["remove_near"](s, jnp.asarray(x[:3] + 1e-3), threshold=1e-3)
     np.testing.assert_array_equal(np.flatnonzero(~np.asarray(s2.valid_M[:100])), [0, 1, 2])
     ip = AssociativeMemory(128, D, metric="ip")
     s3 = ip.remove_near(s, jnp.asarray(x[:1]), threshold=float(x[0] @ x[0]) - 1e-3)
     assert not bool(s3.valid_M[0]) and int(s3.count) >= 90
     # Random forgetting drops floor(count * factor) entries, a different set per key.
-    f1 = mem.forget(s, 0.05, jax.random.key(0))
-    f2 = mem.forget(s, 0.05, jax.random.key(1))
+    forget = jax.jit(mem.forget)
+    f1 = forget(s, 0.05, jax.random.key(0))
+    f2 = forget(s, 0.05, jax.random.key(1))
     assert int(f1.count) == 100 - math.floor(100 * 0.05) == int(f2.count)
     assert (np.asarray(f1.valid_M) != np.asarray(f2.valid_M)).any()
-    assert int(mem.forget(s, 0.001, jax.random.key(0)).count) == 100  # floor(0.1) = 0
+    assert int(forget(s, 0.001, jax.random.key(0)).count) == 100  # floor(0.1) = 0
     # Without a key the oldest go: the first five written.
-    old = mem.forget(s, 0.05)
+    old = jax.jit(mem.forget)(s, 0.05)
     np.testing.assert_array_equal(np.flatnonzero(~np.asarray(old.valid_M[:100])), np.arange(5))
-    np.testing.assert_allclose(np.asarray(mem.decay(s, 0.5).vectors_MD), np.asarray(s.vectors_MD) * 0.5)
-    tiny = mem.add(s, jnp.asarray(x[:4] * 1e-7))
-    assert int(mem.garbage_collect(tiny).count) == 100
+    np.testing.assert_allclose(np.asarray(mem_ops["decay"](s, 0.5).vectors_MD), np.asarray(s.vectors_MD) * 0.5)
+    tiny = mem_ops["add"](s, jnp.asarray(x[:4] * 1e-7))
+    assert int(mem_ops["garbage_collect"](tiny).count) == 100
 
 
 def test_static_shapes_under_jit_and_vmap():
@@ -188,7 +222,7 @@ def test_gradient_reaches_written_vectors():
         _, _, vec = mem.search(state, jnp.asarray(q), 2)
         return jnp.sum(vec ** 2)
 
-    g = jax.grad(loss)(jnp.asarray(x))
+    g = jax.jit(jax.grad(loss))(jnp.asarray(x))
     assert float(jnp.abs(g).sum()) > 0
 
 
