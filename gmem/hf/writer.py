@@ -103,6 +103,7 @@ def save_pretrained(folder, config, params, tokenizer=None, *, family=None,
     tensors = _hf_tensors(params, family)
     folder.parent.mkdir(parents=True, exist_ok=True)
     tmp = pathlib.Path(tempfile.mkdtemp(dir=folder.parent, prefix=f".{folder.name}.tmp-"))
+    tmp.chmod(0o755)  # mkdtemp makes it private; the result is an ordinary folder
     try:
         hf_config = dict(config.to_hf())
         (tmp / "config.json").write_text(json.dumps(hf_config, indent=2, sort_keys=True) + "\n")
