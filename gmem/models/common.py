@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from typing import Any, Mapping
 
+import jax
 import jax.numpy as jnp
 
 from gmem.errors import GmemError
@@ -31,3 +32,36 @@ def require(d: Mapping, key: str, where: str):
     if key not in d:
         raise GmemError(f"{where}: missing field {key!r}")
     return d[key]
+
+
+def _quick_gelu(x):
+    return x * jax.nn.sigmoid(1.702 * x)
+
+
+# HF ACT2FN names -> jax functions. "gelu" is the exact erf form; "gelu_new" (GPT-2) and
+# "gelu_pytorch_tanh" are the tanh approximation.
+ACTIVATIONS = {
+    "gelu": lambda x: jax.nn.gelu(x, approximate=False),
+    "gelu_new": lambda x: jax.nn.gelu(x, approximate=True),
+    "gelu_pytorch_tanh": lambda x: jax.nn.gelu(x, approximate=True),
+    "gelu_fast": lambda x: jax.nn.gelu(x, approximate=True),
+    "quick_gelu": _quick_gelu,
+    "relu": jax.nn.relu, "silu": jax.nn.silu, "swish": jax.nn.silu, "tanh": jnp.tanh,
+}
+
+
+def activation(name: str, where: str = "config.json hidden_act"):
+    """HF activation name -> function, with an error naming the field."""
+    try:
+        return ACTIVATIONS[str(name)]
+    except KeyError:
+        raise GmemError(f"{where}: unknown activation {name!r}; use one of {sorted(ACTIVATIONS)}") from None
+
+
+def dropout(module, x, rate: float):
+    """Dropout that is active only when the caller passes a "dropout" rng (training), as the
+    adapters' LoRA dropout; inference and parity runs pass none and are deterministic."""
+    if not rate or not module.has_rng("dropout"):
+        return x
+    keep = jax.random.bernoulli(module.make_rng("dropout"), 1.0 - rate, x.shape)
+    return jnp.where(keep, x / (1.0 - rate), 0).astype(x.dtype)
