@@ -22,25 +22,31 @@ from typing import Mapping
 import jax
 import jax.numpy as jnp
 import numpy as np
+from scipy.special import erf
 
 from gmem.errors import GmemError, collect_errors
 from gmem.nn.projection import GIFT_ACT_NAMES
 
 SHARED = "shared_projection"
 
-_JAX_ACTS = {
-    "identity": lambda h: h, "gelu": lambda h: jax.nn.gelu(h, approximate=False),
-    "gelu_tanh": lambda h: jax.nn.gelu(h, approximate=True), "relu": jax.nn.relu,
-    "tanh": jnp.tanh, "silu": jax.nn.silu, "sigmoid": jax.nn.sigmoid,
-}
+def _sig(h):
+    return 1.0 / (1.0 + np.exp(-h))
+
+
+_C = math.sqrt(2.0 / math.pi)
+# float64 numpy forms of the simple_block activations and their derivatives (merge/unmerge).
 _NP_ACTS = {
-    "identity": lambda h: h,
-    "gelu": lambda h: np.asarray(jax.nn.gelu(jnp.asarray(h), approximate=False), np.float64),
-    "gelu_tanh": lambda h: np.asarray(jax.nn.gelu(jnp.asarray(h), approximate=True), np.float64),
-    "relu": lambda h: np.maximum(h, 0.0),
-    "tanh": np.tanh,
-    "silu": lambda h: h / (1.0 + np.exp(-h)),
-    "sigmoid": lambda h: 1.0 / (1.0 + np.exp(-h)),
+    "identity": (lambda h: h, lambda h: np.ones_like(h)),
+    "gelu": (lambda h: 0.5 * h * (1.0 + erf(h / math.sqrt(2.0))),
+             lambda h: 0.5 * (1.0 + erf(h / math.sqrt(2.0))) + h * np.exp(-0.5 * h * h) / math.sqrt(2 * math.pi)),
+    "gelu_tanh": (lambda h: 0.5 * h * (1.0 + np.tanh(_C * (h + 0.044715 * h ** 3))),
+                  lambda h: 0.5 * (1.0 + np.tanh(_C * (h + 0.044715 * h ** 3)))
+                  + 0.5 * h * (1.0 - np.tanh(_C * (h + 0.044715 * h ** 3)) ** 2)
+                  * _C * (1.0 + 3 * 0.044715 * h * h)),
+    "relu": (lambda h: np.maximum(h, 0.0), lambda h: (h > 0).astype(h.dtype)),
+    "tanh": (np.tanh, lambda h: 1.0 - np.tanh(h) ** 2),
+    "silu": (lambda h: h * _sig(h), lambda h: _sig(h) * (1.0 + h * (1.0 - _sig(h)))),
+    "sigmoid": (_sig, lambda h: _sig(h) * (1.0 - _sig(h))),
 }
 
 
@@ -109,7 +115,7 @@ def gift_delta_kernel(kernel, entry: dict, act: str) -> np.ndarray:
     c = k.T @ np.asarray(entry["gift_phi"], np.float64)
     if "gift_phi_bias" in entry:
         c = c + np.asarray(entry["gift_phi_bias"], np.float64)
-    d = np.asarray(entry["gift_psi"], np.float64).T @ _NP_ACTS[act](c).T
+    d = np.asarray(entry["gift_psi"], np.float64).T @ _NP_ACTS[act][0](c).T
     if "gift_psi_bias" in entry:
         d = d + np.asarray(entry["gift_psi_bias"], np.float64)[:, None]
     return d
@@ -129,28 +135,27 @@ def gift_unmerge_kernel(merged, entry: dict, act: str, where: str) -> np.ndarray
             v = v + np.asarray(entry["gift_psi_bias"], np.float64)
         return np.linalg.solve(np.eye(km.shape[0]) + psi.T @ phi.T, km - v[:, None])
     # dK depends on K only through U = K^T phi [D_out, r]. From K = K' - psi^T act(U + a)^T
-    # - c 1^T: U = B - act(U + a) M with M = psi phi [r, r], B = K'^T phi - 1 c^T phi, one
+    # - c 1^T: U = B - act(U + a) M with M = psi phi [r, r], B = K'^T phi - 1 c^T phi: one
     # r-dimensional equation per output row, solved by Newton (batched r x r systems).
-    phi = jnp.asarray(entry["gift_phi"], jnp.float64 if jax.config.jax_enable_x64 else jnp.float32)
-    dt = phi.dtype
-    psi = jnp.asarray(entry["gift_psi"], dt)
-    a = jnp.asarray(entry.get("gift_phi_bias", np.zeros(phi.shape[1])), dt)
-    c = jnp.asarray(entry.get("gift_psi_bias", np.zeros(phi.shape[0])), dt)
-    act_fn = _JAX_ACTS[act]
+    f, df = _NP_ACTS[act]
+    phi = np.asarray(entry["gift_phi"], np.float64)
+    psi = np.asarray(entry["gift_psi"], np.float64)
+    a = np.asarray(entry.get("gift_phi_bias", np.zeros(phi.shape[1])), np.float64)
+    c = np.asarray(entry.get("gift_psi_bias", np.zeros(phi.shape[0])), np.float64)
     m = psi @ phi
-    b = jnp.asarray(km, dt).T @ phi - (c @ phi)[None, :]
-    def g_row(u, b_row):
-        return u + act_fn(u + a) @ m - b_row
-    jac = jax.vmap(jax.jacfwd(g_row), in_axes=(0, 0))
-    u = b
+    b = km.T @ phi - (c @ phi)[None, :]
+    u = b.copy()
+    eye = np.eye(m.shape[0])
     for _ in range(50):
-        step = jnp.linalg.solve(jac(u, b), jax.vmap(g_row)(u, b)[..., None])[..., 0]
+        g = u + f(u + a) @ m - b                                  # [D_out, r]
+        jac = eye[None] + m.T[None] * df(u + a)[:, None, :]       # d g_j / d u_i per row
+        step = np.linalg.solve(jac, g[..., None])[..., 0]
         u = u - step
-        if float(jnp.max(jnp.abs(step))) < 1e-7 * max(1.0, float(jnp.max(jnp.abs(u)))):
+        if np.max(np.abs(step)) < 1e-13 * max(1.0, np.max(np.abs(u))):
             break
-    k = km - np.asarray(psi.T @ act_fn(u + a).T, np.float64) - np.asarray(c, np.float64)[:, None]
+    k = km - psi.T @ f(u + a).T - c[:, None]
     err = np.max(np.abs(k + gift_delta_kernel(k, entry, act) - km))
-    if not np.isfinite(err) or err > 1e-4 * max(1.0, np.max(np.abs(km))):
+    if not np.isfinite(err) or err > 1e-8 * max(1.0, np.max(np.abs(km))):
         raise GmemError(f"{where}: GIFT unmerge did not converge (act={act!r}, residual "
                         f"{err:.2e}); keep the base weights instead of unmerging")
     return k
