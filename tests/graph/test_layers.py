@@ -169,33 +169,37 @@ def test_stage1_loss_and_negatives():
     sgm = layers.SemanticGraphModule(cfg)
     full = _jnp(kg.entity_graph(idx))
     pos = jnp.asarray(TRIPLES[:4])
-    neg = layers.sample_negatives(jax.random.key(1), pos, g.num_entities, 6)
+    neg = jax.jit(layers.sample_negatives, static_argnums=(2, 3))(jax.random.key(1), pos,
+                                                                  g.num_entities, 6)
     assert neg.shape == (4, 6, 3)
     np.testing.assert_array_equal(neg[..., 1], np.broadcast_to(pos[:, None, 1], (4, 6)))
     kept_h = neg[..., 0] == pos[:, None, 0]
     kept_t = neg[..., 2] == pos[:, None, 2]
     assert bool(jnp.all(kept_h | kept_t))                     # one side corrupted at most
-    v = sgm.init(jax.random.key(0), full)
+    v = jax.jit(sgm.init)(jax.random.key(0), full)
     assert "rel_proj" not in v["params"]
+
+    @jax.jit   # one compile: graph and triples are arguments (not constants to fold)
+    def run(params, graph, pos, neg):
+        def loss_fn(p):
+            return sgm.apply({"params": p}, graph, pos, neg, method=sgm.link_loss)
+        loss, grads = jax.value_and_grad(loss_fn)(params)
+        z = sgm.apply({"params": params}, graph, method=sgm.encode_entities)
+        return loss, grads, z, sgm.apply({"params": params}, graph)
+
+    loss, grads, z, s = run(v["params"], full, pos, neg)
+    z, s = np.asarray(z), np.asarray(s)
     # Entity encodings = mean of the states of each entity's edges (loop reference).
-    z = np.asarray(sgm.apply(v, full, method=sgm.encode_entities))
-    s = np.asarray(sgm.apply(v, full))
+    recv = np.asarray(full.receivers)[:int(full.n_edge[0])]
     for e in range(g.num_entities):
-        rows = [i for i in range(int(full.n_edge[0])) if int(full.receivers[i]) == e]
-        want = s[rows].mean(0) if rows else np.zeros(cfg.graph_dim)
+        rows = np.flatnonzero(recv == e)
+        want = s[rows].mean(0) if len(rows) else np.zeros(cfg.graph_dim)
         np.testing.assert_allclose(z[e], want, atol=1e-5)
     # Loss = the formula on DistMult scores.
     w = np.asarray(nn.unbox(v["params"]["rel_semantic"]))
     score = lambda tr: (z[tr[..., 0]] * w[tr[..., 1]] * z[tr[..., 2]]).sum(-1)
     logsig = lambda x: -np.log1p(np.exp(-x))
     want = -np.mean(logsig(score(np.asarray(pos))) + logsig(-score(np.asarray(neg))).mean(-1))
-    loss = sgm.apply(v, full, pos, neg, method=sgm.link_loss)
     np.testing.assert_allclose(loss, want, rtol=1e-5)
-
-    def f(params):
-        return sgm.apply({"params": params}, full, pos, neg, False, method=sgm.link_loss,
-                         rngs={"dropout": jax.random.key(2)})
-
-    grads = jax.jit(jax.grad(f))(v["params"])
     gk = nn.unbox(grads["layers_0"]["linear1"]["kernel"])
     assert float(jnp.abs(gk).max()) > 0 and np.isfinite(np.asarray(gk)).all()

@@ -123,7 +123,7 @@ def test_gradient_reaches_gate_only_at_init(setup):
         logits, _ = mem_model.apply({"params": p}, ids, memory=memory)
         return jnp.mean(jax.nn.log_softmax(logits)[..., 0])
 
-    grads = jax.grad(loss)(params)
+    grads = jax.jit(jax.grad(loss))(params)
     blk = grads["model"]["layers_3"]["memory_attn"]
     assert float(jnp.abs(blk["memory_gate"])) > 0  # gate 0: only g gets a gradient (B8)
     assert float(jnp.max(jnp.abs(blk["memory_layernorm"]["scale"]))) == 0.0
