@@ -1,0 +1,126 @@
+"""ViT against transformers' ViTForImageClassification / ViTModel on tiny random configs
+(fp32, max abs 1e-4), through a save_pretrained folder (the file spelling of the keys)."""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+torch = pytest.importorskip("torch")
+transformers = pytest.importorskip("transformers")
+from safetensors.numpy import load_file  # noqa: E402
+
+from gmem.hf.keymap import apply_transform, gmem_to_hf, hf_to_gmem, unflatten  # noqa: E402
+from gmem.hf.keymaps import vit as keys  # noqa: E402
+from gmem.models import vit  # noqa: E402
+
+TOL = 1e-4
+SMALL = dict(hidden_size=32, num_hidden_layers=2, num_attention_heads=4, intermediate_size=48,
+             image_size=16, patch_size=4, num_channels=3, num_labels=5, attn_implementation="eager")
+
+
+def _convert(state: dict, rules):
+    flat = {}
+    for k, v in state.items():
+        hit = hf_to_gmem(k, rules)
+        assert hit is not None, k
+        flat[hit[0]] = jnp.asarray(apply_transform(np.asarray(v), hit[1]))
+    return {"params": unflatten(flat)}
+
+
+@pytest.fixture(scope="module")
+def classifier(tmp_path_factory):
+    torch.manual_seed(0)
+    hf = transformers.ViTForImageClassification(transformers.ViTConfig(**SMALL)).eval()
+    folder = tmp_path_factory.mktemp("vit")
+    hf.save_pretrained(folder)
+    return hf, folder
+
+
+def _pixels(b=3):
+    return np.random.RandomState(0).randn(b, 3, 16, 16).astype(np.float32)
+
+
+def test_classifier_logits_match_hf_from_saved_files(classifier):
+    hf, folder = classifier
+    state = load_file(str(folder / "model.safetensors"))
+    assert any(k.startswith("vit.encoder.layer.") for k in state)  # the file spelling
+    import json
+    cfg = vit.ViTConfig.from_hf(json.loads((folder / "config.json").read_text()))
+    model = vit.ViTForImageClassification(cfg)
+    px = _pixels()
+    with torch.no_grad():
+        ref = hf(pixel_values=torch.tensor(px)).logits.numpy()
+    got = jax.jit(model.apply)(_convert(state, keys.VIT_IMAGE_CLASSIFICATION), jnp.asarray(px))
+    assert got.shape == (3, 5) and got.dtype == jnp.float32
+    err = np.abs(np.asarray(got) - ref).max()
+    assert err <= TOL, err
+
+
+def test_in_memory_v5_names_load_too(classifier):
+    hf, _ = classifier
+    state = {k: v.numpy() for k, v in hf.state_dict().items()}
+    assert any(k.startswith("vit.layers.") for k in state)
+    params = _convert(state, keys.VIT_IMAGE_CLASSIFICATION)
+    model = vit.ViTForImageClassification(vit.ViTConfig.from_hf(hf.config))
+    px = _pixels(2)
+    with torch.no_grad():
+        ref = hf(pixel_values=torch.tensor(px)).logits.numpy()
+    assert np.abs(np.asarray(jax.jit(model.apply)(params, jnp.asarray(px))) - ref).max() <= TOL
+
+
+def test_vit_model_hidden_and_pooled_match_hf():
+    torch.manual_seed(1)
+    hf = transformers.ViTModel(transformers.ViTConfig(**dict(SMALL, pooler_act="tanh"))).eval()
+    params = _convert({k: v.numpy() for k, v in hf.state_dict().items()}, keys.VIT_MODEL)
+    model = vit.ViTModel(vit.ViTConfig.from_hf(hf.config))
+    px = _pixels(2)
+    with torch.no_grad():
+        ref = hf(pixel_values=torch.tensor(px))
+    hid, pooled = jax.jit(model.apply)(params, jnp.asarray(px))
+    assert hid.shape == (2, 17, 32)
+    assert np.abs(np.asarray(hid) - ref.last_hidden_state.numpy()).max() <= TOL
+    assert np.abs(np.asarray(pooled) - ref.pooler_output.numpy()).max() <= TOL
+
+
+def test_export_writes_file_spelling_and_round_trips(classifier):
+    hf, folder = classifier
+    state = load_file(str(folder / "model.safetensors"))
+    params = _convert(state, keys.VIT_IMAGE_CLASSIFICATION)
+    from gmem.hf.keymap import flatten
+    for path, leaf in flatten(params["params"]).items():
+        key, t = gmem_to_hf(path, keys.VIT_IMAGE_CLASSIFICATION)
+        np.testing.assert_array_equal(apply_transform(np.asarray(leaf), t), state[key])
+    assert len(flatten(params["params"])) == len(state)
+    cfg = vit.ViTConfig.from_hf(hf.config)
+    assert vit.ViTConfig.from_hf(transformers.ViTConfig(**cfg.to_hf())) == cfg
+
+
+def test_wrong_image_size_is_a_user_error(classifier):
+    from gmem.errors import GmemError
+    hf, _ = classifier
+    model = vit.ViTForImageClassification(vit.ViTConfig.from_hf(hf.config))
+    with pytest.raises(GmemError, match="pixel_values"):
+        jax.eval_shape(model.init, jax.random.PRNGKey(0), jnp.zeros((1, 3, 32, 32)))
+
+
+def test_bf16_smoke_and_remat(classifier):
+    hf, folder = classifier
+    params = _convert(load_file(str(folder / "model.safetensors")), keys.VIT_IMAGE_CLASSIFICATION)
+    cfg = vit.ViTConfig.from_hf(hf.config)
+    px = jnp.asarray(_pixels(2))
+    ref = jax.jit(vit.ViTForImageClassification(cfg).apply)(params, px)
+    bf = jax.jit(vit.ViTForImageClassification(vit.ViTConfig.from_hf(hf.config, dtype="bfloat16")).apply)(params, px)
+    assert bf.dtype == jnp.float32 and np.isfinite(np.asarray(bf)).all()
+    # bf16 keeps ~3 significant digits; logits here are O(0.1-1): 5e-2 absolute.
+    assert np.abs(np.asarray(bf) - np.asarray(ref)).max() <= 5e-2
+
+    def loss(p, m):
+        return jnp.mean(m.apply(p, px) ** 2)
+
+    grad = jax.jit(jax.value_and_grad(loss), static_argnums=1)
+    l0, g0 = grad(params, vit.ViTForImageClassification(cfg))
+    l1, g1 = grad(params, vit.ViTForImageClassification(vit.ViTConfig.from_hf(hf.config, remat=True)))
+    assert abs(float(l0) - float(l1)) <= 1e-6
+    for a, b in zip(jax.tree_util.tree_leaves(g0), jax.tree_util.tree_leaves(g1)):
+        np.testing.assert_allclose(np.asarray(a), np.asarray(b), atol=1e-6)
