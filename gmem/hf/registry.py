@@ -10,8 +10,11 @@ from typing import Any, Callable, Optional
 
 from gmem.errors import GmemError
 from gmem.hf.keymap import Rule
+from gmem.hf.keymaps import bert as bert_keys
+from gmem.hf.keymaps import gpt2 as gpt2_keys
 from gmem.hf.keymaps import llama as llama_keys
-from gmem.models import llama
+from gmem.hf.keymaps import vit as vit_keys
+from gmem.models import bert, gpt2, llama, vit
 
 
 @dataclasses.dataclass(frozen=True)
@@ -36,6 +39,24 @@ FAMILIES: list[Family] = [
     Family("llama", ("llama", "mistral"), ("LlamaForCausalLM", "MistralForCausalLM"),
            llama.LlamaConfig, llama.LlamaForCausalLM, llama_keys.RULES,
            ignore=llama_keys.IGNORE, tied=llama_keys.TIED),
+    Family("gpt2", ("gpt2",), ("GPT2LMHeadModel",), gpt2.GPT2Config, gpt2.GPT2LMHeadModel,
+           gpt2_keys.RULES, ignore=gpt2_keys.IGNORE, tied=gpt2_keys.TIED),
+    Family("bert", ("bert",), ("BertModel",), bert.BertConfig, bert.BertModel,
+           bert_keys.BERT_MODEL, ignore=bert_keys.IGNORE, auto_class="AutoModel"),
+    Family("bert-sequence-classification", (), ("BertForSequenceClassification",), bert.BertConfig,
+           bert.BertForSequenceClassification, bert_keys.BERT_SEQUENCE_CLASSIFICATION,
+           ignore=bert_keys.IGNORE, auto_class="AutoModelForSequenceClassification"),
+    Family("roberta", ("roberta",), ("RobertaModel",), bert.BertConfig, bert.RobertaModel,
+           bert_keys.ROBERTA_MODEL, ignore=bert_keys.IGNORE, auto_class="AutoModel"),
+    Family("roberta-sequence-classification", (), ("RobertaForSequenceClassification",),
+           bert.BertConfig, bert.RobertaForSequenceClassification,
+           bert_keys.ROBERTA_SEQUENCE_CLASSIFICATION, ignore=bert_keys.IGNORE,
+           auto_class="AutoModelForSequenceClassification"),
+    Family("vit", ("vit",), ("ViTModel",), vit.ViTConfig, vit.ViTModel, vit_keys.VIT_MODEL,
+           ignore=vit_keys.IGNORE, auto_class="AutoModel", example_inputs=vit.example_inputs),
+    Family("vit-image-classification", (), ("ViTForImageClassification",), vit.ViTConfig,
+           vit.ViTForImageClassification, vit_keys.VIT_IMAGE_CLASSIFICATION, ignore=vit_keys.IGNORE,
+           auto_class="AutoModelForImageClassification", example_inputs=vit.example_inputs),
 ]
 
 

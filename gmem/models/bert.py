@@ -37,7 +37,7 @@ class BertConfig:
 
     Args:
       model_type: "bert" or "roberta" (decides the position ids and the classification head).
-      architecture: the HF class written to config.json by to_hf.
+      architecture: the HF class written to config.json by to_hf (None: the base model).
       hidden_dropout_prob, classifier_dropout: rates used only when apply() gets a "dropout"
         rng (training). Attention-probability dropout is not implemented.
       add_pooling_layer: BertModel/RobertaModel pooler (dense + tanh on the first token).
@@ -65,7 +65,7 @@ class BertConfig:
     problem_type: Optional[str] = None
     add_pooling_layer: bool = True
     model_type: str = "bert"
-    architecture: str = "BertModel"
+    architecture: Optional[str] = None
     dtype: str = "float32"
     remat: bool = False
 
@@ -116,7 +116,8 @@ class BertConfig:
         """A config.json dict that transformers' AutoConfig reads."""
         labels = self.labels or tuple(f"LABEL_{i}" for i in range(self.num_labels))
         return {
-            "architectures": [self.architecture], "model_type": self.model_type,
+            "architectures": [self.architecture or ("RobertaModel" if self.model_type == "roberta" else "BertModel")],
+            "model_type": self.model_type,
             "vocab_size": self.vocab_size, "hidden_size": self.hidden_size,
             "num_hidden_layers": self.num_hidden_layers,
             "num_attention_heads": self.num_attention_heads,

@@ -289,3 +289,8 @@ class ViTForImageClassification(nn.Module):
         logits = Projection(c.num_labels, axes=("embed", None), use_bias=True, dtype=to_dtype(c.dtype),
                             name="classifier")(x[:, 0])
         return logits.astype(jnp.float32)
+
+
+def example_inputs(config: ViTConfig) -> tuple:
+    """Inputs of the right shape for module.init: one NCHW image of zeros."""
+    return (jnp.zeros((1, config.num_channels, *config.image_size), jnp.float32),)

@@ -8,8 +8,10 @@ import pytest
 torch = pytest.importorskip("torch")
 transformers = pytest.importorskip("transformers")
 
-from gmem.hf.keymap import apply_transform, gmem_to_hf, hf_to_gmem, unflatten  # noqa: E402
+from gmem.hf.convert import load_pretrained  # noqa: E402
+from gmem.hf.keymap import gmem_to_hf, hf_to_gmem  # noqa: E402
 from gmem.hf.keymaps.gpt2 import RULES  # noqa: E402
+from gmem.hf.writer import save_pretrained  # noqa: E402
 from gmem.models.gpt2 import GPT2Config, GPT2LMHeadModel  # noqa: E402
 
 TOL = 1e-4
@@ -23,15 +25,6 @@ def _hf_model(**kw):
     return transformers.GPT2LMHeadModel(transformers.GPT2Config(**cfg)).eval()
 
 
-def _convert(hf, rules=RULES):
-    flat = {}
-    for k, v in hf.state_dict().items():
-        hit = hf_to_gmem(k, rules)
-        assert hit is not None, k
-        flat[hit[0]] = jnp.asarray(apply_transform(v.numpy(), hit[1]))
-    return {"params": unflatten(flat)}
-
-
 def _hf_logits(hf, ids, mask=None, pos=None):
     with torch.no_grad():
         out = hf(input_ids=torch.tensor(ids), attention_mask=None if mask is None else torch.tensor(mask),
@@ -43,13 +36,13 @@ def _positions(mask):
     return np.where(mask > 0, np.cumsum(mask, -1) - 1, 1)
 
 
-def _setup(**kw):
+def _setup(tmp_path, **kw):
+    """HF model -> save_pretrained folder -> gmem.hf.convert.load_pretrained."""
     hf = _hf_model(**kw)
-    cfg = GPT2Config.from_hf(hf.config)
-    params = _convert(hf)
-    if cfg.tie_word_embeddings:
-        params["params"].pop("lm_head", None)
-    return hf, GPT2LMHeadModel(cfg), params
+    hf.save_pretrained(tmp_path / "hf")
+    model, cfg, params = load_pretrained(tmp_path / "hf")
+    assert isinstance(model, GPT2LMHeadModel) and cfg == GPT2Config.from_hf(hf.config)
+    return hf, model, {"params": params}
 
 
 def _jit(model):
@@ -57,8 +50,8 @@ def _jit(model):
     return jax.jit(model.apply)
 
 
-def test_padded_batch_left_and_right_matches_hf():
-    hf, model, params = _setup()
+def test_padded_batch_left_and_right_matches_hf(tmp_path):
+    hf, model, params = _setup(tmp_path)
     rng = np.random.RandomState(0)
     ids = rng.randint(3, 97, size=(3, 11))
     mask = np.ones((3, 11), np.int64)
@@ -73,8 +66,8 @@ def test_padded_batch_left_and_right_matches_hf():
     assert err <= TOL, err
 
 
-def test_long_prompt_matches_hf():
-    hf, model, params = _setup()
+def test_long_prompt_matches_hf(tmp_path):
+    hf, model, params = _setup(tmp_path)
     ids = np.random.RandomState(1).randint(0, 97, size=(1, 300))
     ref = _hf_logits(hf, ids)
     got, _ = _jit(model)(params, jnp.asarray(ids))
@@ -82,8 +75,8 @@ def test_long_prompt_matches_hf():
     assert err <= TOL, err
 
 
-def test_options_untied_head_layer_scaling_relu_match_hf():
-    hf, model, params = _setup(tie_word_embeddings=False, scale_attn_by_inverse_layer_idx=True,
+def test_options_untied_head_layer_scaling_relu_match_hf(tmp_path):
+    hf, model, params = _setup(tmp_path, tie_word_embeddings=False, scale_attn_by_inverse_layer_idx=True,
                                activation_function="relu", n_inner=48)
     assert not model.config.tie_word_embeddings and "lm_head" in params["params"]
     ids = np.random.RandomState(2).randint(0, 97, size=(2, 9))
@@ -91,10 +84,10 @@ def test_options_untied_head_layer_scaling_relu_match_hf():
     assert err <= TOL, err
 
 
-def test_cached_decode_matches_full_forward():
+def test_cached_decode_matches_full_forward(tmp_path):
     """Prefill a left-padded prompt into the cache, then decode token by token: the logits of
     each step equal the full forward over the whole sequence."""
-    hf, model, params = _setup()
+    hf, model, params = _setup(tmp_path)
     rng = np.random.RandomState(3)
     ids = rng.randint(3, 97, size=(2, 10))
     mask = np.ones((2, 10), np.int64)
@@ -129,8 +122,8 @@ def test_config_round_trip_and_export_keys():
     assert hf_to_gmem("h.3.attn.bias", RULES) is None
 
 
-def test_bf16_smoke_close_to_fp32():
-    hf, model, params = _setup()
+def test_bf16_smoke_close_to_fp32(tmp_path):
+    hf, model, params = _setup(tmp_path)
     ids = np.random.RandomState(4).randint(0, 97, size=(2, 16))
     ref, _ = _jit(model)(params, jnp.asarray(ids))
     bf = GPT2LMHeadModel(GPT2Config.from_hf(hf.config, dtype="bfloat16"))
@@ -140,8 +133,8 @@ def test_bf16_smoke_close_to_fp32():
     assert np.abs(np.asarray(got) - np.asarray(ref)).max() <= 5e-2
 
 
-def test_remat_same_output_and_grads():
-    hf, model, params = _setup()
+def test_remat_same_output_and_grads(tmp_path):
+    hf, model, params = _setup(tmp_path)
     remat = GPT2LMHeadModel(GPT2Config.from_hf(hf.config, remat=True))
     ids = jnp.asarray(np.random.RandomState(5).randint(0, 97, size=(2, 8)))
 
@@ -154,3 +147,12 @@ def test_remat_same_output_and_grads():
     assert abs(float(l0) - float(l1)) <= 1e-6
     for a, b in zip(jax.tree_util.tree_leaves(g0), jax.tree_util.tree_leaves(g1)):
         np.testing.assert_allclose(np.asarray(a), np.asarray(b), atol=1e-6)
+
+
+def test_export_loads_in_transformers(tmp_path):
+    """gmem params -> gmem.hf.writer.save_pretrained -> transformers from_pretrained: same logits."""
+    hf, model, params = _setup(tmp_path)
+    save_pretrained(tmp_path / "out", model.config, params["params"])
+    back = transformers.GPT2LMHeadModel.from_pretrained(tmp_path / "out", attn_implementation="eager").eval()
+    ids = np.random.RandomState(6).randint(0, 97, size=(1, 12))
+    np.testing.assert_allclose(_hf_logits(back, ids), _hf_logits(hf, ids), atol=1e-6)

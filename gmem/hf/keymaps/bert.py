@@ -41,3 +41,7 @@ ROBERTA_SEQUENCE_CLASSIFICATION = encoder_rules("roberta.", "roberta/") + (
     Rule("classifier.{p}.weight", "classifier/{p}/kernel", "T"),
     Rule("classifier.{p}.bias", "classifier/{p}/bias"),
 )
+
+# Buffers some files carry, and pre-training heads when a BertForPreTraining / ForMaskedLM file
+# is loaded as the base model (family picked by model_type).
+IGNORE = (r"((bert|roberta)\.)?embeddings\.(position_ids|token_type_ids)", r"cls\..*", r"lm_head\..*")

@@ -30,3 +30,9 @@ def _rules(hf_prefix: str) -> tuple:
 
 
 RULES = _rules("transformer.") + (Rule("lm_head.weight", "lm_head/kernel", "T"),) + _rules("")
+
+# Causal-mask buffers that older files carry per layer.
+IGNORE = (r"(transformer\.)?h\.\d+\.attn\.(bias|masked_bias)",)
+
+# With tie_word_embeddings the head is wte; a saved copy is dropped.
+TIED = ("lm_head.weight",)

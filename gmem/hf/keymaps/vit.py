@@ -52,3 +52,6 @@ VIT_IMAGE_CLASSIFICATION = encoder_rules("vit.", "vit/") + (
     Rule("classifier.weight", "classifier/kernel", "T"),
     Rule("classifier.bias", "classifier/bias"),
 )
+
+# ViTForMaskedImageModeling-style extras when such a file is loaded as ViTModel.
+IGNORE = (r"(vit\.)?embeddings\.mask_token", r"decoder\..*")
