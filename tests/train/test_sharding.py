@@ -14,7 +14,7 @@ from gmem.systems.lm import LMSystem
 from gmem.train import sharding as shd
 from gmem.train.loop import make_plan
 from gmem.train.state import create_state
-from tests.train.helpers import tiny_cfg
+from train_helpers import tiny_cfg
 
 STEPS = 10
 

@@ -1,4 +1,4 @@
-"""Shared pieces of the training tests: a tiny corpus and tiny configs."""
+"""Shared pieces of the training tests: a tiny corpus and tiny configs; tests import it as `train_helpers` (tests/train is on sys.path)."""
 
 from __future__ import annotations
 
@@ -24,3 +24,4 @@ def tiny_cfg(tmp: pathlib.Path, *overrides: str):
     corpus = write_corpus(tmp / "corpus.txt")
     return to_object(load_config(TINY, [f"data.corpus={corpus}", f"train.run_dir={tmp / 'run'}",
                                         *overrides]))
+
