@@ -71,8 +71,11 @@ def tokenizer_from_gguf_reader(reader, where: str = "GGUF"):
     merges = [tuple(m.split(" ", 1)) for m in _strings(reader, "tokenizer.ggml.merges")]
     types = _ints(reader, "tokenizer.ggml.token_type") or [1] * len(tokens)
     vocab = {t: i for i, t in enumerate(tokens)}
-    tk = Tokenizer(models.BPE(vocab, merges, continuing_subword_prefix="", end_of_word_suffix="",
-                              fuse_unk=False))
+    try:
+        tk = Tokenizer(models.BPE(vocab, merges, continuing_subword_prefix="",
+                                  end_of_word_suffix="", fuse_unk=False))
+    except Exception as e:  # tokenizers raises a bare Exception on a merge outside the vocab
+        raise GmemError(f"{where}: tokenizer.ggml.tokens/merges are inconsistent ({e})") from None
     tk.pre_tokenizer = _pre_tokenizer(_scalar(reader, "tokenizer.ggml.pre"))
     tk.decoder = decoders.ByteLevel()
     tk.add_special_tokens([AddedToken(t, special=True, normalized=False)
