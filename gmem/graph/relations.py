@@ -101,59 +101,40 @@ def load_kge_relations(path: str) -> np.ndarray:
 def encode_texts(texts: Sequence[str], batch_size: int = 64) -> np.ndarray:
     """Sentence embeddings of all-MiniLM-L6-v2 (gmem's BERT, weights from gmem.assets):
     mean of the last hidden states over real tokens, L2-normalised. [len(texts), 384]."""
-    import jax.numpy as jnp
-    model, variables, tokenizer = _minilm()
+    forward, tokenizer = _minilm()
     out = []
     for i in range(0, len(texts), batch_size):
         enc = tokenizer(list(texts[i:i + batch_size]), padding=True, truncation=True,
                         max_length=128, return_tensors="np")
-        ids = jnp.asarray(enc["input_ids"])
-        mask = jnp.asarray(enc["attention_mask"])
-        hidden = _last_hidden(model, variables, ids, mask, jnp.asarray(enc.get("token_type_ids", 0 * enc["input_ids"])))
-        m = mask[..., None].astype(jnp.float32)
-        pooled = (hidden * m).sum(1) / jnp.maximum(m.sum(1), 1e-9)
-        pooled = pooled / jnp.maximum(jnp.linalg.norm(pooled, axis=-1, keepdims=True), 1e-12)
-        out.append(np.asarray(pooled, np.float32))
-    return np.concatenate(out, 0)
+        out.append(np.asarray(forward(enc["input_ids"], enc["attention_mask"]), np.float32))
+    return np.concatenate(out, 0) if out else np.zeros((0, 384), np.float32)
 
 
-_MINILM = {}
+_MINILM: dict = {}
 
 
 def _minilm():
-    """(module, variables, tokenizer) of all-MiniLM-L6-v2, loaded once per process."""
+    """(jitted ids, mask -> pooled embeddings, tokenizer) of all-MiniLM-L6-v2, loaded once."""
     if "m" not in _MINILM:
-        try:
-            from gmem.hf.convert import load_pretrained
-        except ImportError as e:  # noqa: F841 - the BERT family is not in this build
-            raise GmemError("relation semantics 'bert': gmem.hf.convert / gmem.models.bert are "
-                            "not available; use relation_init 'random' or a tensor file") from None
-        import gmem.assets
+        import jax
+        import jax.numpy as jnp
         from transformers import AutoTokenizer
+
+        import gmem.assets
+        from gmem.hf.convert import load_pretrained
         folder = str(gmem.assets.path("all-minilm-l6-v2"))
-        model, variables = _split(load_pretrained(folder))
+        module, _, params = load_pretrained(folder)
         tokenizer = AutoTokenizer.from_pretrained(folder)
-        _MINILM["m"] = (model, variables, tokenizer)
+
+        @jax.jit
+        def forward(ids, mask):
+            hidden, _ = module.apply({"params": params}, ids, mask)
+            m = mask[..., None].astype(jnp.float32)
+            pooled = (hidden.astype(jnp.float32) * m).sum(1) / jnp.maximum(m.sum(1), 1e-9)
+            return pooled / jnp.maximum(jnp.linalg.norm(pooled, axis=-1, keepdims=True), 1e-12)
+
+        _MINILM["m"] = (forward, tokenizer)
     return _MINILM["m"]
-
-
-def _split(loaded):
-    # load_pretrained returns (module, params) or an object with .module / .params.
-    if isinstance(loaded, tuple):
-        module, params = loaded[0], loaded[1]
-    else:
-        module, params = loaded.module, loaded.params
-    variables = params if isinstance(params, dict) and "params" in params else {"params": params}
-    return module, variables
-
-
-def _last_hidden(model, variables, ids, mask, token_types):
-    out = model.apply(variables, ids, mask, token_types)
-    if isinstance(out, tuple):
-        out = out[0]
-    if isinstance(out, dict):
-        out = out.get("last_hidden_state", next(iter(out.values())))
-    return out
 
 
 def _torch_load(path: str):
