@@ -191,11 +191,11 @@ def read_yaml(path: str | pathlib.Path) -> dict:
 
 def _file_layers(path: pathlib.Path, seen: tuple = ()) -> list[tuple[str, dict]]:
     """The file and the files it extends, base first, as (name, dict) layers."""
-    path = path.resolve()
+    given, path = path, path.resolve()
     if path in seen:
         chain = " -> ".join(str(s) for s in seen + (path,))
-        raise GmemError(f"{path}: `extends` makes a cycle: {chain}")
-    data = read_yaml(path)
+        raise GmemError(f"{given}: `extends` makes a cycle: {chain}")
+    data = read_yaml(given)
     parents = data.pop("extends", None) or []
     if isinstance(parents, str):
         parents = [parents]
@@ -207,7 +207,7 @@ def _file_layers(path: pathlib.Path, seen: tuple = ()) -> list[tuple[str, dict]]
         if not pp.is_file():
             raise GmemError(f"{path}: extends: file {parent!r} not found (looked at {pp})")
         layers += _file_layers(pp, seen + (path,))
-    return layers + [(str(path), data)]
+    return layers + [(str(given), data)]
 
 
 def _merge(cfg, layer: Any, where: str):

@@ -1,0 +1,79 @@
+"""Config loading: YAML files that extend each other, overrides, and one-line errors."""
+
+import pytest
+
+from gmem.config import (DEFAULT_CONFIG, CONFIG_DIR, Config, from_dict, load_config, parse_cli,
+                         to_dict, to_object)
+from gmem.errors import GmemError
+
+
+def write(tmp_path, name, text):
+    p = tmp_path / name
+    p.write_text(text)
+    return p
+
+
+def test_shipped_configs_load():
+    for p in sorted(CONFIG_DIR.glob("*.yaml")):
+        cfg = to_object(load_config(p))
+        assert isinstance(cfg, Config)
+    d = to_object(load_config(DEFAULT_CONFIG))
+    assert d.model.source == "smollm2" and d.data.corpus == "shakespeare"
+    assert d.train.run_dir == "runs/default"
+    assert d.adapters[0].targets == ["q_proj", "k_proj", "v_proj", "o_proj"]  # from lm_lora.yaml
+
+
+def test_extends_chain_and_overrides(tmp_path):
+    write(tmp_path, "base.yaml", "train:\n  steps: 5\n  seed: 3\noptim:\n  lr: 0.5\n")
+    child = write(tmp_path, "child.yaml", "extends: base.yaml\ntrain:\n  steps: 7\n")
+    over = write(tmp_path, "over.yaml", "optim:\n  lr: 0.25\n")
+    cfg = to_object(load_config(child, ["sharding.mesh.fsdp=4", "adapters.0.rank=2",
+                                        "eval.prompts=[a, b]", "data.max_chars=null"], [over]))
+    assert (cfg.train.steps, cfg.train.seed, cfg.optim.lr) == (7, 3, 0.25)
+    assert cfg.sharding.mesh.fsdp == 4 and cfg.adapters[0].rank == 2
+    assert cfg.eval.prompts == ["a", "b"] and cfg.data.max_chars is None
+    assert from_dict(to_dict(cfg)) == cfg  # what a checkpoint saves rebuilds the same config
+
+
+@pytest.mark.parametrize("text,overrides,message", [
+    ("model:\n  hidden_sze: 3\n", [], r"model\.hidden_sze: Key 'hidden_sze' not in 'ModelConfig'"),
+    ("train:\n  steps: abc\n", [], r"train\.steps: Value 'abc' of type 'str' could not be converted to Integer"),
+    ("optim:\n  grad_accum: 1.5\n", [], r"optim\.grad_accum: Value '1\.5' of type 'float' could not be converted"),
+    ("", ["sharding.mesh.fsdq=2"], r"override 'sharding\.mesh\.fsdq=2': sharding\.mesh\.fsdq: Key 'fsdq' not in 'MeshConfig'"),
+    ("", ["optim.lr=fast"], r"optim\.lr: Value 'fast' of type 'str' could not be converted to Float"),
+    ("", ["train.steps"], r"override 'train\.steps': expected key\.sub=value"),
+    ("bogus: 1\n", [], r"bogus: Key 'bogus' not in 'Config'"),
+])
+def test_errors_name_the_key(tmp_path, text, overrides, message):
+    p = write(tmp_path, "c.yaml", text)
+    with pytest.raises(GmemError, match=message) as e:
+        load_config(p, overrides)
+    assert "\n" not in str(e.value)
+    if text:
+        assert str(p) in str(e.value) or overrides
+
+
+def test_missing_file_and_bad_yaml(tmp_path):
+    with pytest.raises(GmemError, match=r"nope\.yaml: config file not found"):
+        load_config(tmp_path / "nope.yaml")
+    bad = write(tmp_path, "bad.yaml", "train:\n  steps: 3\n   seed: [\n")
+    with pytest.raises(GmemError, match=r"bad\.yaml:3: bad YAML: mapping values are not allowed here"):
+        load_config(bad)
+    lst = write(tmp_path, "list.yaml", "- 1\n- 2\n")
+    with pytest.raises(GmemError, match="must be a mapping of sections, got list"):
+        load_config(lst)
+    ext = write(tmp_path, "ext.yaml", "extends: missing.yaml\n")
+    with pytest.raises(GmemError, match=r"ext\.yaml: extends: file 'missing\.yaml' not found"):
+        load_config(ext)
+    write(tmp_path, "a.yaml", "extends: b.yaml\n")
+    write(tmp_path, "b.yaml", "extends: a.yaml\n")
+    with pytest.raises(GmemError, match="`extends` makes a cycle"):
+        load_config(tmp_path / "a.yaml")
+
+
+def test_parse_cli():
+    path, files, pairs, rest = parse_cli(["--config", "x.yaml", "a.b=1", "--override", "o.yaml",
+                                          "--override=p.yaml", "--weird"])
+    assert (path, files, pairs, rest) == ("x.yaml", ["o.yaml", "p.yaml"], ["a.b=1"], ["--weird"])
+    with pytest.raises(GmemError, match="--config: expected a file name after it"):
+        parse_cli(["--config"])
