@@ -17,7 +17,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from gmem.adapters.core import AdapterSpec, flatten_modules, unflatten_modules
-from gmem.adapters.targets import projection_paths
+from gmem.adapters.targets import hf_name, layer_index, projection_paths
 from gmem.errors import GmemError, collect_errors
 from gmem.hf.keymap import Rule, gmem_to_hf, hf_to_gmem
 
@@ -28,10 +28,24 @@ _PLAIN = re.compile(r"^[A-Za-z_][\w.]*$")
 
 
 def _hf_module(path: str, rules: Sequence[Rule]) -> str:
+    """The live transformers module name PEFT keys use (gmem modules carry those names; the
+    key map confirms it, or supplies its spelling when the convention is not known to it)."""
     got = gmem_to_hf(path + "/kernel", rules)
     if got is None or not got[0].endswith(".weight"):
         raise GmemError(f"{path}: the family key map has no HF name for this projection")
-    return got[0][: -len(".weight")]
+    return hf_name(path, rules)
+
+
+def _peft_would_select(targets, layers, names: dict[str, str]) -> set[str]:
+    """Module paths PEFT selects with plain suffix targets (its list semantics)."""
+    keep = None if layers is None else ({layers} if isinstance(layers, int) else set(layers))
+    out = set()
+    for path, name in names.items():
+        if keep is not None and layer_index(name) not in keep:
+            continue
+        if any(name == t or name.endswith("." + t) for t in targets):
+            out.add(path)
+    return out
 
 
 def peft_state_dict(tree: dict, rules: Sequence[Rule]) -> dict[str, np.ndarray]:
@@ -46,17 +60,21 @@ def peft_state_dict(tree: dict, rules: Sequence[Rule]) -> dict[str, np.ndarray]:
 
 def peft_config(spec: AdapterSpec, tree: dict, rules: Sequence[Rule],
                 base_model_name_or_path: Optional[str] = None,
-                task_type: Optional[str] = None) -> dict:
-    """PEFT LoraConfig fields for `spec`. Plain module names are written as given (PEFT matches
-    them as suffixes); gmem-only notations (':', 're:', aliases) become the exact names."""
+                task_type: Optional[str] = None, base_params=None) -> dict:
+    """PEFT LoraConfig fields for `spec`. With base_params, plain targets are written as given
+    when PEFT's suffix matching selects exactly the modules gmem adapted; otherwise (regexes,
+    ':' notation, aliases, other spellings, or no base_params) the exact module names."""
     targets = spec.targets
     layers = spec.layers_to_transform
-    if isinstance(targets, str):
-        target_modules = targets
-    elif all(_PLAIN.match(t) for t in targets) and "all-linear" not in targets:
+    adapted = set(flatten_modules(tree))
+    names = {p: _hf_module(p, rules) for p in (adapted if base_params is None else
+                                               projection_paths(base_params))}
+    plain = (not isinstance(targets, str) and "all-linear" not in targets
+             and all(_PLAIN.match(t) for t in targets))
+    if plain and base_params is not None and _peft_would_select(targets, layers, names) == adapted:
         target_modules = list(targets)
-    else:
-        target_modules = sorted(_hf_module(p, rules) for p in flatten_modules(tree))
+    else:   # exact live module names: PEFT selects exactly what gmem adapted
+        target_modules = sorted(names[p] for p in adapted)
         layers = None
     return {
         "peft_type": "LORA", "task_type": task_type, "r": spec.rank,
@@ -71,7 +89,8 @@ def peft_config(spec: AdapterSpec, tree: dict, rules: Sequence[Rule],
 
 
 def save_peft(directory: str, spec: AdapterSpec, tree: dict, rules: Sequence[Rule],
-              base_model_name_or_path: Optional[str] = None, task_type: Optional[str] = None) -> None:
+              base_model_name_or_path: Optional[str] = None, task_type: Optional[str] = None,
+              base_params=None) -> None:
     """Write a LoRA tree as a PEFT adapter folder (PeftModel.from_pretrained reads it)."""
     from safetensors.numpy import save_file
     if spec.kind != "lora":
@@ -79,7 +98,8 @@ def save_peft(directory: str, spec: AdapterSpec, tree: dict, rules: Sequence[Rul
                         "use gmem.adapters.gift.to_gift_state_dict")
     os.makedirs(directory, exist_ok=True)
     with open(os.path.join(directory, CONFIG), "w") as f:
-        json.dump(peft_config(spec, tree, rules, base_model_name_or_path, task_type), f, indent=2)
+        json.dump(peft_config(spec, tree, rules, base_model_name_or_path, task_type, base_params),
+                  f, indent=2)
     save_file(peft_state_dict(tree, rules), os.path.join(directory, WEIGHTS),
               metadata={"format": "pt"})
 

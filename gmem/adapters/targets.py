@@ -2,9 +2,10 @@
 
 Candidates are the linear projections of a base tree: every node holding a 2-D "kernel"
 (gmem.nn.projection.Projection). Each gets an HF-style module name, from the family key map
-when one is given (`model/layers_3/self_attn/q_proj` -> `model.layers.3.self_attn.q_proj`),
-else by the naming convention every gmem family follows (a list entry `layers_3` is HF's
-`layers.3`). Targets are then matched as PEFT and GIFT match them:
+by the naming convention every gmem family follows (a list entry `layers_3` is HF's
+`layers.3`: `model/layers_3/self_attn/q_proj` -> `model.layers.3.self_attn.q_proj`), plus
+every other spelling the family key map knows when one is given. A module matches a target
+when any of its spellings does, matched as PEFT and GIFT match them:
 
   "q_proj", "self_attn.q_proj", "attention.self.query"   the name ends with "." + target
                                                           (or equals it), as in PEFT
@@ -25,12 +26,12 @@ import re
 from typing import Iterable, Optional, Sequence
 
 from gmem.errors import GmemError
-from gmem.hf.keymap import Rule, flatten, gmem_to_hf
+from gmem.hf.keymap import Rule, flatten, gmem_to_hf, hf_to_gmem
 
 # timm module names (GIFT's vision configs) -> regexes over HF ViT / BERT module names.
 ALIASES = {
-    "attn.proj": r".*\.attention\.output\.dense",
-    "attn.qkv": r".*\.attention\.attention\.(query|key|value)|.*\.attention\.self\.(query|key|value)",
+    "attn.proj": r".*\.attention\.(output\.dense|o_proj)",
+    "attn.qkv": r".*\.attention\.(attention|self)\.(query|key|value)|.*\.attention\.[qkv]_proj",
     "mlp.fc1": r".*\.intermediate\.dense",
     "mlp.fc2": r".*\.layer\.\d+\.output\.dense",
 }
@@ -60,17 +61,35 @@ def _unbox(tree):
         return tree
 
 
-def hf_name(path: str, rules: Optional[Sequence[Rule]] = None) -> str:
-    """gmem module path -> HF module name (no '.weight')."""
-    if rules:
-        got = gmem_to_hf(path + "/kernel", rules)
-        if got is not None and got[0].endswith(".weight"):
-            return got[0][: -len(".weight")]
+def hf_names(path: str, rules: Optional[Sequence[Rule]] = None) -> list[str]:
+    """Every HF module name of a gmem module path: the live-module name by gmem's naming
+    convention first (`layers_3` -> `layers.3`; gmem modules carry transformers' module
+    names), then any other spelling the key map knows (e.g. ViT's file names
+    `encoder.layer.3.attention.output.dense` next to v5's `layers.3.attention.o_proj`)."""
     parts = []
     for seg in path.split("/"):
         m = _LIST_ENTRY.match(seg)
         parts.extend([m.group(1), m.group(2)] if m else [seg])
-    return ".".join(parts)
+    names = [".".join(parts)]
+    for rule in rules or ():
+        got = gmem_to_hf(path + "/kernel", (rule,))
+        if got is not None and got[0].endswith(".weight") and got[0][:-7] not in names:
+            names.append(got[0][: -len(".weight")])
+    return names
+
+
+def hf_name(path: str, rules: Optional[Sequence[Rule]] = None) -> str:
+    """gmem module path -> its HF module name (no '.weight'): the convention's name when the
+    key map agrees with it (or has no rule), else the key map's first spelling."""
+    names = hf_names(path, rules)
+    if not rules or len(names) == 1 or _known(names[0], path, rules):
+        return names[0]
+    return names[1]
+
+
+def _known(name: str, path: str, rules: Sequence[Rule]) -> bool:
+    got = hf_to_gmem(name + ".weight", rules)
+    return got is not None and got[0] == path + "/kernel"
 
 
 def layer_index(name: str) -> Optional[int]:
@@ -112,18 +131,18 @@ def resolve_targets(targets, base_params: dict, layers_to_transform=None,
         raise GmemError(f"{where}: no targets given")
     paths = projection_paths(base_params)
     keep_layers = _layers(layers_to_transform)
-    names = {p: hf_name(p, rules) for p in paths}
+    names = {p: hf_names(p, rules) for p in paths}
     out: dict[str, list[str]] = {t: [] for t in targets}
-    for path, name in names.items():
-        if keep_layers is not None and layer_index(name) not in keep_layers:
+    for path, spellings in names.items():
+        if keep_layers is not None and layer_index(spellings[0]) not in keep_layers:
             continue
         for t in targets:
-            if target_matches(t, name):
+            if any(target_matches(t, n) for n in spellings):
                 out[t].append(path)
                 break
     missing = [t for t, ps in out.items() if not ps]
     if missing:
-        existing = sorted({_short(n) for n in names.values()})
+        existing = sorted({_short(n) for ns in names.values() for n in ns})
         layer_note = f" in layers {sorted(keep_layers)}" if keep_layers is not None else ""
         raise GmemError(f"{where}: target(s) {missing} match no linear module{layer_note}; "
                         f"module names present: {existing}")
