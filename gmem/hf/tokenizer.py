@@ -103,10 +103,14 @@ def tokenizer_from_gguf_reader(reader, where: str = "GGUF"):
 
 def _gpt2_bpe(folder: pathlib.Path):
     """GPT-2 from OpenAI's encoder.json + vocab.bpe (the gpt2-bpe asset)."""
-    from transformers import GPT2TokenizerFast
+    import json
 
-    return GPT2TokenizerFast(vocab_file=str(folder / "encoder.json"),
-                             merges_file=str(folder / "vocab.bpe"))
+    from transformers import GPT2Tokenizer  # v5: the tokenizers-backed class
+
+    vocab = json.loads((folder / "encoder.json").read_text(encoding="utf-8"))
+    lines = (folder / "vocab.bpe").read_text(encoding="utf-8").splitlines()
+    merges = [tuple(line.split(" ")) for line in lines if line and not line.startswith("#version")]
+    return GPT2Tokenizer(vocab=vocab, merges=merges)
 
 
 _SKIP_CONFIG = ("added_tokens_decoder", "tokenizer_class", "auto_map", "backend", "name_or_path",
@@ -145,7 +149,7 @@ def load_tokenizer(source):
     if isinstance(source, str) and source in assets.ASSETS:
         source = assets.path(source)
     p = pathlib.Path(source)
-    if p.is_file() and p.suffix == ".gguf":
+    if p.suffix == ".gguf":
         from gmem.hf.gguf import converted_folder
 
         # The converted folder holds tokenizer.json: building from the GGUF once is enough.
