@@ -1,0 +1,308 @@
+"""VardaGPT: a decoder whose every input token searches an associative memory (§2 of
+specs/gift-varda-regrad.md), built as the original describes and working.
+
+Per segment of `segment_len` tokens (the backbone's context window; memory carries across):
+  x = embed(ids)                                     [B, L, D]
+  r = memory.search(x, k) vectors                    [B, L, k, D]   (per batch row; pre-write state)
+  z = fc([x, r_1 .. r_k])                            [B, L, D]      the fusion layer
+  h = decoder(inputs_embeds=z); logits = lm_head(h)
+  s = fc_storable_vector(h); p = sigmoid(fc_store_decision(h)); q = sigmoid(fc_delete_decision(h))
+  delete retrieved entry j where q_j > delete_threshold; store s where p > store_threshold.
+The memory state (gmem.memory.MemoryState with a leading batch axis) is an input and an output,
+so it threads through the segments of one call and across calls (batches of a stream).
+
+Deviations from the original, each because the original cannot work as written:
+- Gradients reach the decision layers. Writes are scatters and reads are gathers, so a vector
+  stored in segment t and read in t+1 is differentiable. gate="straight_through" (default)
+  writes s * (hard + p - stop_gradient(p)): forward value s where the gate is open, gradient
+  through the sigmoid; gate="soft" writes every token as p * s. Deletion multiplies a retrieved
+  entry by (1 - hard_q) with the same estimator before invalidating it. The original's hard
+  threshold on a raw logit passes no gradient, and its write path was detached.
+- Closed gates skip the write (the original wrote all-zero vectors); a full memory replaces its
+  oldest entry (the original crashed); delete removes slot ids (the original removed row numbers).
+- The store test is sigmoid(logit) > threshold (the original compared the raw logit with 0.5).
+- fc starts as [I; 0] (fusion_init="identity") so step 0 equals the backbone alone, which
+  matters with a frozen pretrained backbone; "random" restores the original's init.
+- Training scores the next token (the original's loss was unshifted) and memory is fresh per
+  training row (one row = one document of seq_len tokens, several segments).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Any, Optional
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import optax
+
+from gmem.errors import GmemError
+from gmem.memory import AssociativeMemory, MemoryState
+from gmem.nn.projection import Projection
+from gmem.systems.lm import LMSystem, _unbox
+
+_GATES = ("straight_through", "soft")
+
+
+@dataclasses.dataclass(frozen=True)
+class VardaConfig:
+    """Memory and fusion options (config key `system.params`).
+
+    memory_dim must equal the backbone's hidden size (queries are input embeddings); None = it.
+    """
+
+    memory_size: int = 1024
+    memory_dim: Optional[int] = None
+    num_search_results: int = 5
+    metric: str = "l2"
+    nlist: int = 0
+    nprobe: int = 1
+    segment_len: int = 64
+    gate: str = "straight_through"
+    store_threshold: float = 0.5
+    delete: bool = True
+    delete_threshold: float = 0.5
+    forgetfulness: float = 0.0
+    use_memory: bool = True
+    fusion_init: str = "identity"
+    backbone: str = "llama"  # family used with model.source=random: llama | gpt2
+    tokenizer: str = "auto"  # auto (the source's own / bytes for random) | gpt2 (embedded BPE)
+
+    @classmethod
+    def from_params(cls, params: dict) -> "VardaConfig":
+        names = {f.name for f in dataclasses.fields(cls)}
+        bad = sorted(set(params) - names)
+        if bad:
+            raise GmemError(f"system.params: unknown key(s) {bad} for varda; known: {sorted(names)}")
+        return cls(**params)
+
+    def check(self, hidden: int) -> AssociativeMemory:
+        """Validate against the backbone; returns the memory. One GmemError lists every problem."""
+        errors = []
+        dim = self.memory_dim or hidden
+        if dim != hidden:
+            errors.append(f"memory_dim={dim} must equal the backbone hidden size {hidden} "
+                          "(every token's input embedding is the query)")
+        if not 1 <= self.num_search_results <= self.memory_size:
+            errors.append(f"num_search_results={self.num_search_results} must be in [1, "
+                          f"memory_size={self.memory_size}]")
+        if self.gate not in _GATES:
+            errors.append(f"gate={self.gate!r} must be one of {_GATES}")
+        if self.fusion_init not in ("identity", "random"):
+            errors.append(f"fusion_init={self.fusion_init!r} must be 'identity' or 'random'")
+        if self.segment_len <= 0:
+            errors.append(f"segment_len={self.segment_len} must be positive")
+        if errors:
+            raise GmemError("system.params: " + "; ".join(errors))
+        try:
+            return AssociativeMemory(self.memory_size, dim, self.metric, self.nlist, self.nprobe)
+        except GmemError as e:
+            raise GmemError(f"system.params: {e}") from None
+
+
+def _identity_on_input(hidden: int):
+    def init(key, shape, dtype=jnp.float32):
+        return jnp.zeros(shape, dtype).at[:hidden].set(jnp.eye(hidden, shape[1], dtype=dtype))
+    return init
+
+
+class VardaHeads(nn.Module):
+    """The memory layers: fusion (fc) and the decisions read from the final hidden states."""
+
+    hidden: int
+    k: int
+    fusion_init: str = "identity"
+
+    def setup(self):
+        d = self.hidden
+        init = _identity_on_input(d) if self.fusion_init == "identity" else nn.initializers.lecun_normal()
+        self.fc = Projection(d, axes=("memory", "embed"), use_bias=True, kernel_init=init)
+        self.fc_storable_vector = Projection(d, axes=("embed", "memory"), use_bias=True)
+        self.fc_store_decision = Projection(1, axes=("embed", None), use_bias=True)
+        # Bias -2: deletions start closed (sigmoid(-2) = 0.12 < 0.5) and open only if learned.
+        self.fc_delete_decision = Projection(self.k, axes=("embed", None), use_bias=False)
+        self.delete_bias = self.param("delete_bias", nn.initializers.constant(-2.0), (self.k,))
+
+    def fuse(self, x_BLD, r_BLKD):
+        b, l, k, d = r_BLKD.shape
+        return self.fc(jnp.concatenate([x_BLD, r_BLKD.reshape(b, l, k * d).astype(x_BLD.dtype)], -1))
+
+    def decide(self, h_BLD):
+        """-> storable vectors [B, L, D], store logits [B, L], delete logits [B, L, k]."""
+        h = h_BLD.astype(jnp.float32)
+        return (self.fc_storable_vector(h), self.fc_store_decision(h)[..., 0],
+                self.fc_delete_decision(h) + self.delete_bias)
+
+    def __call__(self, x_BLD, r_BLKD, h_BLD):  # for init: touches every layer
+        return self.fuse(x_BLD, r_BLKD), self.decide(h_BLD)
+
+
+def _ste(hard, soft):
+    """Forward value `hard`, gradient of `soft` (straight-through estimator)."""
+    return hard.astype(soft.dtype) + soft - jax.lax.stop_gradient(soft)
+
+
+class VardaModel:
+    """backbone (a gmem decoder with embed() and inputs_embeds_BLD) + memory layers + memory."""
+
+    def __init__(self, cfg: VardaConfig, backbone: nn.Module, hidden: int):
+        self.cfg = cfg
+        self.memory = cfg.check(hidden)
+        self.backbone = backbone
+        self.hidden = hidden
+        self.heads = VardaHeads(hidden, cfg.num_search_results, cfg.fusion_init)
+
+    def init_heads(self, rng) -> dict:
+        k, d = self.cfg.num_search_results, self.hidden
+        z = jnp.zeros((1, 1, d))
+        return _unbox(self.heads.init(rng, z, jnp.zeros((1, 1, k, d)), z)["params"])
+
+    def init_memory(self, batch: int) -> MemoryState:
+        return self.memory.init(batch)
+
+    def __call__(self, heads_params, backbone_vars, state: MemoryState, ids_BT, rng=None):
+        """ids [B, T] (T a multiple of segment_len) -> (logits [B, T, V] fp32, new state, stats)."""
+        c, mem = self.cfg, self.memory
+        b, t = ids_BT.shape
+        seg = min(c.segment_len, t)
+        if t % seg:
+            raise GmemError(f"varda: sequence length {t} is not a multiple of segment_len={seg}")
+        if state.vectors_MD.shape[0] != b:
+            raise GmemError(f"varda: memory state has batch {state.vectors_MD.shape[0]}, ids have {b}")
+        hp = {"params": heads_params}
+        logits, stats = [], []
+        for i in range(t // seg):
+            x = self.backbone.apply(backbone_vars, ids_BT[:, i * seg:(i + 1) * seg], method="embed")
+            if c.use_memory:
+                idx, _, r = jax.vmap(mem.search, (0, 0, None))(state, x, c.num_search_results)
+                x = self.heads.apply(hp, x, r, method="fuse")
+            out, _, h = self.backbone.apply(backbone_vars, inputs_embeds_BLD=x, return_hidden=True)
+            logits.append(out)
+            if c.use_memory:
+                key = None if rng is None else jax.random.fold_in(rng, i)
+                state, st = self._update(hp, state, h, idx, key)
+                stats.append(st)
+        agg = {k: jnp.mean(jnp.stack([s[k] for s in stats])) for k in (stats[0] if stats else {})}
+        return jnp.concatenate(logits, axis=1), state, agg
+
+    def _update(self, hp, state, h_BLD, idx_BLK, rng):
+        c, mem = self.cfg, self.memory
+        b = h_BLD.shape[0]
+        s, g, dl = self.heads.apply(hp, h_BLD, method="decide")
+        p = jax.nn.sigmoid(g)
+        if c.gate == "soft":
+            mask, w = jnp.ones_like(p, bool), p
+        else:
+            mask = p > c.store_threshold
+            w = _ste(mask, p)
+        deleted = jnp.zeros(())
+        if c.delete:
+            q = jax.nn.sigmoid(dl)
+            hard = (q > c.delete_threshold) & (idx_BLK >= 0)
+            keep = _ste(~hard, 1.0 - q).reshape(b, -1)
+            ids = idx_BLK.reshape(b, -1)
+            # Per-slot factor 1 + sum_j (keep_j - 1): a slot several tokens retrieved gets every
+            # token's gradient (scatter-add differentiates; scatter-multiply does not).
+            def scale(v_MD, i, f):
+                delta = jnp.zeros(v_MD.shape[0]).at[jnp.where(i >= 0, i, v_MD.shape[0])].add(f - 1.0, mode="drop")
+                return v_MD * jnp.maximum(1.0 + delta, 0.0)[:, None]
+            state = state.replace(vectors_MD=jax.vmap(scale)(state.vectors_MD, ids, keep))
+            state = jax.vmap(mem.remove)(state, jnp.where(hard.reshape(b, -1), ids, -1))
+            deleted = hard.mean(dtype=jnp.float32)
+        state = jax.vmap(mem.add)(state, s * w[..., None], mask)
+        if c.forgetfulness > 0 and rng is not None:
+            state = jax.vmap(mem.forget, (0, None, 0))(state, c.forgetfulness, jax.random.split(rng, b))
+        return state, {"memory/store_rate": mask.mean(dtype=jnp.float32), "memory/delete_rate": deleted,
+                       "memory/count": state.count.mean(dtype=jnp.float32)}
+
+
+class VardaSystem(LMSystem):
+    """VardaGPT for gmem.train: frozen backbone (+ optional LoRA) and trainable memory layers.
+
+    Trainable tree: {"adapters": LoRA sets (may be empty), "varda": memory layers}.
+    """
+
+    name = "varda"
+
+    def __init__(self, cfg, load_data: bool = True):
+        self.varda_cfg = VardaConfig.from_params(dict(cfg.system.params or {}))
+        super().__init__(cfg, load_data=False)
+        mc = self.model_config
+        if self.kind == "random" and self.varda_cfg.backbone == "gpt2":
+            from gmem.models.gpt2 import GPT2Config, GPT2LMHeadModel
+            m = cfg.model
+            self.model_config = GPT2Config(vocab_size=m.vocab_size, n_positions=m.max_position_embeddings,
+                                           n_embd=m.hidden_size, n_layer=m.num_hidden_layers,
+                                           n_head=m.num_attention_heads, n_inner=m.intermediate_size,
+                                           resid_pdrop=0.0, embd_pdrop=0.0, dtype=m.dtype, remat=m.remat)
+            self.module = GPT2LMHeadModel(self.model_config)
+        elif type(mc).__name__ == "GPT2Config":
+            from gmem.models.gpt2 import GPT2LMHeadModel
+            self.module = GPT2LMHeadModel(mc)
+        if self.varda_cfg.tokenizer == "gpt2":
+            import gmem.assets
+            from gmem.hf.tokenizer import load_tokenizer
+            self.tokenizer = load_tokenizer(gmem.assets.path("gpt2-bpe"))
+        hidden = getattr(self.model_config, "hidden_size", None) or self.model_config.n_embd
+        self.model = VardaModel(self.varda_cfg, self.module, hidden)
+        if cfg.data.seq_len % min(self.varda_cfg.segment_len, cfg.data.seq_len):
+            raise GmemError(f"data.seq_len={cfg.data.seq_len} must be a multiple of "
+                            f"system.params.segment_len={self.varda_cfg.segment_len}")
+        if load_data:
+            self.data()
+
+    def _load_real(self):
+        from gmem.systems.lm import _split_loaded
+        if self.kind == "gguf":
+            from gmem.hf import gguf
+            loaded = gguf.load_gguf(self.path)
+        else:
+            from gmem.hf import convert
+            loaded = convert.load_pretrained(self.path)
+        return _split_loaded(loaded, self.path)  # LLaMA family or GPT-2
+
+    @property
+    def structure(self) -> dict:
+        s = dict(super().structure) if hasattr(self.model_config, "hidden_size") else {"system": self.name}
+        s["system"] = self.name
+        s["varda"] = dataclasses.asdict(self.varda_cfg)
+        return s
+
+    def init_trainable(self, base, rng):
+        return {"adapters": super().init_trainable(base, rng),
+                "varda": self.model.init_heads(jax.random.fold_in(rng, 1))}
+
+    def abstract_trainable(self, abstract_base):
+        return jax.eval_shape(lambda b: self.init_trainable(b, jax.random.PRNGKey(0)), abstract_base)
+
+    def trainable_specs(self, abstract_trainable, base_specs):
+        from gmem.train.sharding import adapter_logical_specs
+        d, k = self.model.hidden, self.varda_cfg.num_search_results
+        z = jnp.zeros((1, 1, d))
+        boxed = jax.eval_shape(lambda: self.model.heads.init(jax.random.PRNGKey(0), z, jnp.zeros((1, 1, k, d)), z))
+        return {"adapters": adapter_logical_specs(abstract_trainable["adapters"], base_specs),
+                "varda": nn.get_partition_spec(boxed)["params"]}
+
+    def forward(self, trainable, frozen, state, ids_BT, rng=None):
+        backbone_vars = self.variables(trainable["adapters"], frozen)
+        return self.model(trainable["varda"], backbone_vars, state, ids_BT, rng)
+
+    def loss(self, trainable, frozen, batch: dict, rng):
+        """Next-token CE over rows [B, L+1], memory fresh per row; aux: tokens, memory stats."""
+        ids = batch["input_ids"]
+        inputs, targets = ids[:, :-1], ids[:, 1:]
+        mask = batch.get("mask")
+        mask = jnp.ones(targets.shape, jnp.float32) if mask is None else mask[:, 1:].astype(jnp.float32)
+        state = self.model.init_memory(ids.shape[0])
+        logits, _, stats = self.forward(trainable, frozen, state, inputs, rng)
+        ce = optax.softmax_cross_entropy_with_integer_labels(logits, targets)
+        n = jnp.maximum(mask.sum(), 1.0)
+        return (ce * mask).sum() / n, {"tokens": mask.sum(), **stats}
+
+    def predict(self, trainable, frozen, prompts=None) -> tuple[list[dict], dict]:
+        return [], {}  # generation with memory is not wired into infer.py yet
+
+
+def build(cfg, load_data: bool = True) -> VardaSystem:
+    return VardaSystem(cfg, load_data=load_data)
