@@ -24,7 +24,7 @@ def setup():
     mem_model = LlamaForCausalLM(CFG, memory_block=memory_block(CFG), memory_layers=LAYERS)
     ids = jax.random.randint(jax.random.key(1), (B, L), 0, CFG.vocab_size)
     memory = jax.random.normal(jax.random.key(2), (B, M, CFG.hidden_size))
-    base_params = nn.unbox(base.init(jax.random.key(0), ids)["params"])
+    base_params = nn.unbox(jax.jit(base.init)(jax.random.key(0), ids)["params"])
     # The memory model's tree = the base tree + memory_attn blocks copied from self_attn.
     params = init_from_self_attention(base_params, LAYERS)
     assert "memory_attn" not in base_params["model"]["layers_2"]  # input not modified
@@ -39,8 +39,9 @@ def _set_gate(params, value):
 
 def test_tree_matches_module_init(setup):
     base, mem_model, _, params, ids, memory = setup
-    fresh = mem_model.init(jax.random.key(3), ids, memory=memory)["params"]
-    boxed_params = init_from_self_attention(base.init(jax.random.key(0), ids)["params"], LAYERS)
+    fresh = jax.eval_shape(lambda: mem_model.init(jax.random.key(3), ids, memory=memory))["params"]
+    boxed_params = init_from_self_attention(
+        jax.eval_shape(lambda: base.init(jax.random.key(0), ids))["params"], LAYERS)
     boxed = lambda t: jax.tree.map(lambda x: type(x).__name__, t,
                                    is_leaf=lambda x: isinstance(x, nn.LogicallyPartitioned))
     assert boxed(fresh) == boxed(boxed_params)
@@ -86,10 +87,11 @@ def test_kv_cache_decoding_equals_full_forward(setup):
     full, _ = mem_model.apply({"params": p}, ids, memory=memory)
     cache = mem_model.init_cache(B, L)
     prefill = L - 3
-    logits, cache = mem_model.apply({"params": p}, ids[:, :prefill], cache=cache, memory=memory)
+    step = jax.jit(lambda p, x, c, mem: mem_model.apply({"params": p}, x, cache=c, memory=mem))
+    logits, cache = step(p, ids[:, :prefill], cache, memory)
     steps = [logits]
     for i in range(prefill, L):  # one token per step; the memory is passed again each time
-        lg, cache = mem_model.apply({"params": p}, ids[:, i:i + 1], cache=cache, memory=memory)
+        lg, cache = step(p, ids[:, i:i + 1], cache, memory)
         steps.append(lg)
     np.testing.assert_allclose(np.concatenate(steps, 1), full, atol=2e-5, rtol=1e-5)
 
@@ -137,3 +139,18 @@ def test_layer_helpers_and_errors():
         top_layers(4, 9)
     with pytest.raises(GmemError, match="layers_7"):
         init_from_self_attention({"model": {"layers_0": {}}}, (7,))
+
+
+def test_generate_with_memory_equals_full_recompute(setup):
+    """gmem's cached, jitted generate with the memory passed every step gives the tokens of the
+    reference's inference (greedy, full forward recomputed per token, no cache)."""
+    from gmem.models.generate import generate
+    _, mem_model, _, params, ids, memory = setup
+    p = _set_gate(jax.tree.map(lambda x: x, params), 0.7)
+    out = generate(mem_model, {"params": p}, ids, max_new_tokens=4, eos_token_id=None,
+                   model_kwargs={"memory": memory})
+    fwd = jax.jit(lambda p, x: mem_model.apply({"params": p}, x, memory=memory)[0][:, -1])
+    seq = ids
+    for _ in range(4):
+        seq = jnp.concatenate([seq, jnp.argmax(fwd(p, seq), -1)[:, None].astype(seq.dtype)], 1)
+    np.testing.assert_array_equal(out.tokens, seq[:, L:])
