@@ -120,14 +120,32 @@ def load_params(source: TensorSource, family, config, module=None, *, dtype=None
                        f"{source.where}: shardings tree does not cover the params")
     out = {}
     for path, (key, transform) in plan.items():
-        want = jnp.dtype(dtype) if dtype is not None else jnp.dtype(expected[path].dtype)
+        want = jnp.dtype(expected[path].dtype)
+        if dtype is not None and jnp.issubdtype(want, jnp.floating):
+            want = jnp.dtype(dtype)
         host = apply_transform(source.get(key), transform)
-        if jnp.issubdtype(want, jnp.floating) or host.dtype != want:
-            host = host.astype(want, copy=False)
+        if host.dtype != want:  # e.g. bf16/fp16 checkpoints into fp32 params
+            host = host.astype(want)
         target = flat_shardings[path] if flat_shardings is not None else None
         out[path] = jax.device_put(host, target)
         del host  # one tensor on host at a time
     return unflatten(out)
+
+
+def resolve_folder(name_or_path) -> pathlib.Path:
+    """A local folder as is; otherwise an HF hub id ("org/name"), downloaded when online."""
+    p = pathlib.Path(name_or_path)
+    if p.exists() or str(name_or_path).count("/") != 1 or str(name_or_path).startswith((".", "/")):
+        return p
+    try:
+        from huggingface_hub import snapshot_download
+
+        return pathlib.Path(snapshot_download(
+            str(name_or_path), allow_patterns=["*.json", "*.safetensors", "*.jinja", "*.txt",
+                                               "*.model"]))
+    except Exception as e:  # offline, unknown repo, gated model ...
+        raise GmemError(f"{name_or_path}: not a local folder and not downloadable from the HF "
+                        f"hub ({type(e).__name__}: {e})") from None
 
 
 def read_hf_config(folder: pathlib.Path) -> dict:
@@ -146,7 +164,7 @@ def load_pretrained(folder, *, dtype=None, shardings=None, architecture: str | N
 
     Args:
       folder: HF folder with config.json and model.safetensors, sharded safetensors with
-        model.safetensors.index.json, or pytorch_model.bin.
+        model.safetensors.index.json, or pytorch_model.bin; or a hub id when online.
       dtype: parameter dtype (None: float32).
       shardings: optional tree like params of jax.sharding.Sharding (see load_params).
       architecture: pick the family by this HF architecture name instead of config.json's.
@@ -159,7 +177,7 @@ def load_pretrained(folder, *, dtype=None, shardings=None, architecture: str | N
     """
     from gmem.hf.registry import family_by_architecture, family_for
 
-    folder = pathlib.Path(folder)
+    folder = resolve_folder(folder)
     hf_config = read_hf_config(folder)
     family = (family_by_architecture(architecture) if architecture
               else family_for(hf_config, str(folder / "config.json")))

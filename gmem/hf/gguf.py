@@ -176,11 +176,18 @@ class GGUFSource:
         self._tensors.clear()
 
 
+# Bump when the conversion changes, so stale converted copies are not reused.
+CONVERT_VERSION = 1
+
+
 def _cache_folder(path: pathlib.Path) -> pathlib.Path:
-    """$GMEM_CACHE/gguf/<stem>-<digest of size and first 4 MiB>: a converted copy's home."""
+    """$GMEM_CACHE/gguf/<stem>-<digest>: a converted copy's home. The digest covers the
+    converter version, the file's size and mtime and its first 4 MiB (metadata and vocab), so
+    a changed file gets a fresh copy without hashing the whole file on every load."""
     from gmem.assets import cache_dir
 
-    h = hashlib.sha256(str(path.stat().st_size).encode())
+    st = path.stat()
+    h = hashlib.sha256(f"{CONVERT_VERSION} {st.st_size} {st.st_mtime_ns}".encode())
     with open(path, "rb") as f:
         h.update(f.read(4 << 20))
     return cache_dir() / "gguf" / f"{path.stem}-{h.hexdigest()[:16]}"
