@@ -10,7 +10,9 @@ import pytest
 torch = pytest.importorskip("torch")
 transformers = pytest.importorskip("transformers")
 
-from gmem.hf.keymap import apply_transform, gmem_to_hf, hf_to_gmem, unflatten  # noqa: E402
+from gmem.hf.convert import load_pretrained  # noqa: E402
+from gmem.hf.keymap import apply_transform, flatten, gmem_to_hf, hf_to_gmem  # noqa: E402
+from gmem.hf.writer import save_pretrained  # noqa: E402
 from gmem.hf.keymaps import bert as keys  # noqa: E402
 from gmem.models import bert  # noqa: E402
 
@@ -29,21 +31,15 @@ CASES = {
 }
 
 
-def _convert(hf, rules):
-    flat = {}
-    for k, v in hf.state_dict().items():
-        hit = hf_to_gmem(k, rules)
-        assert hit is not None, k
-        flat[hit[0]] = jnp.asarray(apply_transform(v.numpy(), hit[1]))
-    return {"params": unflatten(flat)}
-
-
-def _setup(arch, **kw):
+def _setup(tmp_path, arch, remat=False, **kw):
+    """HF model -> save_pretrained folder -> gmem.hf.convert.load_pretrained."""
     hf_cfg_cls, hf_cls, gm_cls, rules = CASES[arch]
     torch.manual_seed(0)
-    hf = hf_cls(hf_cfg_cls(**dict(SMALL, num_labels=3, architectures=[arch], **kw))).eval()
-    cfg = bert.BertConfig.from_hf(hf.config)
-    return hf, gm_cls(cfg), _convert(hf, rules), rules
+    hf = hf_cls(hf_cfg_cls(**dict(SMALL, num_labels=3, **kw))).eval()
+    hf.save_pretrained(tmp_path / "hf")
+    model, cfg, params = load_pretrained(tmp_path / "hf", remat=remat)
+    assert type(model) is gm_cls and cfg.architecture == arch
+    return hf, model, {"params": params}, rules
 
 
 def _batch(pad_id):
@@ -65,8 +61,8 @@ def _hf(hf, ids, mask, types):
 
 
 @pytest.mark.parametrize("arch", ["BertModel", "RobertaModel"])
-def test_base_model_hidden_and_pooled_match_hf(arch):
-    hf, model, params, _ = _setup(arch)
+def test_base_model_hidden_and_pooled_match_hf(tmp_path, arch):
+    hf, model, params, _ = _setup(tmp_path, arch)
     ids, mask, types = _batch(hf.config.pad_token_id)
     ref = _hf(hf, ids, mask, types)
     hid, pooled = jax.jit(model.apply)(params, jnp.asarray(ids), jnp.asarray(mask), jnp.asarray(types))
@@ -77,8 +73,8 @@ def test_base_model_hidden_and_pooled_match_hf(arch):
 
 
 @pytest.mark.parametrize("arch", ["BertForSequenceClassification", "RobertaForSequenceClassification"])
-def test_sequence_classification_logits_match_hf(arch):
-    hf, model, params, _ = _setup(arch)
+def test_sequence_classification_logits_match_hf(tmp_path, arch):
+    hf, model, params, _ = _setup(tmp_path, arch)
     ids, mask, types = _batch(hf.config.pad_token_id)
     ref = _hf(hf, ids, mask, types).logits.numpy()
     got = jax.jit(model.apply)(params, jnp.asarray(ids), jnp.asarray(mask), jnp.asarray(types))
@@ -98,8 +94,8 @@ def test_roberta_positions_skip_pads():
 
 
 @pytest.mark.parametrize("arch", list(CASES))
-def test_key_map_round_trip_and_config(arch):
-    hf, _, params, rules = _setup(arch)
+def test_key_map_round_trip_and_config(tmp_path, arch):
+    hf, _, params, rules = _setup(tmp_path, arch)
     for k in hf.state_dict():
         path, _ = hf_to_gmem(k, rules)
         assert gmem_to_hf(path, rules)[0] == k
@@ -115,8 +111,8 @@ def test_base_model_imports_prefixed_files():
     assert (path, t) == ("encoder/layer_1/attention/self/key/kernel", "T")
 
 
-def test_bf16_smoke_close_to_fp32():
-    hf, model, params, _ = _setup("BertForSequenceClassification")
+def test_bf16_smoke_close_to_fp32(tmp_path):
+    hf, model, params, _ = _setup(tmp_path, "BertForSequenceClassification")
     ids, mask, types = _batch(0)
     ref = jax.jit(model.apply)(params, jnp.asarray(ids), jnp.asarray(mask), jnp.asarray(types))
     bf = bert.BertForSequenceClassification(bert.BertConfig.from_hf(hf.config, dtype="bfloat16"))
@@ -126,28 +122,44 @@ def test_bf16_smoke_close_to_fp32():
     assert np.abs(np.asarray(got) - np.asarray(ref)).max() <= 3e-2
 
 
-def test_remat_same_output_and_grads():
-    hf, model, params, _ = _setup("RobertaForSequenceClassification")
-    remat = bert.RobertaForSequenceClassification(bert.BertConfig.from_hf(hf.config, remat=True))
+def test_remat_grads_match_torch(tmp_path):
+    """Gradients of a remat model equal torch autograd's on the HF model (so remat changes
+    nothing, and the backward pass is at parity too): max abs 1e-5 per parameter."""
+    hf, model, params, rules = _setup(tmp_path, "RobertaForSequenceClassification", remat=True)
+    assert model.config.remat
     ids, mask, _ = _batch(1)
 
-    def loss(p, m):
-        return jnp.mean(m.apply(p, jnp.asarray(ids), jnp.asarray(mask)) ** 2)
+    def loss(p):
+        return jnp.mean(model.apply(p, jnp.asarray(ids), jnp.asarray(mask)) ** 2)
 
-    grad = jax.jit(jax.value_and_grad(loss), static_argnums=1)
-    l0, g0 = grad(params, model)
-    l1, g1 = grad(params, remat)
-    assert abs(float(l0) - float(l1)) <= 1e-6
-    for a, b in zip(jax.tree_util.tree_leaves(g0), jax.tree_util.tree_leaves(g1)):
-        np.testing.assert_allclose(np.asarray(a), np.asarray(b), atol=1e-6)
+    value, grads = jax.jit(jax.value_and_grad(loss))(params)
+    ref = hf(input_ids=torch.tensor(ids), attention_mask=torch.tensor(mask)).logits.pow(2).mean()
+    ref.backward()
+    assert abs(float(value) - ref.item()) <= 1e-6
+    torch_grads = {k: v.grad.numpy() for k, v in hf.named_parameters()}
+    for path, g in flatten(grads["params"]).items():
+        key, t = gmem_to_hf(path, rules)
+        np.testing.assert_allclose(apply_transform(np.asarray(g), t), torch_grads[key], atol=1e-5, err_msg=path)
 
 
-def test_dropout_only_with_rng():
-    hf, model, params, _ = _setup("BertForSequenceClassification", hidden_dropout_prob=0.5)
+def test_dropout_only_with_rng(tmp_path):
+    # Without a "dropout" rng there is none: the parity tests above run HF configs with
+    # hidden_dropout_prob=0.1 and match eval mode. With one, rows change with the key.
+    hf, model, params, _ = _setup(tmp_path, "BertForSequenceClassification", hidden_dropout_prob=0.5)
     ids, mask, types = _batch(0)
-    args = (params, jnp.asarray(ids), jnp.asarray(mask), jnp.asarray(types))
-    a = model.apply(*args)
-    b = model.apply(*args)
-    c = model.apply(*args, rngs={"dropout": jax.random.PRNGKey(0)})
-    np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
-    assert np.abs(np.asarray(a) - np.asarray(c)).max() > 1e-4
+    apply = jax.jit(lambda p, key: model.apply(p, jnp.asarray(ids), jnp.asarray(mask), jnp.asarray(types),
+                                               rngs={"dropout": key}))
+    a, b, c = (np.asarray(apply(params, jax.random.PRNGKey(k))) for k in (0, 0, 1))
+    np.testing.assert_array_equal(a, b)
+    assert np.abs(a - c).max() > 1e-4
+
+
+@pytest.mark.parametrize("arch", ["BertForSequenceClassification", "RobertaForSequenceClassification"])
+def test_export_loads_in_transformers(tmp_path, arch):
+    """gmem params -> gmem.hf.writer.save_pretrained -> transformers from_pretrained: same logits."""
+    hf, model, params, _ = _setup(tmp_path, arch)
+    save_pretrained(tmp_path / "out", model.config, params["params"])
+    back = CASES[arch][1].from_pretrained(tmp_path / "out", attn_implementation="eager").eval()
+    ids, mask, types = _batch(hf.config.pad_token_id)
+    np.testing.assert_allclose(_hf(back, ids, mask, types).logits.numpy(),
+                               _hf(hf, ids, mask, types).logits.numpy(), atol=1e-6)
