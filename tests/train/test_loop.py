@@ -1,0 +1,135 @@
+"""The loop with a toy system (train/ knows no system): NaN stops training naming the step and
+leaves the last good checkpoint; gradient accumulation; optimizer state for trainables only;
+metrics files and the loss plot."""
+
+import json
+import subprocess
+import sys
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from jax.sharding import PartitionSpec as P
+
+from gmem.config import Config, load_config, to_object
+from gmem.errors import GmemError
+from gmem.systems.lm import LMSystem
+from gmem.train import sharding as shd
+from gmem.train.checkpoint import Checkpointer
+from gmem.train.loop import make_plan, train
+from gmem.train.state import create_state
+from train_helpers import ROOT, tiny_cfg
+
+
+class ToySystem:
+    """Linear regression with a frozen matrix W and a trainable offset a: loss = mean((x(W+a) - y)^2).
+    Batch `poison` (and later) holds NaN inputs."""
+
+    structure = {"system": "toy"}
+
+    def __init__(self, batch_size=8, poison=None):
+        self.batch_size, self.poison = batch_size, poison
+
+    def abstract_base(self):
+        return {"w": jax.ShapeDtypeStruct((4, 4), jnp.float32)}, {"w": P("embed", None)}
+
+    def load_base(self):
+        return {"w": np.eye(4, dtype=np.float32)}
+
+    def abstract_trainable(self, base):
+        return {"a": jax.ShapeDtypeStruct((4,), jnp.float32)}
+
+    def trainable_specs(self, abstract, base_specs):
+        return {"a": P(None)}
+
+    def init_trainable(self, base, rng):
+        return {"a": jnp.zeros((4,), jnp.float32)}
+
+    def loss(self, trainable, frozen, batch, rng):
+        pred = batch["x"] @ (frozen["w"] + trainable["a"])
+        return jnp.mean((pred - batch["y"]) ** 2), {"tokens": jnp.float32(batch["x"].shape[0])}
+
+    def batch_shapes(self):
+        return {"x": jax.ShapeDtypeStruct((self.batch_size, 4), jnp.float32),
+                "y": jax.ShapeDtypeStruct((self.batch_size, 4), jnp.float32)}
+
+    def batch(self, index, host=slice(None)):
+        r = np.random.default_rng(index)
+        x = r.normal(size=(self.batch_size, 4)).astype(np.float32)
+        if self.poison is not None and index >= self.poison:
+            x[0, 0] = np.nan
+        return {"x": x[host], "y": (x @ np.full((4, 4), 0.5, np.float32))[host]}
+
+    def evaluate(self, trainable, frozen, eval_fn=None):
+        return {"eval/loss": float(self.loss(trainable, frozen, self.batch(999), None)[0])}
+
+
+def toy_cfg(tmp_path, *overrides):
+    return to_object(load_config(None, [f"train.run_dir={tmp_path / 'run'}", "train.progress=false",
+                                        "train.steps=6", "checkpoint.every=2", "optim.warmup_steps=0",
+                                        "optim.lr=0.1", *overrides]))
+
+
+def test_nan_stops_with_step_and_keeps_last_good_checkpoint(tmp_path):
+    cfg = toy_cfg(tmp_path, "checkpoint.async_save=false")
+    with pytest.raises(GmemError, match=r"^step 4: loss is nan, grad norm is nan; training stopped "
+                                        r"\(last good checkpoint: step 2 in .*checkpoints\)$"):
+        train(cfg, ToySystem(poison=3), log=lambda *_: None)
+    ck = Checkpointer(tmp_path / "run" / "checkpoints", cfg.checkpoint, read_only=True)
+    assert list(ck.manager.all_steps()) == [2]
+    rows = [json.loads(l) for l in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in rows] == [1, 2, 3] and all(np.isfinite(r["train/loss"]) for r in rows)
+    # The same run without the poison resumes from that checkpoint and finishes.
+    out = train(cfg, ToySystem(), log=lambda *_: None)
+    assert out["step"] == 6 and len(out["losses"]) == 4
+
+
+def test_metrics_files_and_plot(tmp_path):
+    cfg = toy_cfg(tmp_path, "eval.every=3")
+    out = train(cfg, ToySystem(), log=lambda *_: None)
+    assert out["losses"][-1] < out["losses"][0]
+    rows = [json.loads(l) for l in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
+    keys = set().union(*rows)
+    assert {"train/loss", "train/grad_norm", "train/lr", "train/tokens_per_s", "eval/loss"} <= keys
+    assert list((tmp_path / "run" / "tb").glob("events.out.tfevents.*"))
+    r = subprocess.run([sys.executable, "-m", "gmem.train.plot", str(tmp_path / "run")],
+                       capture_output=True, text=True, cwd=ROOT)
+    assert r.returncode == 0, r.stderr
+    png = tmp_path / "run" / "loss.png"
+    assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def run_lm(cfg, steps=3):
+    system = LMSystem(cfg)
+    plan = make_plan(cfg, system, shd.make_mesh(devices=jax.devices()[:2]))
+    with plan.context():
+        frozen = jax.device_put(system.load_base(), plan.frozen_sh)
+        state = jax.device_put(create_state(system.init_trainable(frozen, jax.random.PRNGKey(0)),
+                                            plan.optimizer, 0), plan.state_sh)
+        losses = []
+        for i in range(steps):
+            state, m = plan.step(state, frozen, shd.global_batch(plan.mesh, system.batch(i), plan.rules))
+            losses.append(float(m["loss"]))
+    return np.array(losses), state, frozen
+
+
+def test_grad_accumulation_matches_full_batch(tmp_path):
+    """4 micro-batches of 2 rows give the same update as one batch of 8 (equal token counts)."""
+    full, s1, _ = run_lm(tiny_cfg(tmp_path, "optim.grad_accum=1"))
+    acc, s4, _ = run_lm(tiny_cfg(tmp_path, "optim.grad_accum=4"))
+    np.testing.assert_allclose(acc, full, rtol=1e-5)
+    jax.tree_util.tree_map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-6),
+                           s1.trainable, s4.trainable)
+
+
+def test_optimizer_state_holds_trainables_only(tmp_path):
+    _, state, frozen = run_lm(tiny_cfg(tmp_path), steps=1)
+    n_train = sum(x.size for x in jax.tree_util.tree_leaves(state.trainable))
+    n_opt = sum(x.size for x in jax.tree_util.tree_leaves(state.opt_state))
+    n_base = sum(x.size for x in jax.tree_util.tree_leaves(frozen))
+    assert n_opt <= 2 * n_train + 16  # Adam mu and nu (+ counters), nothing base-sized
+    assert n_train < n_base // 4
+    # Only adapter leaves are trainable.
+    leaves = jax.tree_util.tree_flatten_with_path(state.trainable)[0]
+    assert {jax.tree_util.keystr(p).split("'")[-2] for p, _ in leaves} == {"lora_A", "lora_B"}
