@@ -190,3 +190,9 @@ def _target_of(use, base_params, path, rules) -> str:
         if path in ps:
             return t
     raise GmemError(f"{path}: not a GIFT target")  # unreachable: path came from placements
+
+
+def build(cfg, load_data: bool = True):
+    """gmem.train entry point (`system.name: gift`): GIFT sequence classification."""
+    from gmem.systems.gift_seqcls import GiftSeqClsSystem
+    return GiftSeqClsSystem(cfg, load_data=load_data)
