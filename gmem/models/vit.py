@@ -129,7 +129,7 @@ class ViTConfig:
             "image_size": list(self.image_size) if self.image_size[0] != self.image_size[1] else self.image_size[0],
             "patch_size": list(self.patch_size) if self.patch_size[0] != self.patch_size[1] else self.patch_size[0],
             "num_channels": self.num_channels, "qkv_bias": self.qkv_bias,
-            "pooler_output_size": self.pooler_output_size or self.hidden_size,
+            "pooler_output_size": self.pooler_output_size,  # None: HF uses hidden_size
             "pooler_act": self.pooler_act,
             "id2label": {str(i): n for i, n in enumerate(labels)},
             "label2id": {n: i for i, n in enumerate(labels)},
