@@ -127,3 +127,23 @@ def test_cluster_maps(tiny_vit):
     assert np.abs(np.asarray(maps["scores_pre"]) - want).max() > 1e-4   # pre-delta differs
     with pytest.raises(GmemError, match="layer=5"):
         gift.cluster_maps(model, use, tr, params, x, layer=5, rules=VIT_RULES)
+
+
+def test_train_system_from_tiny_config():
+    from gmem import config as gconfig
+    from gmem.systems.gift import build
+    cfg = gconfig.load_config(gconfig.CONFIG_DIR / "gift_tiny.yaml",
+                              ["system.params.max_examples=80", "data.batch_size=4"])
+    system = build(cfg)
+    assert len(system.label_names) == 11 and system.use.spec.targets == ("query", "value")
+    base = system.load_base()
+    tr = system.init_trainable(base, jax.random.PRNGKey(0))
+    batch = {k: jnp.asarray(v) for k, v in system.batch(0).items()}
+    assert {k: v.shape for k, v in batch.items()} == {k: s.shape for k, s in system.batch_shapes().items()}
+    (loss, aux), g = jax.value_and_grad(system.loss, has_aux=True)(tr, base, batch, None)
+    assert np.isfinite(float(loss)) and set(g) == {"gift", "head"}
+    assert np.abs(np.asarray(g["gift"]["query"]["psi"])).max() > 0
+    ev = system.evaluate(tr, base)
+    assert 0.0 <= ev["eval/accuracy"] <= 1.0 and np.isfinite(ev["eval/loss"])
+    with pytest.raises(GmemError, match="unknown keys"):
+        build(gconfig.load_config(gconfig.CONFIG_DIR / "gift_tiny.yaml", ["system.params.rnak=4"]))
