@@ -10,7 +10,7 @@ Per-module adapter entries (any subset; shapes for a kernel K = W^T [D_in, D_out
   lora_A [D_in, r], lora_B [r, D_out], lora_scale [], lora_dropout []
       y = x K + scale * (dropout(x) A) B                                (LoRA, PEFT semantics)
   gift_phi [D_in, r], gift_psi [r, D_in], optional gift_phi_bias [r], gift_psi_bias [D_in],
-  optional gift_act [] (int code into GIFT_ACTS)
+  optional gift_act [] (int code into GIFT_ACT_NAMES)
       GIFT's weight residual, in PyTorch layout W [D_out, D_in], A = phi^T, B = psi^T:
         dW = act(W A^T + 1 a^T) B^T + 1 c^T      (a = gift_phi_bias, c = gift_psi_bias)
         y  = x W^T + b + x dW^T

@@ -82,11 +82,11 @@ class GiftSeqClsSystem:
                               max_position_embeddings=max(cfg.data.seq_len + 2, 64), pad_token_id=258)
             self._encoder = None
         else:
+            import gmem.assets
             from gmem.hf.convert import load_pretrained
             from gmem.hf.tokenizer import load_tokenizer
             src = "all-minilm-l6-v2" if m.source == "minilm" else m.source
-            if src in __import__("gmem.assets", fromlist=["ASSETS"]).ASSETS:
-                import gmem.assets
+            if src in gmem.assets.ASSETS:
                 src = gmem.assets.path(src)
             self.path = pathlib.Path(src)
             _, base, enc = load_pretrained(self.path)
