@@ -109,3 +109,18 @@ def test_train_loop_runs_and_lowers_loss(tmp):
     losses = summary["losses"]
     assert summary["step"] == 6 and np.isfinite(losses).all()
     assert np.mean(losses[-2:]) < np.mean(losses[:2])
+
+
+def test_perplexity_table_and_fact_probe_run(tmp):
+    from gmem.systems.varda import fact_probe, perplexity_table
+    cfg = _cfg(tmp, "system.params.segment_len=160", "data.seq_len=160", "data.eval_fraction=0.5")
+    system = VardaSystem(cfg)
+    frozen = system.load_base()
+    trainable = system.init_trainable(frozen, jax.random.PRNGKey(1))
+    table = perplexity_table(system, trainable, frozen, batches=1)
+    assert table.pop("rows") == 8
+    (base, _), (wiped, _), (full, _) = table.values()
+    assert abs(base - wiped) < 1e-4 and abs(base - full) < 1e-4  # fc = [I; 0] at init
+    probe = fact_probe(system, trainable, frozen, trials=2, gap=1)
+    assert set(probe) >= {"backbone alone", "VardaGPT", "backbone, fact in window"}
+    assert all(0.0 <= probe[k] <= 1.0 for k in ("backbone alone", "VardaGPT"))
