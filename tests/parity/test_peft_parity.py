@@ -86,6 +86,22 @@ def _vit():
     return hf, vit(cfg_cls.from_hf(hf.config)), _convert(hf, rules), rules, {"pixel_values": x}
 
 
+def _gpt2():
+    gpt2 = _family("gmem.models.gpt2", "GPT2LMHeadModel")
+    keys = importlib.import_module("gmem.hf.keymaps.gpt2")
+    torch.manual_seed(0)
+    cfg = transformers.GPT2Config(vocab_size=97, n_positions=64, n_embd=32, n_layer=2, n_head=4,
+                                  attn_implementation="eager")
+    hf = transformers.GPT2LMHeadModel(cfg).eval()
+    cfg_cls = _family("gmem.models.gpt2", "GPT2Config")
+    config = cfg_cls.from_hf(hf.config)
+    params = _convert(hf, keys.RULES)
+    if config.tie_word_embeddings:
+        params.pop("lm_head", None)
+    ids = np.random.RandomState(0).randint(3, 97, size=(2, 9))
+    return hf, gpt2(config), params, keys.RULES, {"input_ids": ids}
+
+
 def _family(module, cls):
     try:
         return getattr(importlib.import_module(module), cls)
@@ -98,9 +114,12 @@ FAMILIES = {
     "llama": (_llama, ["q_proj", "v_proj", "down_proj"], ("self_attn:o_proj", "re:.*mlp\\.up_proj")),
     "bert": (_bert, ["query", "value"], ("query", "attention.output.dense")),
     "vit": (_vit, ["q_proj", "v_proj", "fc1"], ("query", "value", "mlp:fc2")),
+    # Conv1D layers: PEFT switches fan_in_fan_out on; lora_A/lora_B keep the Linear layout
+    "gpt2": (_gpt2, ["c_attn", "c_fc"], ("attn.c_proj", "re:.*mlp\\.c_proj")),
 }
 AVAILABLE = {"llama": True, "bert": _family("gmem.models.bert", "BertForSequenceClassification"),
-             "vit": _family("gmem.models.vit", "ViTForImageClassification")}
+             "vit": _family("gmem.models.vit", "ViTForImageClassification"),
+             "gpt2": _family("gmem.models.gpt2", "GPT2LMHeadModel")}
 FAMILY_PARAMS = [pytest.param(f, marks=pytest.mark.skipif(not AVAILABLE[f], reason=f"gmem {f} family not available"))
                  for f in FAMILIES]
 
