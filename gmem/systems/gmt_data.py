@@ -1,0 +1,273 @@
+"""GMT data: knowledge graphs, triple-classification sets, instruction records, prompts,
+tokenised batches and the parsing of generated answers (specs/gofa-gmt.md B2, B11).
+
+Records are GMT's own JSON format, accepted as is:
+  {"instruction": str, "input": str, "output": "True"|"False"|..., "embedding_ids": [h, r, t]}
+Triple-classification sets are built as KoPA's: every positive triple gets one negative made
+by corrupting its head or tail (p = 0.5) with a uniform entity, seeded, filtered against every
+known triple (train + valid + test), so each set is balanced.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+from typing import Sequence
+
+import numpy as np
+
+from gmem.errors import GmemError, collect_errors
+
+# Alpaca template (GMT templates/alpaca.json).
+PROMPT_INPUT = ("Below is an instruction that describes a task, paired with an input that provides "
+                "further context. Write a response that appropriately completes the request.\n\n"
+                "### Instruction:\n{instruction}\n\n### Input:\n{input}\n\n### Response:\n")
+PROMPT_NO_INPUT = ("Below is an instruction that describes a task. Write a response that appropriately "
+                   "completes the request.\n\n### Instruction:\n{instruction}\n\n### Response:\n")
+# KoPA / GMT triple-classification instruction (B2).
+TC_INSTRUCTION = ("Given a triple from a knowledge graph. Each triple consists of a head entity, a "
+                  "relation, and a tail entity. Please determine the correctness of the triple and "
+                  "response True or False.")
+EMBEDDED_KGS = ("umls", "nations", "kinships")
+
+
+def entity_text(name: str) -> str:
+    """Readable text of a KG name (UMLS 'acquired_abnormality' -> 'acquired abnormality')."""
+    return name.replace("_", " ").strip()
+
+
+def load_kg(source: str, add_inverse: bool = False):
+    """(KG, {split: int32 [n, 3] (h, r, t)}) from an embedded KG name, a label-TSV folder
+    (train.txt/valid.txt/test.txt) or an OpenKE folder (entity2id.txt ...)."""
+    from gmem.graph import kg as gkg
+    if source in EMBEDDED_KGS:
+        import gmem.assets
+        root = gmem.assets.path(source)
+        sub = os.path.join(root, source)
+        return gkg.load_label_tsv(sub if os.path.isdir(sub) else str(root), add_inverse=add_inverse)
+    if not os.path.isdir(source):
+        raise GmemError(f"system.params.kg: {source!r} is not an embedded KG {EMBEDDED_KGS} or a folder")
+    if os.path.isfile(os.path.join(source, "entity2id.txt")):
+        kg = gkg.load_openke(source, add_inverse=add_inverse)
+        splits = {}
+        for s in ("train", "valid", "test"):
+            p = os.path.join(source, f"{s}2id.txt")
+            if os.path.isfile(p):
+                splits[s] = gkg.read_openke_triples(p, kg.num_entities, kg.num_relations)
+        return kg, splits
+    return gkg.load_label_tsv(source, add_inverse=add_inverse)
+
+
+def _keys(triples: np.ndarray, n_ent: int, n_rel: int) -> np.ndarray:
+    t = np.asarray(triples, np.int64).reshape(-1, 3)
+    return (t[:, 0] * n_rel + t[:, 1]) * n_ent + t[:, 2]
+
+
+def corrupt(pos: np.ndarray, num_entities: int, rng: np.random.Generator, k: int = 1,
+            known: np.ndarray | None = None, num_relations: int | None = None,
+            max_tries: int = 100) -> np.ndarray:
+    """k corruptions per positive -> int [n, k, 3]: head (p = 0.5) or else tail replaced by a
+    uniform entity, relation kept. With `known` (int [m, 3] of true triples), corruptions that
+    are known triples are redrawn (filtered), up to max_tries rounds."""
+    pos = np.asarray(pos, np.int64).reshape(-1, 3)
+    n = len(pos)
+    out = np.repeat(pos[:, None, :], k, 1)
+    todo = np.ones((n, k), bool)
+    if known is not None:
+        n_rel = int(num_relations or (max(int(known[:, 1].max(initial=0)), int(pos[:, 1].max(initial=0))) + 1))
+        known_keys = np.unique(_keys(known, num_entities, n_rel))
+    for _ in range(max_tries if known is not None else 1):
+        idx = np.nonzero(todo)
+        m = len(idx[0])
+        if m == 0:
+            break
+        head = rng.random(m) < 0.5
+        ent = rng.integers(0, num_entities, m)
+        cand = pos[idx[0]].copy()
+        cand[head, 0] = ent[head]
+        cand[~head, 2] = ent[~head]
+        out[idx] = cand
+        if known is None:
+            todo[:] = False
+            break
+        bad = np.isin(_keys(cand, num_entities, n_rel), known_keys)
+        todo[idx] = bad
+    return out
+
+
+def classification_set(pos: np.ndarray, num_entities: int, known: np.ndarray, seed: int,
+                       num_relations: int | None = None, filtered: bool = True,
+                       shuffle: bool = False) -> tuple[np.ndarray, np.ndarray]:
+    """Balanced set: (triples int32 [2n, 3], labels int32 [2n]); row 2i is positive i, row 2i+1
+    its seeded corruption (filtered against `known`); shuffled (seeded) if asked."""
+    rng = np.random.default_rng(seed)
+    pos = np.asarray(pos, np.int64).reshape(-1, 3)
+    neg = corrupt(pos, num_entities, rng, 1, known if filtered else None, num_relations)[:, 0]
+    triples = np.stack([pos, neg], 1).reshape(-1, 3)
+    labels = np.tile(np.asarray([1, 0]), len(pos))
+    if shuffle:
+        order = rng.permutation(len(triples))
+        triples, labels = triples[order], labels[order]
+    return triples.astype(np.int32), labels.astype(np.int32)
+
+
+def triple_input(head: str, rel: str, tail: str) -> str:
+    return f"\nThe input triple: \n( {entity_text(head)}, {entity_text(rel)}, {entity_text(tail)} )\n"
+
+
+def classification_records(kg, triples: np.ndarray, labels: np.ndarray) -> list[dict]:
+    """GMT-format records for (h, r, t) triples with 1/0 labels."""
+    return [{"instruction": TC_INSTRUCTION,
+             "input": triple_input(kg.entities[h], kg.relations[r], kg.entities[t]),
+             "output": "True" if y else "False", "embedding_ids": [int(h), int(r), int(t)]}
+            for (h, r, t), y in zip(np.asarray(triples).tolist(), np.asarray(labels).tolist())]
+
+
+def load_records(path: str) -> list[dict]:
+    """GMT instruction records from a JSON array or JSONL file, checked (all problems at once)."""
+    if not os.path.isfile(path):
+        raise GmemError(f"{path}: data file not found")
+    text = open(path, encoding="utf-8").read()
+    try:
+        rows = json.loads(text)
+        rows = rows if isinstance(rows, list) else [rows]
+    except json.JSONDecodeError:
+        rows = []
+        for i, ln in enumerate(text.splitlines(), 1):
+            if ln.strip():
+                try:
+                    rows.append(json.loads(ln))
+                except json.JSONDecodeError as e:
+                    raise GmemError(f"{path}:{i}: bad JSON line: {e.msg}") from None
+    errs = []
+    for i, r in enumerate(rows):
+        if not isinstance(r, dict):
+            errs.append(f"record {i}: not an object")
+            continue
+        for k in ("instruction", "output"):
+            if not isinstance(r.get(k), str):
+                errs.append(f"record {i}: field {k!r} missing or not a string")
+        e = r.get("embedding_ids")
+        if not (isinstance(e, list) and len(e) == 3 and all(isinstance(x, int) for x in e)):
+            errs.append(f"record {i}: embedding_ids must be [head_id, relation_id, tail_id]")
+        if len(errs) > 20:
+            break
+    collect_errors(errs, path)
+    return rows
+
+
+def check_ids(records: Sequence[dict], num_entities: int, num_relations: int, where: str) -> None:
+    ids = np.asarray([r["embedding_ids"] for r in records], np.int64).reshape(-1, 3)
+    bad = np.nonzero((ids[:, [0, 2]] < 0).any(1) | (ids[:, [0, 2]] >= num_entities).any(1)
+                     | (ids[:, 1] < 0) | (ids[:, 1] >= num_relations))[0]
+    if len(bad):
+        raise GmemError(f"{where}: record {int(bad[0])} has embedding_ids {ids[bad[0]].tolist()} out of "
+                        f"range ({num_entities} entities, {num_relations} relations); {len(bad)} such records")
+
+
+def prompt_text(rec: dict) -> str:
+    if rec.get("input"):
+        return PROMPT_INPUT.format(instruction=rec["instruction"], input=rec["input"])
+    return PROMPT_NO_INPUT.format(instruction=rec["instruction"])
+
+
+def _encode(tok, text: str, special: bool) -> list[int]:
+    out = tok.encode(text, add_special_tokens=special)
+    return list(getattr(out, "ids", out))
+
+
+def encode_records(tok, records: Sequence[dict], add_eos: bool = False, eos_id: int | None = None):
+    """[(full ids, prompt length)] as GMT's generate_and_tokenize_prompt: the prompt length is
+    the length of the tokenised prompt alone (the boundary of the response)."""
+    out = []
+    for r in records:
+        p = _encode(tok, prompt_text(r), True)
+        full = _encode(tok, prompt_text(r) + r["output"], True)
+        if add_eos and eos_id is not None and (not full or full[-1] != eos_id):
+            full = full + [eos_id]
+        out.append((full, min(len(p), len(full))))
+    return out
+
+
+def pack(encoded, seq_len: int, pad_id: int, train_on_inputs: bool):
+    """Left-padded rows: ids int32 [n, L], attention mask int32 [n, L], loss mask float32 [n, L]
+    (1 where position j's token is a target: the response, or prompt + response when
+    train_on_inputs). Rows longer than L keep their last L tokens (the response survives;
+    GMT truncates at the end at cutoff_len=512, which for these prompts never triggers)."""
+    n = len(encoded)
+    ids = np.full((n, seq_len), pad_id, np.int32)
+    att = np.zeros((n, seq_len), np.int32)
+    lm = np.zeros((n, seq_len), np.float32)
+    for i, (full, plen) in enumerate(encoded):
+        cut = max(0, len(full) - seq_len)
+        full, plen = full[cut:], max(0, plen - cut)
+        s = seq_len - len(full)
+        ids[i, s:] = full
+        att[i, s:] = 1
+        lm[i, s + (0 if train_on_inputs else plen):] = 1.0
+    return ids, att, lm
+
+
+# ---- answers ----------------------------------------------------------------------------------
+
+def parse_classification(text: str) -> int:
+    """GMT: predicted True iff 'true' occurs in the lowercased response."""
+    return int("true" in text.lower())
+
+
+_LEAD = re.compile(r"^[\s\-\*\u2022\d\.\)\:\"'`]+")
+
+
+def normalise_item(s: str) -> str:
+    """Strip leading bullets, digits, '.)', ':' and quotes; lowercase; trim quotes at the end."""
+    s = _LEAD.sub("", s.strip())
+    return s.strip().strip("\"'`").strip().lower()
+
+
+def parse_ranked_list(text: str, candidates: Sequence[str]) -> list[str]:
+    """GMT's link-prediction parsing: lines and ';'/',' items, normalised, de-duplicated, then
+    mapped to candidates (exact normalised match, else a candidate contained in the item).
+    Returns candidate names in predicted order."""
+    norm = {normalise_item(c): c for c in candidates}
+    out, seen = [], set()
+    for line in text.splitlines():
+        for item in re.split(r"[;,]", line):
+            it = normalise_item(item)
+            if not it:
+                continue
+            hit = norm.get(it)
+            if hit is None:
+                hit = next((c for k, c in norm.items() if k and k in it), None)
+            if hit is not None and hit not in seen:
+                seen.add(hit)
+                out.append(hit)
+    return out
+
+
+def rank_of(predicted: Sequence[str], gold: Sequence[str]) -> float:
+    """1-based position of the first predicted item in the gold set; inf if none (a miss:
+    unparsable answers count, unlike GMT which skips them)."""
+    g = {normalise_item(x) for x in gold}
+    for i, p in enumerate(predicted, 1):
+        if normalise_item(p) in g:
+            return float(i)
+    return float("inf")
+
+
+def classification_metrics(pred: Sequence[int], gold: Sequence[int]) -> dict:
+    p, g = np.asarray(pred, bool), np.asarray(gold, bool)
+    tp, fp, fn = int((p & g).sum()), int((p & ~g).sum()), int((~p & g).sum())
+    prec = tp / (tp + fp) if tp + fp else 0.0
+    rec = tp / (tp + fn) if tp + fn else 0.0
+    f1 = 2 * prec * rec / (prec + rec) if prec + rec else 0.0
+    return {"accuracy": float((p == g).mean()) if len(p) else 0.0, "precision": prec,
+            "recall": rec, "f1": f1, "n": int(len(p))}
+
+
+def ranking_metrics(ranks: Sequence[float], ks: Sequence[int] = (1, 3, 10)) -> dict:
+    r = np.asarray(ranks, np.float64)
+    out = {f"hits@{k}": float((r <= k).mean()) if len(r) else 0.0 for k in ks}
+    out["mrr"] = float((1.0 / r).mean()) if len(r) else 0.0
+    out["n"] = int(len(r))
+    return out

@@ -1,0 +1,235 @@
+"""GMT evaluation (specs/gofa-gmt.md B11), for train.py's periodic eval and infer.py.
+
+- Triple classification: greedy generation (batched, left-padded, KV cache, the graph memory
+  computed once per batch), answer parsed as GMT does ('true' in the lowercased response);
+  accuracy, precision, recall, F1 with True as the positive class.
+- Link prediction by candidate scoring (exact ranking): every entity t' is scored by the model's
+  log-likelihood of the response "True" for (h, r, t') (its own graph memory); the gold tail's
+  rank is filtered (other known true tails removed), ties counted half (realistic rank).
+- Link prediction as GMT does it: a generated ranked list over a candidate list in the prompt,
+  parsed; unparsable answers are misses (rank inf), not skipped as in the reference.
+- Stage 1: DistMult filtered tail ranking over all entities on the validation triples.
+"""
+
+from __future__ import annotations
+
+import functools
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from gmem.systems import gmt_data as D
+
+LP_INSTRUCTION = ("Given a head entity and a relation from a knowledge graph, rank the candidate tail "
+                  "entities from the most to the least likely. Answer with the candidate names, one per line.")
+
+
+def _pad_rows(batch: dict, n: int) -> dict:
+    """Repeat the last row so every call has the same batch size (one compilation)."""
+    m = len(batch["input_ids"])
+    if m == n:
+        return batch
+    return {k: np.concatenate([v, np.repeat(v[-1:], n - m, 0)]) for k, v in batch.items()}
+
+
+def _jitted(system, name, fn):
+    cache = system.__dict__.setdefault("_eval_jits", {})
+    if name not in cache:
+        cache[name] = jax.jit(fn)
+    return cache[name]
+
+
+def generate_answers(system, trainable, frozen, records, max_new_tokens) -> list[str]:
+    """Greedy responses for records (prompt only), in batches of eval_batch."""
+    from gmem.models.generate import generate
+    bsz = system.p["eval_batch"]
+    prompts = [dict(r, output="") for r in records]
+    mem_fn = _jitted(system, "memory", lambda t, f, b: system.memory(t, f, b))
+    variables = system.variables(trainable, frozen)
+    eos = getattr(system.tokenizer, "eos_token_id", None)
+    out = []
+    for i in range(0, len(prompts), bsz):
+        chunk = prompts[i:i + bsz]
+        b = _pad_rows(system.encode(chunk), bsz)
+        mem = mem_fn(trainable, frozen, {k: jnp.asarray(v) for k, v in b.items()})
+        kw = {"memory": mem} if mem is not None else {}
+        g = generate(system.module, variables, b["input_ids"], b["attention_mask"],
+                     max_new_tokens=max_new_tokens, eos_token_id=eos, pad_token_id=system.pad_id,
+                     model_kwargs=kw)
+        toks, lens = np.asarray(g.tokens), np.asarray(g.lengths)
+        out += [system.tokenizer.decode(toks[j, :lens[j]].tolist(), skip_special_tokens=True)
+                for j in range(len(chunk))]
+    return out
+
+
+def classify(system, trainable, frozen, records) -> tuple[list[dict], dict]:
+    texts = generate_answers(system, trainable, frozen, records, system.p["max_new_tokens"])
+    pred = [D.parse_classification(t) for t in texts]
+    gold = [D.parse_classification(r["output"]) for r in records]
+    rows = [{"prompt": r["input"].strip(), "output": r["output"], "generation": t, "pred": p}
+            for r, t, p in zip(records, texts, pred)]
+    return rows, D.classification_metrics(pred, gold)
+
+
+def true_scores(system, trainable, frozen, triples, batch_size=None) -> np.ndarray:
+    """log p("True" | classification prompt of (h, r, t), memory(h, r, t)) per triple [n]."""
+    triples = np.asarray(triples, np.int64).reshape(-1, 3)
+    recs = D.classification_records(system.kg, triples, np.ones(len(triples), np.int32))
+    bsz = batch_size or system.p["lp_batch"]
+    win = system.resp_window
+
+    def score(t, f, b):
+        lp = system.token_logprobs(t, f, b, window=win)
+        return (lp * b["loss_mask"][:, -win:]).sum(-1)
+    fn = _jitted(system, f"score{win}", score)
+    out = []
+    for i in range(0, len(recs), bsz):
+        chunk = recs[i:i + bsz]
+        b = _pad_rows(system.encode(chunk, train_on_inputs=False), bsz)
+        out.append(np.asarray(fn(trainable, frozen, {k: jnp.asarray(v) for k, v in b.items()}))[:len(chunk)])
+    return np.concatenate(out) if out else np.zeros((0,), np.float32)
+
+
+def filtered_rank(scores: np.ndarray, gold: int, exclude) -> float:
+    """1 + #(better) + #(ties)/2 among candidates other than gold and the excluded ones."""
+    keep = np.ones(len(scores), bool)
+    keep[list(exclude)] = False
+    keep[gold] = False
+    s, g = scores[keep], scores[gold]
+    return float(1 + (s > g).sum() + 0.5 * (s == g).sum())
+
+
+def known_tails(system) -> dict:
+    tails: dict = {}
+    for h, r, t in system.known.tolist():
+        tails.setdefault((h, r), set()).add(t)
+    return tails
+
+
+def link_prediction_scoring(system, trainable, frozen, queries) -> tuple[list[dict], dict]:
+    """Rank every entity as the tail of each (h, r, ?) query by true_scores (exact, filtered)."""
+    n_ent = system.kg.num_entities
+    tails = known_tails(system)
+    rows, ranks = [], []
+    for h, r, t in np.asarray(queries).tolist():
+        cand = np.stack([np.full(n_ent, h), np.full(n_ent, r), np.arange(n_ent)], 1)
+        s = true_scores(system, trainable, frozen, cand)
+        rank = filtered_rank(s, t, tails.get((h, r), set()) - {t})
+        ranks.append(rank)
+        rows.append({"prompt": f"link prediction {[h, r, t]}", "query": [h, r, t], "rank": rank,
+                     "generation": f"rank {rank}; top {system.kg.entities[int(np.argmax(s))]}"})
+    return rows, D.ranking_metrics(ranks)
+
+
+def lp_records(system, queries, k: int, seed: int = 0) -> list[dict]:
+    """GMT-style generated-list prompts: gold + k-1 filtered random candidates, shuffled."""
+    rng = np.random.default_rng(seed)
+    tails = known_tails(system)
+    ents = system.kg.entities
+    out = []
+    for h, r, t in np.asarray(queries).tolist():
+        bad = tails.get((h, r), set()) | {t}
+        pool = [e for e in range(len(ents)) if e not in bad]
+        cand = [t] + list(rng.choice(pool, size=min(k - 1, len(pool)), replace=False))
+        rng.shuffle(cand)
+        names = [D.entity_text(ents[c]) for c in cand]
+        inp = (f"\nThe query: \n( {D.entity_text(ents[h])}, {D.entity_text(system.kg.relations[r])}, ? )\n"
+               f"Candidates: {{{', '.join(names)}}}\n")
+        out.append({"instruction": LP_INSTRUCTION, "input": inp, "output": D.entity_text(ents[t]),
+                    "candidates": names, "answers": [D.entity_text(ents[t])], "embedding_ids": [h, r, h]})
+    return out
+
+
+def link_prediction_generated(system, trainable, frozen, queries) -> tuple[list[dict], dict]:
+    recs = lp_records(system, queries, system.p["lp_candidates"])
+    texts = generate_answers(system, trainable, frozen, recs, 48)
+    rows, ranks = [], []
+    for rec, txt in zip(recs, texts):
+        pred = D.parse_ranked_list(txt, rec["candidates"])
+        rank = D.rank_of(pred, rec["answers"])
+        ranks.append(rank)
+        rows.append({"prompt": rec["input"].strip(), "generation": txt, "rank": rank})
+    return rows, D.ranking_metrics(ranks)
+
+
+def _split_records(system, split):
+    recs = system.records(split)
+    n = system.p["max_eval"]
+    return recs[:n] if n else recs
+
+
+def evaluate(system, trainable, frozen) -> dict:
+    """Periodic eval during training: stage 1 filtered MRR (DistMult); stage 2 response loss and
+    accuracy by likelihood (True vs False) on up to eval.batches batches of the valid split."""
+    if system.p["stage"] == 1:
+        return stage1_ranking(system, trainable, frozen, "valid")
+    split = "valid" if ("valid" in system.splits or system.p["valid_json"]) else system.p["eval_split"]
+    recs = system.records(split)[: system.cfg.eval.batches * system.p["eval_batch"]]
+    if not recs:
+        return {}
+    flip = [dict(r, output="False" if D.parse_classification(r["output"]) else "True") for r in recs]
+    trip = np.asarray([r["embedding_ids"] for r in recs])
+    s_true = _record_scores(system, trainable, frozen, [dict(r, output="True") for r in recs])
+    s_false = _record_scores(system, trainable, frozen, [dict(r, output="False") for r in recs])
+    gold = np.asarray([D.parse_classification(r["output"]) for r in recs])
+    del flip, trip
+    nll = -np.where(gold == 1, s_true, s_false).mean()
+    return {"eval/loss": float(nll), "eval/accuracy": float(((s_true > s_false) == (gold == 1)).mean())}
+
+
+def _record_scores(system, trainable, frozen, recs) -> np.ndarray:
+    bsz = system.p["eval_batch"]
+    win = system.resp_window
+
+    def score(t, f, b):
+        return (system.token_logprobs(t, f, b, window=win) * b["loss_mask"][:, -win:]).sum(-1)
+    fn = _jitted(system, f"rscore{win}", score)
+    out = []
+    for i in range(0, len(recs), bsz):
+        chunk = recs[i:i + bsz]
+        b = _pad_rows(system.encode(chunk, train_on_inputs=False), bsz)
+        out.append(np.asarray(fn(trainable, frozen, {k: jnp.asarray(v) for k, v in b.items()}))[:len(chunk)])
+    return np.concatenate(out)
+
+
+def stage1_ranking(system, trainable, frozen, split) -> dict:
+    from gmem.graph.layers import SemanticGraphModule, distmult
+    from gmem.systems import gmt_graph as G
+    if split not in system.splits:
+        return {}
+    sgm = dict(trainable)
+    sgm.setdefault("rel_semantic", frozen.get("rel_semantic"))
+    kgc = frozen["kg"]
+    z = G.entity_states(system.gcfg, sgm, kgc["hist"], kgc)
+    w = SemanticGraphModule(system.gcfg).apply({"params": sgm}, method=SemanticGraphModule.relation_vectors)
+    q = np.asarray(system.splits[split])
+    n = system.kg.num_entities
+    cand = np.stack([np.repeat(q[:, 0], n), np.repeat(q[:, 1], n), np.tile(np.arange(n), len(q))], 1)
+    s = np.asarray(distmult(z, w, jnp.asarray(cand.reshape(len(q), n, 3))))
+    tails = known_tails(system)
+    ranks = [filtered_rank(s[i], int(t), tails.get((int(h), int(r)), set()) - {int(t)})
+             for i, (h, r, t) in enumerate(q.tolist())]
+    m = D.ranking_metrics(ranks)
+    return {f"eval/{k}": float(v) for k, v in m.items() if k != "n"}
+
+
+def predict(system, trainable, frozen) -> tuple[list[dict], dict]:
+    """infer.py: classification on eval_split (max_eval records), then link prediction by scoring
+    (lp_queries test positives) and by generated lists (lp_generate_queries), when asked."""
+    p = system.p
+    if p["stage"] == 1:
+        return [], {k.replace("eval/", "test/"): v for k, v in stage1_ranking(system, trainable, frozen, "test").items()}
+    recs = _split_records(system, p["eval_split"])
+    rows, m = classify(system, trainable, frozen, recs)
+    metrics = {f"tc/{k}": v for k, v in m.items()}
+    pos = np.asarray([r["embedding_ids"] for r in recs if D.parse_classification(r["output"])])
+    if p["lp_queries"] and len(pos):
+        lrows, lm = link_prediction_scoring(system, trainable, frozen, pos[:p["lp_queries"]])
+        metrics.update({f"lp_score/{k}": v for k, v in lm.items()})
+        rows += lrows
+    if p["lp_generate_queries"] and len(pos):
+        grows, gm = link_prediction_generated(system, trainable, frozen, pos[:p["lp_generate_queries"]])
+        metrics.update({f"lp_gen/{k}": v for k, v in gm.items()})
+        rows += grows
+    return rows, metrics

@@ -1,0 +1,170 @@
+"""GMT's graph side, vectorised for training: per-query edge lists as dense [B, E] arrays
+(gathered on the host from the padded adjacency), the SGM over flat edges, a dense memory
+tokenizer with the same parameters as gmem.graph.layers.MemoryTokenizer, a cached edge-state
+table for a frozen SGM (spec B14) and the stage-1 loss over unique (relation, neighbour) pairs.
+
+Why not one jraph batch per step: the train loop needs static batch shapes, and an edge's state
+depends only on its (relation, neighbour) pair, so a [R_edge, N, D] table (frozen SGM) or the
+SGM over the B*E gathered edges (trainable SGM) replaces per-query graphs. The parameter tree
+is GraphMemoryEncoder's ({sgm, tokenizer, proj}), so both paths read the same checkpoints.
+
+Deviation (documented): with mask_query the neighbour histograms used for the top-k context are
+the full ones (as the reference); gmem.graph.kg.extract_subgraph also removes the query fact
+from the histograms of h and t.
+"""
+
+from __future__ import annotations
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import jraph
+import numpy as np
+
+from gmem.graph.kg import NeighbourIndex
+from gmem.graph.layers import GraphMemoryConfig, SemanticGraphModule, distmult, link_prediction_loss
+from gmem.nn.attention import constrain
+from gmem.nn.projection import Projection
+
+
+def query_edges(index: NeighbourIndex, triples: np.ndarray, mask_query: bool, num_edges: int,
+                padded=None):
+    """Edges of adj[h] ++ adj[t] per query (GMT `_collect_edges`), masked as B6.
+
+    triples int [B, 3] (h, r, t). Returns rel int32 [B, E], nbr int32 [B, E], mask bool [B, E]
+    with real edges first; queries with more than E edges keep their first E (raise E)."""
+    rel_N, nbr_N, m_N = padded if padded is not None else index.padded()
+    t = np.asarray(triples, np.int64).reshape(-1, 3)
+    h, r, tl = t[:, 0], t[:, 1], t[:, 2]
+    rel = np.concatenate([rel_N[h], rel_N[tl]], 1)
+    nbr = np.concatenate([nbr_N[h], nbr_N[tl]], 1)
+    m = np.concatenate([m_N[h], m_N[tl]], 1)
+    if mask_query:
+        R = index.num_relations
+        base = r % R if index.add_inverse else r
+        inq = (rel == base[:, None]) | ((rel == base[:, None] + R) if index.add_inverse else False)
+        m = m & ~(((nbr == h[:, None]) | (nbr == tl[:, None])) & inq)
+    order = np.argsort(~m, axis=1, kind="stable")      # real edges first, order kept
+    rel, nbr, m = (np.take_along_axis(a, order, 1)[:, :num_edges] for a in (rel, nbr, m))
+    if rel.shape[1] < num_edges:
+        pad = num_edges - rel.shape[1]
+        rel, nbr = (np.pad(a, ((0, 0), (0, pad))) for a in (rel, nbr))
+        m = np.pad(m, ((0, 0), (0, pad)))
+    return rel.astype(np.int32), nbr.astype(np.int32), m
+
+
+def max_query_edges(index: NeighbourIndex, triples: np.ndarray) -> int:
+    deg = index.degree
+    t = np.asarray(triples).reshape(-1, 3)
+    return int((deg[t[:, 0]] + deg[t[:, 2]]).max(initial=1))
+
+
+def flat_graph(hist_NR, rel_E, nbr_E) -> jraph.GraphsTuple:
+    """A GraphsTuple view of flat edges for SemanticGraphModule (it reads edges.relation,
+    nodes.rel_hist and senders only)."""
+    e = rel_E.shape[0]
+    return jraph.GraphsTuple(nodes={"rel_hist": hist_NR}, edges={"relation": rel_E},
+                             senders=nbr_E, receivers=jnp.zeros((e,), jnp.int32),
+                             n_node=jnp.asarray([hist_NR.shape[0]]), n_edge=jnp.asarray([e]), globals=None)
+
+
+def sgm_states(cfg: GraphMemoryConfig, sgm_params, hist_NR, rel, nbr, deterministic=True, rng=None):
+    """Edge states [..., D] for edges given by (rel, nbr) of any shape."""
+    shape = rel.shape
+    g = flat_graph(hist_NR, rel.reshape(-1), nbr.reshape(-1))
+    rngs = {"dropout": rng} if (rng is not None and not deterministic) else {}
+    s = SemanticGraphModule(cfg).apply({"params": sgm_params}, g, deterministic, rngs=rngs)
+    return s.reshape(shape + (s.shape[-1],))
+
+
+def edge_table(cfg: GraphMemoryConfig, sgm_params, hist_NR) -> jax.Array:
+    """States of every (relation, neighbour) pair [R_edge, N, D] (frozen SGM, deterministic)."""
+    r, n = cfg.num_edge_relations, hist_NR.shape[0]
+    rel = jnp.repeat(jnp.arange(r, dtype=jnp.int32), n).reshape(r, n)
+    nbr = jnp.tile(jnp.arange(n, dtype=jnp.int32), r).reshape(r, n)
+    return jax.jit(lambda p, h: sgm_states(cfg, p, h, rel, nbr))(sgm_params, hist_NR)
+
+
+class DenseMemoryTokenizer(nn.Module):
+    """M learnable queries attend over each query's edge states [B, E, D] (padding masked) ->
+    [B, M, D]; queries with no edge give zeros (the reference's masked_fill). Same parameters
+    (names and shapes) as gmem.graph.layers.MemoryTokenizer, here without segment ops."""
+
+    config: GraphMemoryConfig
+
+    @nn.compact
+    def __call__(self, s_BED: jax.Array, mask_BE: jax.Array) -> jax.Array:
+        cfg = self.config
+        d, h, m = cfg.graph_dim, cfg.memory_heads, cfg.num_memory_tokens
+        hd = d // h
+        b, e = mask_BE.shape
+        queries = self.param("memory_queries", nn.with_logical_partitioning(
+            nn.initializers.normal(0.02), ("memory", "embed")), (m, d))
+        proj = lambda n, axes: Projection(d, axes=axes, use_bias=True, name=n)
+        q = proj("q_proj", ("embed", "heads"))(queries).reshape(m, h, hd)
+        k = proj("k_proj", ("embed", "heads"))(s_BED).reshape(b, e, h, hd)
+        v = proj("v_proj", ("embed", "heads"))(s_BED).reshape(b, e, h, hd)
+        logits = jnp.einsum("mhd,behd->bhme", q, k) * hd ** -0.5
+        logits = jnp.where(mask_BE[:, None, None, :], logits, -1e30)
+        w = jax.nn.softmax(logits, axis=-1) * mask_BE[:, None, None, :]
+        out = jnp.einsum("bhme,behd->bmhd", w, v).reshape(b, m, d)
+        out = proj("out_proj", ("heads", "embed"))(out)
+        has = mask_BE.any(-1)
+        return constrain(jnp.where(has[:, None, None], out, 0.0), ("batch", "memory", "embed"))
+
+
+def init_encoder(cfg: GraphMemoryConfig, rng, num_entities: int) -> dict:
+    """Fresh {sgm, tokenizer, proj} params (GraphMemoryEncoder's tree), unboxed."""
+    k1, k2, k3 = jax.random.split(rng, 3)
+    hist = jnp.zeros((num_entities, cfg.num_edge_relations), jnp.float32)
+    z = jnp.zeros((1,), jnp.int32)
+    sgm = SemanticGraphModule(cfg).init(k1, flat_graph(hist, z, z))["params"]
+    tok = DenseMemoryTokenizer(cfg).init(k2, jnp.zeros((1, 1, cfg.graph_dim)), jnp.ones((1, 1), bool))["params"]
+    proj = Projection(cfg.llm_dim, axes=(None, "embed"), use_bias=True).init(k3, jnp.zeros((1, cfg.graph_dim)))["params"]
+    return nn.unbox({"sgm": sgm, "tokenizer": tok, "proj": proj})
+
+
+def graph_memory(cfg: GraphMemoryConfig, enc: dict, edges: dict, hist_NR=None, table=None,
+                 deterministic=True, rng=None) -> jax.Array:
+    """Graph memory [B, M, llm_dim] from batch edges {edge_rel, edge_nbr, edge_mask} [B, E]:
+    states from the cached table (frozen SGM) or the SGM (trainable), tokenizer, projection."""
+    rel, nbr, mask = edges["edge_rel"], edges["edge_nbr"], edges["edge_mask"].astype(bool)
+    if table is not None:
+        s = table[rel, nbr]
+    else:
+        s = sgm_states(cfg, enc["sgm"], hist_NR, rel, nbr, deterministic, rng)
+    mem = DenseMemoryTokenizer(cfg).apply({"params": enc["tokenizer"]}, s, mask)
+    return Projection(cfg.llm_dim, axes=(None, "embed"), use_bias=True).apply({"params": enc["proj"]}, mem)
+
+
+# ---- stage 1 ------------------------------------------------------------------------------------
+
+def stage1_constants(index: NeighbourIndex) -> dict:
+    """Unique (relation, neighbour) pairs of the whole KG and, per adjacency entry, its pair and
+    owner: encode_entity(e) = mean over adj[e] of pair states, computed once per pair."""
+    key = index.rel.astype(np.int64) * index.num_entities + index.nbr
+    uniq, inv = np.unique(key, return_inverse=True)
+    owner = np.repeat(np.arange(index.num_entities), index.degree)
+    return {"pair_rel": (uniq // index.num_entities).astype(np.int32),
+            "pair_nbr": (uniq % index.num_entities).astype(np.int32),
+            "edge_pair": inv.astype(np.int32).reshape(-1), "edge_owner": owner.astype(np.int32),
+            "degree": index.degree.astype(np.float32)}
+
+
+def entity_states(cfg, sgm_params, hist_NR, c: dict, deterministic=True, rng=None) -> jax.Array:
+    """z [N, D]: GMT's encode_entity for every entity (isolated entities: zeros).
+
+    With dropout active, one dropout mask per unique pair is shared by that pair's copies (the
+    reference draws one per adjacency entry): same expectation, fewer draws."""
+    s = sgm_states(cfg, sgm_params, hist_NR, c["pair_rel"], c["pair_nbr"], deterministic, rng)
+    n = hist_NR.shape[0]
+    tot = jax.ops.segment_sum(s[c["edge_pair"]], c["edge_owner"], n)
+    return tot / jnp.maximum(c["degree"], 1.0)[:, None]
+
+
+def stage1_loss(cfg, sgm_params, hist_NR, c, pos_B3, neg_BK3, deterministic=False, rng=None):
+    """-mean[logσ(s+) + mean_k logσ(-s-)] with DistMult scores (B9); relation vectors are not
+    passed through the context layers."""
+    z = entity_states(cfg, sgm_params, hist_NR, c, deterministic, rng)
+    w = SemanticGraphModule(cfg).apply({"params": sgm_params}, method=SemanticGraphModule.relation_vectors)
+    return link_prediction_loss(distmult(z, w, pos_B3), distmult(z, w, neg_BK3))
