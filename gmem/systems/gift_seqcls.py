@@ -160,7 +160,8 @@ class GiftSeqClsSystem:
     def loss(self, trainable, frozen, batch, rng):
         logits = self.logits(trainable, frozen, batch)
         ce = optax.softmax_cross_entropy_with_integer_labels(logits, batch["labels"]).mean()
-        return ce, {"accuracy": (logits.argmax(-1) == batch["labels"]).mean()}
+        return ce, {"accuracy": (logits.argmax(-1) == batch["labels"]).mean(),
+                    "tokens": batch["attention_mask"].sum().astype(jnp.float32)}
 
     def batch_shapes(self) -> dict:
         b, L = self.cfg.data.batch_size, self.cfg.data.seq_len
