@@ -163,3 +163,20 @@ def test_export_loads_in_transformers(tmp_path, arch):
     ids, mask, types = _batch(hf.config.pad_token_id)
     np.testing.assert_allclose(_hf(back, ids, mask, types).logits.numpy(),
                                _hf(hf, ids, mask, types).logits.numpy(), atol=1e-6)
+
+
+def test_masked_lm_file_loads_as_base_model(tmp_path):
+    """A BertForMaskedLM folder (no pooler, "cls." head) picks the BERT family by model_type;
+    its head is ignored by the key map's IGNORE data and the encoder matches HF's."""
+    torch.manual_seed(0)
+    hf = transformers.BertForMaskedLM(transformers.BertConfig(**SMALL)).eval()
+    hf.save_pretrained(tmp_path / "mlm")
+    model, cfg, params = load_pretrained(tmp_path / "mlm", add_pooling_layer=False)
+    assert type(model) is bert.BertModel and "pooler" not in params
+    ids, mask, types = _batch(0)
+    with torch.no_grad():
+        ref = hf.bert(input_ids=torch.tensor(ids), attention_mask=torch.tensor(mask),
+                      token_type_ids=torch.tensor(types)).last_hidden_state.numpy()
+    hid, pooled = jax.jit(model.apply)({"params": params}, jnp.asarray(ids), jnp.asarray(mask), jnp.asarray(types))
+    real = mask.astype(bool)
+    assert pooled is None and np.abs(np.asarray(hid)[real] - ref[real]).max() <= TOL
