@@ -21,8 +21,11 @@ Deviations from the original, each because the original cannot work as written:
 - Closed gates skip the write (the original wrote all-zero vectors); a full memory replaces its
   oldest entry (the original crashed); delete removes slot ids (the original removed row numbers).
 - The store test is sigmoid(logit) > threshold (the original compared the raw logit with 0.5).
-- fc starts as [I; 0] (fusion_init="identity") so step 0 equals the backbone alone, which
-  matters with a frozen pretrained backbone; "random" restores the original's init.
+- Fusion is gated (fusion="gated", default): z = x + tanh(g) * fc([x, r_1 .. r_k]) with a
+  per-channel gate g = 0 at init and each retrieved vector rescaled to the RMS of x. Step 0
+  equals the backbone alone, and the update size stays small next to a frozen model's input
+  embeddings (the original's z = fc([x, r]), fusion="original", diverged within a few steps on
+  SmolLM2: final hidden states, hence stored vectors, are far larger than the embeddings).
 - Training scores the next token (the original's loss was unshifted) and memory is fresh per
   training row (one row = one document of seq_len tokens, several segments).
 """
@@ -66,7 +69,7 @@ class VardaConfig:
     delete_threshold: float = 0.5
     forgetfulness: float = 0.0
     use_memory: bool = True
-    fusion_init: str = "identity"
+    fusion: str = "gated"
     backbone: str = "llama"  # family used with model.source=random: llama | gpt2
     tokenizer: str = "auto"  # auto (the source's own / bytes for random) | gpt2 (embedded BPE)
 
@@ -90,8 +93,8 @@ class VardaConfig:
                           f"memory_size={self.memory_size}]")
         if self.gate not in _GATES:
             errors.append(f"gate={self.gate!r} must be one of {_GATES}")
-        if self.fusion_init not in ("identity", "random"):
-            errors.append(f"fusion_init={self.fusion_init!r} must be 'identity' or 'random'")
+        if self.fusion not in ("gated", "original"):
+            errors.append(f"fusion={self.fusion!r} must be 'gated' or 'original'")
         if self.segment_len <= 0:
             errors.append(f"segment_len={self.segment_len} must be positive")
         if errors:
@@ -102,23 +105,18 @@ class VardaConfig:
             raise GmemError(f"system.params: {e}") from None
 
 
-def _identity_on_input(hidden: int):
-    def init(key, shape, dtype=jnp.float32):
-        return jnp.zeros(shape, dtype).at[:hidden].set(jnp.eye(hidden, shape[1], dtype=dtype))
-    return init
-
-
 class VardaHeads(nn.Module):
     """The memory layers: fusion (fc) and the decisions read from the final hidden states."""
 
     hidden: int
     k: int
-    fusion_init: str = "identity"
+    fusion: str = "gated"
 
     def setup(self):
         d = self.hidden
-        init = _identity_on_input(d) if self.fusion_init == "identity" else nn.initializers.lecun_normal()
-        self.fc = Projection(d, axes=("memory", "embed"), use_bias=True, kernel_init=init)
+        self.fc = Projection(d, axes=("memory", "embed"), use_bias=True, kernel_init=nn.initializers.lecun_normal())
+        if self.fusion == "gated":
+            self.gate = self.param("gate", nn.with_logical_partitioning(nn.initializers.zeros_init(), ("embed",)), (d,))
         self.fc_storable_vector = Projection(d, axes=("embed", "memory"), use_bias=True)
         self.fc_store_decision = Projection(1, axes=("embed", None), use_bias=True)
         # Bias -2: deletions start closed (sigmoid(-2) = 0.12 < 0.5) and open only if learned.
@@ -127,7 +125,12 @@ class VardaHeads(nn.Module):
 
     def fuse(self, x_BLD, r_BLKD):
         b, l, k, d = r_BLKD.shape
-        return self.fc(jnp.concatenate([x_BLD, r_BLKD.reshape(b, l, k * d).astype(x_BLD.dtype)], -1))
+        if self.fusion == "original":
+            return self.fc(jnp.concatenate([x_BLD, r_BLKD.reshape(b, l, k * d).astype(x_BLD.dtype)], -1))
+        rms = lambda v: jnp.sqrt(jnp.mean(jnp.square(v), -1, keepdims=True) + 1e-6)
+        r = r_BLKD / rms(r_BLKD) * rms(x_BLD)[:, :, None]  # empty results stay zero
+        y = self.fc(jnp.concatenate([x_BLD, r.reshape(b, l, k * d).astype(x_BLD.dtype)], -1))
+        return x_BLD + jnp.tanh(self.gate) * y
 
     def decide(self, h_BLD):
         """-> storable vectors [B, L, D], store logits [B, L], delete logits [B, L, k]."""
@@ -152,7 +155,7 @@ class VardaModel:
         self.memory = cfg.check(hidden)
         self.backbone = backbone
         self.hidden = hidden
-        self.heads = VardaHeads(hidden, cfg.num_search_results, cfg.fusion_init)
+        self.heads = VardaHeads(hidden, cfg.num_search_results, cfg.fusion)
 
     def init_heads(self, rng) -> dict:
         k, d = self.cfg.num_search_results, self.hidden

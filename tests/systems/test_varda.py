@@ -48,14 +48,14 @@ def test_shapes_and_step0_equals_backbone(tmp, backbone):
     assert logits.shape == (B, T, system.cfg.model.vocab_size)
     assert state.vectors_MD.shape == (B, 64, system.cfg.model.hidden_size)
     assert 0 < float(stats["memory/count"]) <= T  # closed gates skip their write
-    # fc starts as [I; 0]: whatever the memory returns, each segment equals the backbone alone.
+    # The fusion gate starts at 0: whatever the memory returns, each segment equals the backbone alone.
     variables = system.variables(trainable["adapters"], frozen)
     ref = [system.module.apply(variables, ids[:, i:i + SEG])[0] for i in range(0, T, SEG)]
     np.testing.assert_allclose(np.asarray(logits), np.asarray(jnp.concatenate(ref, 1)), atol=2e-5)
 
 
 def test_memory_state_carries_across_calls(tmp):
-    system, frozen, trainable, ids = _setup(tmp, "system.params.fusion_init=random")
+    system, frozen, trainable, ids = _setup(tmp, "system.params.fusion=original")
     fwd = jax.jit(system.forward)
     fresh = system.model.init_memory(B)
     _, s1, _ = fwd(trainable, frozen, fresh, ids)
@@ -73,7 +73,7 @@ def test_memory_state_carries_across_calls(tmp):
 
 @pytest.mark.parametrize("gate", ["straight_through", "soft"])
 def test_gradients_reach_fusion_and_decision_layers(tmp, gate):
-    system, frozen, trainable, ids = _setup(tmp, "system.params.fusion_init=random", f"system.params.gate={gate}")
+    system, frozen, trainable, ids = _setup(tmp, "system.params.fusion=original", f"system.params.gate={gate}")
     batch = {"input_ids": jnp.concatenate([ids, ids[:, :1]], 1)}
     grads = jax.jit(jax.grad(lambda t: system.loss(t, frozen, batch, jax.random.PRNGKey(0))[0]))(trainable)
     g = grads["varda"]
@@ -120,7 +120,7 @@ def test_perplexity_table_and_fact_probe_run(tmp):
     table = perplexity_table(system, trainable, frozen, batches=1)
     assert table.pop("rows") == 8
     (base, _), (wiped, _), (full, _) = table.values()
-    assert abs(base - wiped) < 1e-4 and abs(base - full) < 1e-4  # fc = [I; 0] at init
+    assert abs(base - wiped) < 1e-4 and abs(base - full) < 1e-4  # fusion gate 0 at init
     probe = fact_probe(system, trainable, frozen, trials=2, gap=1)
     assert set(probe) >= {"backbone alone", "VardaGPT", "backbone, fact in window"}
     assert all(0.0 <= probe[k] <= 1.0 for k in ("backbone alone", "VardaGPT"))
