@@ -40,7 +40,9 @@ def main(argv) -> int:
     run_dir.mkdir(parents=True, exist_ok=True)
     (run_dir / "config.yaml").write_text(gconfig.to_yaml(cfg))
     summary = train(obj)
-    if summary.get("losses"):
+    if summary.get("interrupted"):
+        print(f"stopped at step {summary['step']} (interrupted); run the same command to resume", flush=True)
+    elif summary.get("losses"):
         print(f"done: step {summary['step']}, last loss {summary['losses'][-1]:.4f}, "
               f"checkpoints in {summary['checkpoint_dir']}", flush=True)
     else:

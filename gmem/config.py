@@ -33,6 +33,9 @@ class ModelConfig:
 
     source: str = "random"
     dtype: str = "float32"
+    # Storage dtype of the frozen base weights (never trained, so no fp32 master copy is needed;
+    # bfloat16 halves their memory). Trainable params are always float32.
+    frozen_dtype: str = "float32"
     remat: bool = False
     seed: int = 0
     # Only for source=random (tests, benchmarks); a real source brings its own config.json.

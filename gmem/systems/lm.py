@@ -21,6 +21,7 @@ import optax
 from gmem.adapters import AdapterSpec, adapter_collection, init_adapters
 from gmem.data.text import BatchStream, ByteTokenizer, chunk_tokens, load_texts, split_rows
 from gmem.errors import GmemError
+from gmem.models.common import to_dtype
 from gmem.models.llama import LlamaConfig, LlamaForCausalLM
 
 EMBEDDED_MODELS = {"smollm2": "smollm2-135m-instruct", "smollm2-135m-instruct": "smollm2-135m-instruct"}
@@ -119,15 +120,21 @@ class LMSystem:
     def abstract_base(self):
         """(abstract frozen tree of ShapeDtypeStructs, logical PartitionSpec tree); no memory."""
         boxed = jax.eval_shape(lambda: self.module.init(jax.random.PRNGKey(0), self._dummy_ids()))["params"]
-        return _unbox(boxed), nn.get_partition_spec(boxed)
+        dt = to_dtype(self.cfg.model.frozen_dtype)
+        abstract = jax.tree_util.tree_map(
+            lambda a: jax.ShapeDtypeStruct(a.shape, dt if jnp.issubdtype(a.dtype, jnp.floating) else a.dtype),
+            _unbox(boxed))
+        return abstract, nn.get_partition_spec(boxed)
 
     def load_base(self):
         """The frozen base weights (host arrays), tree as in abstract_base."""
+        dt = to_dtype(self.cfg.model.frozen_dtype)
+        cast = lambda x: x.astype(dt) if jnp.issubdtype(x.dtype, jnp.floating) else x
         if self._real is not None:
-            return self._real
+            return jax.tree_util.tree_map(cast, self._real)
         params = jax.jit(lambda k: self.module.init(k, self._dummy_ids()))(
             jax.random.PRNGKey(self.cfg.model.seed))["params"]
-        return _unbox(params)
+        return jax.tree_util.tree_map(cast, _unbox(params))
 
     def init_trainable(self, base, rng):
         return init_adapters(self.specs, base, rng)

@@ -128,6 +128,24 @@ def _finite(x) -> bool:
 
 def train(cfg, system=None, mesh=None, log=print) -> dict:
     """Train (or resume) per cfg; returns a summary dict. Ctrl-C saves and exits cleanly."""
+    interrupted = {"flag": False}
+
+    def on_sigint(signum, frame):
+        if interrupted["flag"]:  # second Ctrl-C: give up at once
+            raise KeyboardInterrupt
+        interrupted["flag"] = True
+        log("interrupt: saving a checkpoint after this step (Ctrl-C again to abort)")
+
+    # Installed first, so a Ctrl-C during loading or compilation is not lost either (and a
+    # process started with SIGINT ignored, e.g. a background job, still saves on SIGINT).
+    old_handler = signal.signal(signal.SIGINT, on_sigint)
+    try:
+        return _train(cfg, system, mesh, log, interrupted)
+    finally:
+        signal.signal(signal.SIGINT, old_handler)
+
+
+def _train(cfg, system, mesh, log, interrupted) -> dict:
     system = system or load_system(cfg)
     plan = make_plan(cfg, system, mesh)
     run_dir = pathlib.Path(cfg.train.run_dir)
@@ -136,16 +154,7 @@ def train(cfg, system=None, mesh=None, log=print) -> dict:
     config_dict = gconfig.to_dict(cfg)
     host = shd.host_rows(cfg.data.batch_size)
     total = cfg.train.steps
-    interrupted = {"flag": False}
     summary: dict = {"run_dir": str(run_dir), "checkpoint_dir": str(ckpt.directory)}
-
-    def on_sigint(signum, frame):
-        if interrupted["flag"]:  # second Ctrl-C: give up at once
-            raise KeyboardInterrupt
-        interrupted["flag"] = True
-        log("interrupt: saving a checkpoint after this step (Ctrl-C again to abort)")
-
-    old_handler = signal.signal(signal.SIGINT, on_sigint)
     try:
         with plan.context():
             frozen = jax.device_put(system.load_base(), plan.frozen_sh)
@@ -214,7 +223,6 @@ def train(cfg, system=None, mesh=None, log=print) -> dict:
                 pbar.close()
             summary.update(step=int(state.step), losses=losses, last_checkpoint=last_saved)
     finally:
-        signal.signal(signal.SIGINT, old_handler)
         ckpt.close()
         writer.close()
     return summary
