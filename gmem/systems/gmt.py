@@ -41,7 +41,7 @@ PARAMS = dict(
     train_on_inputs=False, add_eos=False, sgm_ckpt="", train_graph_module=False,
     num_negatives=64, filtered_negatives=False, trainable_rel_semantics=False,
     eval_split="test", max_eval=0, eval_batch=16, max_new_tokens=4,
-    lp_queries=0, lp_batch=64, lp_generate_queries=0, lp_candidates=20)
+    lp_queries=0, lp_batch=64, lp_generate_queries=0, lp_candidates=20, import_ckpt="")
 
 
 class GMTSystem(LMSystem):
@@ -145,6 +145,11 @@ class GMTSystem(LMSystem):
             else:
                 out["sgm"] = sgm
                 out["table"] = G.edge_table(self.gcfg, sgm, out["hist"])
+            if self.p["import_ckpt"]:
+                # GMT's own output folder (graph_encoder.pth, memory_attn.pth, gmt_config.json).
+                from gmem.hf.gmt_checkpoint import apply_to_system, load_gmt_checkpoint
+                fresh = self.init_trainable(out, jax.random.PRNGKey(0), imported=False)
+                self._imported, out = apply_to_system(load_gmt_checkpoint(self.p["import_ckpt"]), self, fresh, out)
         return out
 
     def _stage1_consts(self):
@@ -160,7 +165,9 @@ class GMTSystem(LMSystem):
             specs["llm"] = _with_memory_specs(llm_specs, abs_["llm"])
         return abs_, specs
 
-    def init_trainable(self, base, rng):
+    def init_trainable(self, base, rng, imported=True):
+        if imported and getattr(self, "_imported", None) is not None:
+            return self._imported
         k1, k2 = jax.random.split(rng)
         if self.p["stage"] == 1:
             _, sgm = self._sgm_params(jax.random.PRNGKey(self.cfg.model.seed + 1))
