@@ -60,6 +60,14 @@ class AdapterConfig:
     rank: int = 8
     alpha: float = 16.0
     dropout: float = 0.0
+    # LoRA: scale alpha/sqrt(r) instead of alpha/r. Both kinds: only these layer indices (None = all).
+    use_rslora: bool = False
+    layers_to_transform: Optional[List[int]] = None
+    # GIFT only: one (phi, psi) pair for all targets; activation on W phi; biases of phi / psi.
+    share_projections: bool = False
+    gift_act: str = "identity"
+    in_projection_bias: bool = False
+    out_projection_bias: bool = False
 
 
 @dataclass

@@ -1,19 +1,25 @@
-"""GIFT sequence classification as a gmem.train system (`system.name: gift`).
+"""Sequence classification with adapters as a gmem.train system (`system.name: gift`).
 
-A BERT-family encoder (default: the embedded all-MiniLM-L6-v2) with GIFT on query/value and a
-trainable classifier, on texts with labels. The embedded data set is the 10,033 Wikipedia
-lead summaries with their topic (11 topics; "Uncategorized" is dropped); any .json/.jsonl
-file with text and label fields works too. The causal-LM use needs no system of its own:
+A BERT-family encoder (default: the embedded all-MiniLM-L6-v2) with a trainable classifier and
+any adapters: GIFT from system.params (the GIFT paper's use), and/or the `adapters:` section
+(LoRA, GIFT, with every AdapterSpec field). With neither it is a linear probe: only the
+classifier trains, on the frozen encoder's pooled features. The embedded data set is the 10,033
+Wikipedia lead summaries with their topic (12 topics, "Uncategorized" included); any
+.json/.jsonl file with text and label fields works too. Rows split train/val/test by a seeded
+hash of their title (or text), data.eval_fraction each for val and test (0.1: 80/10/10), so a
+row's split never depends on the other rows. The causal-LM use needs no system of its own:
 `system.name: lm` with `adapters: [{kind: gift, targets: [q_proj, v_proj]}]`.
 
 system.params (all optional): use, rank, targets, share_projections, gift_act,
-in_projection_bias, out_projection_bias (the AdapterSpec fields), dataset ("wiki-topics" or a
-file), text_field, label_field, max_examples.
+in_projection_bias, out_projection_bias (a GIFT AdapterSpec named "gift"; any of them turns it
+on), dataset ("wiki-topics" or a file), text_field, label_field, title_field, max_examples.
+Trainable tree: {adapter name: tree, ..., "head": {"classifier": ...}}.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import json
 import pathlib
 
@@ -23,22 +29,28 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
+from gmem.adapters import adapter_collection, count_params, init_adapters
 from gmem.errors import GmemError
 from gmem.models.bert import BertConfig, BertForSequenceClassification
 from gmem.systems import gift
+from gmem.systems.lm import adapter_specs
 
 _SPEC_KEYS = ("rank", "targets", "share_projections", "gift_act", "in_projection_bias",
               "out_projection_bias")
-_OWN_KEYS = _SPEC_KEYS + ("use", "dataset", "text_field", "label_field", "max_examples")
+_OWN_KEYS = _SPEC_KEYS + ("use", "dataset", "text_field", "label_field", "title_field", "max_examples")
+HEAD = ("classifier",)
 
 
 def load_examples(dataset: str, text_field: str = "text", label_field: str = "label",
-                  max_examples: int | None = None, seed: int = 0) -> tuple[list[str], list[int], tuple]:
-    """(texts, label ids, label names), shuffled with `seed` (one order for train/eval split)."""
+                  max_examples: int | None = None, seed: int = 0, title_field: str = "title"
+                  ) -> tuple[list[str], list[int], tuple, list[str]]:
+    """(texts, label ids, label names, keys), shuffled with `seed`; keys (titles, or the texts)
+    decide the split (split_of)."""
     if dataset == "wiki-topics":
         import gmem.assets
         rows = json.loads(pathlib.Path(gmem.assets.path("wiki-summaries-en")).read_text()).values()
-        pairs = [(r["extract"], r["topic"]) for r in rows if r.get("topic") not in (None, "Uncategorized")]
+        rows = [r for r in rows if r.get("topic")]
+        text_field, label_field = "extract", "topic"
     else:
         p = pathlib.Path(dataset)
         if not p.is_file():
@@ -48,10 +60,17 @@ def load_examples(dataset: str, text_field: str = "text", label_field: str = "la
         bad = [i for i, r in enumerate(rows) if text_field not in r or label_field not in r]
         if bad:
             raise GmemError(f"{p}: row {bad[0]} lacks {text_field!r} or {label_field!r}")
-        pairs = [(str(r[text_field]), str(r[label_field])) for r in rows]
-    names = tuple(sorted({lab for _, lab in pairs}))
-    order = np.random.default_rng(seed).permutation(len(pairs))[:max_examples]
-    return [pairs[i][0] for i in order], [names.index(pairs[i][1]) for i in order], names
+    triples = [(str(r[text_field]), str(r[label_field]), str(r.get(title_field, r[text_field]))) for r in rows]
+    names = tuple(sorted({lab for _, lab, _ in triples}))
+    order = np.random.default_rng(seed).permutation(len(triples))[:max_examples]
+    return ([triples[i][0] for i in order], [names.index(triples[i][1]) for i in order], names,
+            [triples[i][2] for i in order])
+
+
+def split_of(key: str, seed: int, eval_fraction: float) -> str:
+    """'test' / 'val' / 'train' from a seeded hash of the key: u < f test, u < 2f val."""
+    u = int.from_bytes(hashlib.sha256(f"{seed}/{key}".encode()).digest()[:8], "big") / 2.0 ** 64
+    return "test" if u < eval_fraction else "val" if u < 2 * eval_fraction else "train"
 
 
 class GiftSeqClsSystem:
@@ -66,12 +85,23 @@ class GiftSeqClsSystem:
         if p.get("use", "sequence_classification") != "sequence_classification":
             raise GmemError("system.params.use: the gift train system does sequence_classification; "
                             "for a causal LM use system.name=lm with an adapter of kind gift")
-        spec_kw = {k: (tuple(p[k]) if k == "targets" else p[k]) for k in _SPEC_KEYS if k in p}
-        self.use = gift.GiftUse.make("sequence_classification", **spec_kw)
-        self.specs = [self.use.spec]
-        self.texts, self.labels, self.label_names = load_examples(
+        self.specs = adapter_specs(cfg)
+        self.use = None
+        if any(k in p for k in _SPEC_KEYS + ("use",)):
+            spec_kw = {k: (tuple(p[k]) if k == "targets" else p[k]) for k in _SPEC_KEYS if k in p}
+            self.use = gift.GiftUse.make("sequence_classification", **spec_kw)
+            self.specs = [self.use.spec] + self.specs
+        bad = [s.name for s in self.specs if s.name == "head"]
+        if bad:
+            raise GmemError("adapters: the name 'head' is taken by the classifier; rename the adapter")
+        self.texts, self.labels, self.label_names, keys = load_examples(
             p.get("dataset", "wiki-topics"), p.get("text_field", "text"), p.get("label_field", "label"),
-            p.get("max_examples"), cfg.data.seed)
+            p.get("max_examples"), cfg.data.seed, p.get("title_field", "title"))
+        f = cfg.data.eval_fraction
+        if not 0.0 < f < 0.5:
+            raise GmemError(f"data.eval_fraction={f}: the gift system holds out that fraction for val "
+                            "and again for test, so it must be in (0, 0.5)")
+        self.split = np.asarray([split_of(k, cfg.data.seed, f) for k in keys])
         m = cfg.model
         self.path = None
         if m.source == "random":
@@ -100,9 +130,13 @@ class GiftSeqClsSystem:
             architecture="BertForSequenceClassification", add_pooling_layer=True, dtype=m.dtype, remat=m.remat)
         self.module = BertForSequenceClassification(self.model_config)
         ids, mask = self._tokenize(self.texts)
-        n_eval = max(1, int(round(len(ids) * cfg.data.eval_fraction)))
-        self.train_rows = (ids[:-n_eval], mask[:-n_eval], np.asarray(self.labels[:-n_eval], np.int32))
-        self.eval_rows = (ids[-n_eval:], mask[-n_eval:], np.asarray(self.labels[-n_eval:], np.int32))
+        labels = np.asarray(self.labels, np.int32)
+        self.rows = {name: (ids[self.split == name], mask[self.split == name], labels[self.split == name])
+                     for name in ("train", "val", "test")}
+        self.train_rows, self.eval_rows = self.rows["train"], self.rows["val"]
+        empty = [n for n, r in self.rows.items() if len(r[0]) == 0]
+        if empty:
+            raise GmemError(f"system.params.max_examples: the {empty} split(s) got no examples; use more")
         if len(self.train_rows[0]) < cfg.data.batch_size:
             raise GmemError(f"data.batch_size={cfg.data.batch_size} exceeds the {len(self.train_rows[0])} training examples")
 
@@ -124,7 +158,7 @@ class GiftSeqClsSystem:
                 "model": {"hidden_size": c.hidden_size, "num_hidden_layers": c.num_hidden_layers,
                           "vocab_size": c.vocab_size},
                 "adapters": [{k: (list(v) if isinstance(v, tuple) else v)
-                              for k, v in dataclasses.asdict(self.use.spec).items()}],
+                              for k, v in dataclasses.asdict(s).items()} for s in self.specs],
                 "memory_layers": []}
 
     # ---- weights ------------------------------------------------------------------------
@@ -143,10 +177,18 @@ class GiftSeqClsSystem:
         return params
 
     def init_trainable(self, base, rng):
-        return gift.init_trainable(self.use, base, rng)
+        """{adapter name: fresh tree, ..., "head": a copy of the base classifier}."""
+        out = dict(init_adapters(self.specs, base, rng)) if self.specs else {}
+        out["head"] = {h: jax.tree_util.tree_map(jnp.asarray, base[h]) for h in HEAD}
+        return out
 
     def abstract_trainable(self, abstract_base):
-        return jax.eval_shape(lambda b: gift.init_trainable(self.use, b, jax.random.PRNGKey(0)), abstract_base)
+        return jax.eval_shape(lambda b: self.init_trainable(b, jax.random.PRNGKey(0)), abstract_base)
+
+    def num_trainable(self, trainable) -> dict:
+        """Parameter counts: adapters (the papers' count) and the classifier head."""
+        return {"params/adapters": sum(count_params(v) for k, v in trainable.items() if k != "head"),
+                "params/head": count_params(trainable["head"])}
 
     def trainable_specs(self, abstract_trainable, base_specs):
         from jax.sharding import PartitionSpec as P
@@ -154,8 +196,13 @@ class GiftSeqClsSystem:
 
     # ---- loss, data, eval ---------------------------------------------------------------
     def logits(self, trainable, frozen, batch):
-        return self.module.apply(gift.variables(self.use, trainable, frozen), batch["input_ids"],
-                                 batch["attention_mask"])
+        params = dict(frozen, **trainable["head"])
+        variables = {"params": params}
+        if self.specs:
+            # Adapters sit on the frozen encoder (the head is no adapter target).
+            variables["adapter"] = adapter_collection(self.specs, {s.name: trainable[s.name] for s in self.specs},
+                                                      frozen)
+        return self.module.apply(variables, batch["input_ids"], batch["attention_mask"])
 
     def loss(self, trainable, frozen, batch, rng):
         logits = self.logits(trainable, frozen, batch)
@@ -177,21 +224,26 @@ class GiftSeqClsSystem:
         return {"input_ids": ids[order], "attention_mask": mask[order], "labels": labels[order]}
 
     def evaluate(self, trainable, frozen, eval_fn=None) -> dict:
-        """Accuracy and loss over the held-out examples (all of them, in batches)."""
+        """Accuracy and loss over every validation example (eval/accuracy, eval/loss: the
+        checkpoint-selection metric) and every test example (eval/test_*), plus parameter counts."""
         fn = jax.jit(lambda t, f, x: self.logits(t, f, x))
-        ids, mask, labels = self.eval_rows
-        b = self.cfg.data.batch_size
-        correct, ce = 0, 0.0
-        for s in range(0, len(ids), b):
-            x = {"input_ids": jnp.asarray(_pad(ids[s:s + b], b)), "attention_mask": jnp.asarray(_pad(mask[s:s + b], b))}
-            lg = np.asarray(fn(trainable, frozen, x))[: len(ids[s:s + b])]
-            y = labels[s:s + b]
-            correct += int((lg.argmax(-1) == y).sum())
-            ce += float(optax.softmax_cross_entropy_with_integer_labels(jnp.asarray(lg), jnp.asarray(y)).sum())
-        return {"eval/accuracy": correct / len(ids), "eval/loss": ce / len(ids)}
+        out = {}
+        for split, prefix in (("val", "eval/"), ("test", "eval/test_")):
+            ids, mask, labels = self.rows[split]
+            b = self.cfg.data.batch_size
+            correct, ce = 0, 0.0
+            for s in range(0, len(ids), b):
+                x = {"input_ids": jnp.asarray(_pad(ids[s:s + b], b)), "attention_mask": jnp.asarray(_pad(mask[s:s + b], b))}
+                lg = np.asarray(fn(trainable, frozen, x))[: len(ids[s:s + b])]
+                y = labels[s:s + b]
+                correct += int((lg.argmax(-1) == y).sum())
+                ce += float(optax.softmax_cross_entropy_with_integer_labels(jnp.asarray(lg), jnp.asarray(y)).sum())
+            out.update({prefix + "accuracy": correct / len(ids), prefix + "loss": ce / len(ids)})
+        out.update({k: float(v) for k, v in self.num_trainable(trainable).items()})
+        return out
 
     def predict(self, trainable, frozen, prompts=None):
-        texts = list(prompts) if prompts else self.texts[-len(self.eval_rows[0]):][:32]
+        texts = list(prompts) if prompts else [t for t, sp in zip(self.texts, self.split) if sp == "test"][:32]
         ids, mask = self._tokenize(texts)
         lg = np.asarray(self.logits(trainable, frozen, {"input_ids": jnp.asarray(ids), "attention_mask": jnp.asarray(mask)}))
         return [{"text": t[:200], "prediction": self.label_names[int(k)]} for t, k in zip(texts, lg.argmax(-1))], {}

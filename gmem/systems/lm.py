@@ -28,8 +28,14 @@ EMBEDDED_MODELS = {"smollm2": "smollm2-135m-instruct", "smollm2-135m-instruct": 
 
 
 def adapter_specs(cfg) -> list[AdapterSpec]:
+    """AdapterSpecs from the `adapters:` section (every AdapterConfig field is an AdapterSpec field)."""
     return [AdapterSpec(kind=a.kind, name=a.name, targets=tuple(a.targets), rank=a.rank,
-                        alpha=a.alpha, dropout=a.dropout) for a in cfg.adapters]
+                        alpha=a.alpha, dropout=a.dropout, use_rslora=a.use_rslora,
+                        layers_to_transform=(None if a.layers_to_transform is None
+                                             else tuple(a.layers_to_transform)),
+                        share_projections=a.share_projections, gift_act=a.gift_act,
+                        in_projection_bias=a.in_projection_bias,
+                        out_projection_bias=a.out_projection_bias) for a in cfg.adapters]
 
 
 def random_config(m) -> LlamaConfig:

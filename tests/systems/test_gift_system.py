@@ -135,7 +135,7 @@ def test_train_system_from_tiny_config():
     cfg = gconfig.load_config(gconfig.CONFIG_DIR / "gift_tiny.yaml",
                               ["system.params.max_examples=80", "data.batch_size=4"])
     system = build(cfg)
-    assert len(system.label_names) == 11 and system.use.spec.targets == ("query", "value")
+    assert len(system.label_names) == 12 and system.use.spec.targets == ("query", "value")
     base = system.load_base()
     tr = system.init_trainable(base, jax.random.PRNGKey(0))
     batch = {k: jnp.asarray(v) for k, v in system.batch(0).items()}
