@@ -54,7 +54,12 @@ class Checkpointer:
     """CheckpointManager over DIR with keep-last-K (+ keep-best-by-metric) and async saves."""
 
     def __init__(self, directory: str | pathlib.Path, cfg, read_only: bool = False):
-        self.directory = pathlib.Path(directory).resolve()
+        # Remote folders (gs://, s3://) go through etils' epath, which Orbax uses itself.
+        if "://" in str(directory):
+            from etils import epath
+            self.directory = epath.Path(str(directory))
+        else:
+            self.directory = pathlib.Path(directory).resolve()
         self.cfg = cfg
         keep = [policies.LatestN(n=max(1, cfg.keep))]
         if cfg.keep_best:
@@ -116,7 +121,11 @@ class Checkpointer:
 
 def open_checkpoint(directory: str | pathlib.Path, cfg) -> Checkpointer:
     """Open an existing checkpoint folder read-only (infer.py); a clear error if there is none."""
-    d = pathlib.Path(directory)
+    if "://" in str(directory):
+        from etils import epath
+        d = epath.Path(str(directory))
+    else:
+        d = pathlib.Path(directory)
     if not d.is_dir():
         raise GmemError(f"{d}: checkpoint directory not found")
     ck = Checkpointer(d, cfg, read_only=True)

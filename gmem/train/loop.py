@@ -118,8 +118,10 @@ def make_plan(cfg, system, mesh=None) -> Plan:
                 abs_state, st_sh, batch_sh, step)
 
 
-def checkpoint_dir(cfg) -> pathlib.Path:
-    return pathlib.Path(cfg.checkpoint.dir or pathlib.Path(cfg.train.run_dir) / "checkpoints")
+def checkpoint_dir(cfg):
+    if cfg.checkpoint.dir:
+        return cfg.checkpoint.dir  # may be remote (gs://...); Checkpointer resolves it
+    return pathlib.Path(cfg.train.run_dir) / "checkpoints"
 
 
 def _finite(x) -> bool:
@@ -134,7 +136,7 @@ def train(cfg, system=None, mesh=None, log=print) -> dict:
         if interrupted["flag"]:  # second Ctrl-C: give up at once
             raise KeyboardInterrupt
         interrupted["flag"] = True
-        log("interrupt: saving a checkpoint after this step (Ctrl-C again to abort)")
+        log("\ninterrupt: saving a checkpoint after this step (Ctrl-C again to abort)")
 
     # Installed first, so a Ctrl-C during loading or compilation is not lost either (and a
     # process started with SIGINT ignored, e.g. a background job, still saves on SIGINT).

@@ -52,15 +52,20 @@ def rules_with(overrides: Mapping[str, Any] | None = None) -> tuple:
     return tuple(table.items())
 
 
-def maybe_initialize_distributed() -> None:
-    """jax.distributed.initialize() when a multi-host environment is present (TPU pod, SLURM,
-    or JAX_COORDINATOR_ADDRESS); a single process does nothing."""
-    markers = ("JAX_COORDINATOR_ADDRESS", "SLURM_NTASKS", "TPU_WORKER_HOSTNAMES", "MEGASCALE_COORDINATOR_ADDRESS")
-    if any(os.environ.get(m) for m in markers) and not jax.distributed.is_initialized():
-        if os.environ.get("SLURM_NTASKS", "1") == "1" and not (
-                os.environ.get("JAX_COORDINATOR_ADDRESS") or os.environ.get("TPU_WORKER_HOSTNAMES")):
-            return
-        jax.distributed.initialize()
+def maybe_initialize_distributed() -> bool:
+    """jax.distributed.initialize() when this process is one of several: a TPU pod slice
+    (TPU_WORKER_HOSTNAMES lists more than one host), SLURM with more than one task, an explicit
+    JAX_COORDINATOR_ADDRESS, or GMEM_DISTRIBUTED=1. JAX reads the coordinator, process count
+    and id from that environment. A single process does nothing. Returns whether it initialized."""
+    env = os.environ
+    multi = (len([h for h in env.get("TPU_WORKER_HOSTNAMES", "").split(",") if h]) > 1
+             or int(env.get("SLURM_NTASKS", "1") or 1) > 1
+             or bool(env.get("JAX_COORDINATOR_ADDRESS"))
+             or env.get("GMEM_DISTRIBUTED") == "1")
+    if not multi or jax.distributed.is_initialized():
+        return False
+    jax.distributed.initialize()
+    return True
 
 
 def mesh_shape(data: int, fsdp: int, tensor: int, n_devices: int) -> tuple[int, int, int]:
