@@ -17,9 +17,10 @@ def test_shipped_configs_load():
     for p in sorted(CONFIG_DIR.glob("*.yaml")):
         cfg = to_object(load_config(p))
         assert isinstance(cfg, Config)
-    d = to_object(load_config(DEFAULT_CONFIG))
+    assert to_object(load_config(DEFAULT_CONFIG)).system.name  # what a bare train.py runs
+    d = to_object(load_config(CONFIG_DIR / "lm_lora_quick.yaml"))
     assert d.model.source == "smollm2" and d.data.corpus == "shakespeare"
-    assert d.train.run_dir == "runs/default"
+    assert d.train.run_dir == "runs/lm_lora_quick" and d.train.steps == 40
     assert d.adapters[0].targets == ["q_proj", "k_proj", "v_proj", "o_proj"]  # from lm_lora.yaml
 
 
