@@ -33,6 +33,7 @@ Deviations from the original, each because the original cannot work as written:
 from __future__ import annotations
 
 import dataclasses
+import functools
 from typing import Any, Optional
 
 import flax.linen as nn
@@ -332,10 +333,10 @@ def perplexity_table(system: VardaSystem, trainable, frozen, batches: int = 8) -
     rows = rows[: max(1, min(batches, len(rows) // bs)) * bs]
     seg = system.varda_cfg.segment_len
     alone = VardaModel(dataclasses.replace(system.varda_cfg, use_memory=False), system.module, system.model.hidden)
-    bv = system.variables(trainable["adapters"], frozen)
 
-    @jax.jit
-    def losses(ids):
+    @jax.jit  # weights as arguments, not closed-over constants (XLA would constant-fold them)
+    def losses(trainable, frozen, ids):
+        bv = system.variables(trainable["adapters"], frozen)
         x, y = ids[:, :-1], ids[:, 1:]
         b, t = x.shape
         full, _, _ = system.model(trainable["varda"], bv, system.model.init_memory(b), x)
@@ -345,7 +346,7 @@ def perplexity_table(system: VardaSystem, trainable, frozen, batches: int = 8) -
         return [optax.softmax_cross_entropy_with_integer_labels(l.reshape(b, t, -1), y).mean()
                 for l in (base, wiped, full)]
 
-    out = np.mean([[float(v) for v in losses(jnp.asarray(rows[i:i + bs]))] for i in range(0, len(rows), bs)], 0)
+    out = np.mean([[float(v) for v in losses(trainable, frozen, jnp.asarray(rows[i:i + bs]))] for i in range(0, len(rows), bs)], 0)
     names = ("backbone alone", "memory layers, memory wiped every segment", "VardaGPT (memory carried)")
     return {n: (float(l), float(np.exp(l))) for n, l in zip(names, out)} | {"rows": len(rows)}
 
@@ -365,9 +366,9 @@ def fact_probe(system: VardaSystem, trainable, frozen, trials: int = 10, gap: in
     filler = np.asarray(system.data()[1]).reshape(-1)
     q = enc(" Question: who is the keeper of the key? Answer: the keeper of the key is")
     alone = VardaModel(dataclasses.replace(system.varda_cfg, use_memory=False), system.module, system.model.hidden)
-    bv = system.variables(trainable["adapters"], frozen)
-    run = {m: jax.jit(lambda ids, m=m: m(trainable["varda"], bv, m.init_memory(len(NAMES)), ids)[0])
-           for m in (alone, system.model)}
+    def logits(m, t, f, ids):
+        return m(t["varda"], system.variables(t["adapters"], f), m.init_memory(len(NAMES)), ids)[0]
+    run = {m: jax.jit(functools.partial(logits, m)) for m in (alone, system.model)}
     models = {"backbone alone": alone, "VardaGPT": system.model}
     hits = {"backbone alone": 0, "VardaGPT": 0, "backbone, fact in window": 0}
     for t in range(trials):
@@ -387,7 +388,7 @@ def fact_probe(system: VardaSystem, trainable, frozen, trials: int = 10, gap: in
                 rows.append(head[: (gap + 1) * seg] + last)
                 spans.append((len(rows[-1]) - len(c), len(rows[-1])))
             ids = jnp.asarray(rows, jnp.int32)
-            logp = np.asarray(jax.nn.log_softmax(run[models.get(variant, alone)](ids), -1))
+            logp = np.asarray(jax.nn.log_softmax(run[models.get(variant, alone)](trainable, frozen, ids), -1))
             ids = np.asarray(ids)
             scores = [sum(logp[i, p - 1, ids[i, p]] for p in range(a, b)) for i, (a, b) in enumerate(spans)]
             hits[variant] += int(np.argmax(scores) == NAMES.index(name))
