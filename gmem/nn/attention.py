@@ -34,17 +34,40 @@ def make_mask(q_slots_L: jax.Array, kv_valid_BS: jax.Array, *, causal: bool = Tr
     return jnp.broadcast_to(mask, (kv_valid_BS.shape[0], 1, q_slots_L.shape[0], kv_valid_BS.shape[1]))
 
 
+# Long sequences attend in query chunks: each chunk's [L_c, S] scores are recomputed in the
+# backward pass (jax.checkpoint) instead of keeping an fp32 L x S matrix per layer alive, which
+# is what bounds a 2048-token train step's memory. Chunking over queries is exact: every query
+# row has its own softmax.
+Q_CHUNK = 512
+
+
 def dot_product_attention(q_BLHD: jax.Array, k_BSKD: jax.Array, v_BSKD: jax.Array,
-                          mask_B1LS: jax.Array | None, *, scale: float | None = None) -> jax.Array:
+                          mask_B1LS: jax.Array | None, *, scale: float | None = None,
+                          q_chunk: int | None = Q_CHUNK) -> jax.Array:
     """Softmax attention with grouped KV heads (H = K * G). Returns [B, L, H, D].
 
     Scores and softmax run in fp32 whatever the compute dtype, as in HF eager attention.
+    When L is a multiple of q_chunk and at least twice it, queries are processed in chunks.
     """
+    b, l, h, _ = q_BLHD.shape
+    scale = q_BLHD.shape[-1] ** -0.5 if scale is None else scale
+    if q_chunk and l >= 2 * q_chunk and l % q_chunk == 0:
+        n = l // q_chunk
+        q_NBCHD = q_BLHD.reshape(b, n, q_chunk, h, -1).swapaxes(0, 1)
+        masks = None
+        if mask_B1LS is not None:
+            m = jnp.broadcast_to(mask_B1LS, (b, 1, l, mask_B1LS.shape[-1]))
+            masks = m.reshape(b, 1, n, q_chunk, -1).transpose(2, 0, 1, 3, 4)
+        chunk = jax.checkpoint(lambda qm: _attend(qm[0], k_BSKD, v_BSKD, qm[1], scale))
+        out = jax.lax.map(chunk, (q_NBCHD, masks))
+        return out.swapaxes(0, 1).reshape(b, l, h, v_BSKD.shape[-1])
+    return _attend(q_BLHD, k_BSKD, v_BSKD, mask_B1LS, scale)
+
+
+def _attend(q_BLHD, k_BSKD, v_BSKD, mask_B1LS, scale):
     b, l, h, d = q_BLHD.shape
     kvh = k_BSKD.shape[2]
-    g = h // kvh
-    scale = d ** -0.5 if scale is None else scale
-    q = q_BLHD.reshape(b, l, kvh, g, d)
+    q = q_BLHD.reshape(b, l, kvh, h // kvh, d)
     scores = jnp.einsum("blkgd,bskd->bkgls", q, k_BSKD).astype(jnp.float32) * scale
     if mask_B1LS is not None:
         scores = jnp.where(mask_B1LS[:, :, None], scores, _MASK_VALUE)

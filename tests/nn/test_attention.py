@@ -66,3 +66,17 @@ def test_cache_writes_at_index_and_marks_valid_slots():
     np.testing.assert_array_equal(np.asarray(v[:, 2:5]), 2.0)
     valid = advance_valid(cache.valid_BS, jnp.array([[0, 1, 1], [1, 1, 1]]), jnp.int32(1))
     np.testing.assert_array_equal(np.asarray(valid), [[0, 0, 1, 1, 0, 0], [0, 1, 1, 1, 0, 0]])
+
+
+def test_query_chunked_attention_equals_full_and_its_gradient():
+    rng = np.random.RandomState(1)
+    q = jnp.asarray(rng.randn(2, 64, 4, 8).astype(np.float32))
+    k = jnp.asarray(rng.randn(2, 64, 2, 8).astype(np.float32))
+    v = jnp.asarray(rng.randn(2, 64, 2, 8).astype(np.float32))
+    mask = make_mask(jnp.arange(64), jnp.asarray(rng.rand(2, 64) > 0.2), window=20)
+    full = lambda q: dot_product_attention(q, k, v, mask, q_chunk=None)
+    chunked = lambda q: dot_product_attention(q, k, v, mask, q_chunk=16)
+    np.testing.assert_allclose(np.asarray(chunked(q)), np.asarray(full(q)), atol=1e-6)
+    g_full = jax.grad(lambda q: (full(q) ** 2).sum())(q)
+    g_chunk = jax.grad(lambda q: (chunked(q) ** 2).sum())(q)
+    np.testing.assert_allclose(np.asarray(g_chunk), np.asarray(g_full), atol=1e-5)
