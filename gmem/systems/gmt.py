@@ -157,7 +157,8 @@ class GMTSystem(LMSystem):
 
     def abstract_base(self):
         if self.p["stage"] == 2 and not self.use_graph:
-            return LMSystem.abstract_base(self)
+            abs_, specs = LMSystem.abstract_base(self)
+            return {"llm": abs_}, {"llm": specs}
         abs_ = jax.eval_shape(self.load_base)
         specs = jax.tree_util.tree_map(lambda a: P(*([None] * a.ndim)), abs_)
         if self.p["stage"] == 2:

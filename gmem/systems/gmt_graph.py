@@ -23,7 +23,6 @@ import numpy as np
 
 from gmem.graph.kg import NeighbourIndex
 from gmem.graph.layers import GraphMemoryConfig, SemanticGraphModule, distmult, link_prediction_loss
-from gmem.nn.attention import constrain
 from gmem.nn.projection import Projection
 
 
@@ -110,7 +109,7 @@ class DenseMemoryTokenizer(nn.Module):
         out = jnp.einsum("bhme,behd->bmhd", w, v).reshape(b, m, d)
         out = proj("out_proj", ("heads", "embed"))(out)
         has = mask_BE.any(-1)
-        return constrain(jnp.where(has[:, None, None], out, 0.0), ("batch", "memory", "embed"))
+        return jnp.where(has[:, None, None], out, 0.0)
 
 
 def init_encoder(cfg: GraphMemoryConfig, rng, num_entities: int) -> dict:
