@@ -246,7 +246,8 @@ class GiftSeqClsSystem:
         texts = list(prompts) if prompts else [t for t, sp in zip(self.texts, self.split) if sp == "test"][:32]
         ids, mask = self._tokenize(texts)
         lg = np.asarray(self.logits(trainable, frozen, {"input_ids": jnp.asarray(ids), "attention_mask": jnp.asarray(mask)}))
-        return [{"text": t[:200], "prediction": self.label_names[int(k)]} for t, k in zip(texts, lg.argmax(-1))], {}
+        # infer.py prints prompt -> generation: the text and its predicted topic.
+        return [{"prompt": t[:200], "generation": self.label_names[int(k)]} for t, k in zip(texts, lg.argmax(-1))], {}
 
 
 def _pad(a: np.ndarray, n: int) -> np.ndarray:
