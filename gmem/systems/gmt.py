@@ -121,12 +121,18 @@ class GMTSystem(LMSystem):
         return enc, sgm
 
     def _load_stage1(self, sgm):
+        """The SGM trained by stage 1 (a run folder or its checkpoints/), read once."""
+        if getattr(self, "_stage1", None) is None:
+            self._stage1 = self._read_stage1()
+        return self._stage1
+
+    def _read_stage1(self):
         from gmem.train.infer import restore_run
         _, sys1, _, state, frozen, _ = restore_run(self.p["sgm_ckpt"])
         if sys1.gcfg.graph_dim != self.gcfg.graph_dim or sys1.gcfg.rel_dim != self.gcfg.rel_dim:
             raise GmemError(f"system.params.sgm_ckpt: stage-1 graph dims {sys1.gcfg} differ from {self.gcfg}")
         t = jax.device_get(state.trainable)
-        return dict(t, rel_semantic=t.get("rel_semantic", jax.device_get(frozen["rel_semantic"])))
+        return jax.tree_util.tree_map(np.asarray, dict(t, rel_semantic=t.get("rel_semantic", frozen.get("rel_semantic"))))
 
     def load_base(self):
         key = jax.random.PRNGKey(self.cfg.model.seed + 1)

@@ -13,8 +13,6 @@
 
 from __future__ import annotations
 
-import functools
-
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -168,12 +166,9 @@ def evaluate(system, trainable, frozen) -> dict:
     recs = system.records(split)[: system.cfg.eval.batches * system.p["eval_batch"]]
     if not recs:
         return {}
-    flip = [dict(r, output="False" if D.parse_classification(r["output"]) else "True") for r in recs]
-    trip = np.asarray([r["embedding_ids"] for r in recs])
     s_true = _record_scores(system, trainable, frozen, [dict(r, output="True") for r in recs])
     s_false = _record_scores(system, trainable, frozen, [dict(r, output="False") for r in recs])
     gold = np.asarray([D.parse_classification(r["output"]) for r in recs])
-    del flip, trip
     nll = -np.where(gold == 1, s_true, s_false).mean()
     return {"eval/loss": float(nll), "eval/accuracy": float(((s_true > s_false) == (gold == 1)).mean())}
 

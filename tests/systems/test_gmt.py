@@ -161,3 +161,18 @@ def test_classification_eval_and_modes(kg_dir):
     assert jax.tree_util.tree_leaves(tb) == [] and "sgm" not in fb
     b = {k: jnp.asarray(v) for k, v in base.batch(0).items()}
     assert np.isfinite(float(base.loss(tb, fb, b, jax.random.PRNGKey(0))[0]))
+
+
+def test_stage2_reads_stage1_checkpoint(kg_dir, tmp_path):
+    from gmem.train.loop import train
+    over = [f"system.params.kg={kg_dir}", "system.params.rel_semantics=random", "system.params.graph_dim=16",
+            "system.params.sgm_heads=2", "system.params.num_negatives=4", "data.batch_size=8",
+            "train.steps=2", "train.progress=false", "eval.every=0", f"train.run_dir={tmp_path / 's1'}"]
+    cfg1 = gconfig.to_object(gconfig.load_config(CONFIGS / "gmt_stage1.yaml", over))
+    train(cfg1, log=lambda *a: None)
+    s2 = make(kg_dir, f"system.params.sgm_ckpt={tmp_path / 's1'}")
+    from gmem.train.infer import restore_run
+    _, _, _, state, _, _ = restore_run(tmp_path / "s1")
+    f = s2.load_base()
+    np.testing.assert_array_equal(np.asarray(f["sgm"]["layers_0"]["linear1"]["kernel"]),
+                                  np.asarray(state.trainable["layers_0"]["linear1"]["kernel"]))
