@@ -23,8 +23,8 @@ import jax.numpy as jnp
 from gmem.errors import GmemError
 from gmem.models.common import activation, dropout, hf_dict, require, to_dtype
 from gmem.models.llama import default_positions
-from gmem.nn.attention import (KVCache, advance_valid, constrain, dot_product_attention,
-                               make_mask, update_layer_cache)
+from gmem.nn.attention import (KVCache, constrain, decoder_mask, dot_product_attention,
+                               update_layer_cache, written_cache)
 from gmem.nn.embeddings import Embed
 from gmem.nn.norms import LayerNorm
 from gmem.nn.projection import Projection
@@ -197,23 +197,13 @@ class GPT2Model(nn.Module):
             position_ids_BL = default_positions(attention_mask_BL, cache)
         x = constrain(x + self.wpe(position_ids_BL), ("batch", "length", "embed"))
         x = dropout(self, x, self.config.embd_pdrop)
-        if cache is None:
-            mask = make_mask(jnp.arange(l), attention_mask_BL)
-            index = None
-        else:
-            index = cache.index
-            valid = advance_valid(cache.valid_BS, attention_mask_BL, index)
-            mask = make_mask(index + jnp.arange(l), valid)
-        keys, values = [], []
+        mask, index, valid = decoder_mask(attention_mask_BL, cache)
+        layer_kvs = []
         for i, block in enumerate(self.h):
-            kv = None if cache is None else (cache.keys[i], cache.values[i])
+            kv = None if cache is None else cache.layer(i)
             x, new_kv = block(x, mask, kv, index)
-            if new_kv is not None:
-                keys.append(new_kv[0])
-                values.append(new_kv[1])
-        new_cache = None
-        if cache is not None:
-            new_cache = KVCache(keys=tuple(keys), values=tuple(values), valid_BS=valid, index=index + l)
+            layer_kvs.append(new_kv)
+        new_cache = written_cache(cache, layer_kvs, valid, l)
         return self.ln_f(x), new_cache
 
 

@@ -14,8 +14,8 @@ import jax
 import jax.numpy as jnp
 
 from gmem.models.common import hf_dict, require, to_dtype
-from gmem.nn.attention import (KVCache, advance_valid, constrain, dot_product_attention,
-                               make_mask, update_layer_cache)
+from gmem.nn.attention import (KVCache, constrain, decoder_mask, dot_product_attention,
+                               update_layer_cache, written_cache)
 from gmem.nn.embeddings import Embed
 from gmem.nn.norms import RMSNorm
 from gmem.nn.projection import Projection
@@ -232,23 +232,13 @@ class LlamaModel(nn.Module):
             position_ids_BL = default_positions(attention_mask_BL, cache)
         x = constrain(x, ("batch", "length", "embed"))
         cos, sin = rope_cos_sin(position_ids_BL, inverse_frequencies(c.head_size, c.rope_theta, c.rope_dict))
-        if cache is None:
-            mask = make_mask(jnp.arange(l), attention_mask_BL, window=c.sliding_window)
-            index = None
-        else:
-            index = cache.index
-            valid = advance_valid(cache.valid_BS, attention_mask_BL, index)
-            mask = make_mask(index + jnp.arange(l), valid, window=c.sliding_window)
-        keys, values = [], []
+        mask, index, valid = decoder_mask(attention_mask_BL, cache, c.sliding_window)
+        layer_kvs = []
         for i, layer in enumerate(self.layers):
-            kv = None if cache is None else (cache.keys[i], cache.values[i])
+            kv = None if cache is None else cache.layer(i)
             x, new_kv = layer(x, cos, sin, mask, kv, index, memory)
-            if new_kv is not None:
-                keys.append(new_kv[0])
-                values.append(new_kv[1])
-        new_cache = None
-        if cache is not None:
-            new_cache = KVCache(keys=tuple(keys), values=tuple(values), valid_BS=valid, index=index + l)
+            layer_kvs.append(new_kv)
+        new_cache = written_cache(cache, layer_kvs, valid, l)
         return self.norm(x), new_cache
 
 

@@ -101,6 +101,10 @@ class KVCache:
     def slots(self) -> int:
         return self.valid_BS.shape[1]
 
+    def layer(self, i: int) -> tuple[jax.Array, jax.Array]:
+        """(keys, values) of layer i."""
+        return self.keys[i], self.values[i]
+
 
 def update_layer_cache(k_cache: jax.Array, v_cache: jax.Array, k_BLKD: jax.Array,
                        v_BLKD: jax.Array, index: jax.Array) -> tuple[jax.Array, jax.Array]:
@@ -114,6 +118,26 @@ def update_layer_cache(k_cache: jax.Array, v_cache: jax.Array, k_BLKD: jax.Array
 def advance_valid(valid_BS: jax.Array, attention_mask_BL: jax.Array, index: jax.Array) -> jax.Array:
     """Mark the L slots written at `index` as valid where the new tokens are not padding."""
     return jax.lax.dynamic_update_slice(valid_BS, attention_mask_BL.astype(bool), (0, index))
+
+
+def decoder_mask(attention_mask_BL: jax.Array, cache: "KVCache | None", window: int | None = None):
+    """Causal mask for L new tokens, read alone or appended to a cache.
+
+    Returns (mask [B, 1, L, S], write index or None, valid slots [B, S] or None).
+    """
+    l = attention_mask_BL.shape[1]
+    if cache is None:
+        return make_mask(jnp.arange(l), attention_mask_BL, window=window), None, None
+    valid = advance_valid(cache.valid_BS, attention_mask_BL, cache.index)
+    return make_mask(cache.index + jnp.arange(l), valid, window=window), cache.index, valid
+
+
+def written_cache(cache: "KVCache | None", layer_kvs: list, valid_BS, length: int) -> "KVCache | None":
+    """The cache after a forward wrote `length` slots; layer_kvs holds each layer's (k, v)."""
+    if cache is None:
+        return None
+    return KVCache(keys=tuple(k for k, _ in layer_kvs), values=tuple(v for _, v in layer_kvs),
+                   valid_BS=valid_BS, index=cache.index + length)
 
 
 def constrain(x: jax.Array, axes: tuple) -> jax.Array:
