@@ -95,13 +95,7 @@ class LMSystem:
     # ---- model -------------------------------------------------------------------------
     def _load_real(self):
         """(LlamaConfig, params, tokenizer) from a GGUF file or an HF folder (helper B's loaders)."""
-        if self.kind == "gguf":
-            from gmem.hf import gguf
-            loaded = gguf.load_gguf(self.path)
-        else:
-            from gmem.hf import convert
-            loaded = convert.load_pretrained(self.path)
-        config, params, tokenizer = _split_loaded(loaded, self.path)
+        config, params, tokenizer = load_source(self.kind, self.path)
         if not isinstance(config, LlamaConfig):
             raise GmemError(f"model.source: {self.path} is a {type(config).__name__}; the lm system "
                             "trains LLaMA-family models")
@@ -222,6 +216,17 @@ def _ids(encode):
         out = encode(t)
         return list(getattr(out, "ids", out))
     return f
+
+
+def load_source(kind: str, path) -> tuple:
+    """(config, params, tokenizer) from a GGUF file (kind "gguf") or an HF folder."""
+    if kind == "gguf":
+        from gmem.hf import gguf
+        loaded = gguf.load_gguf(path)
+    else:
+        from gmem.hf import convert
+        loaded = convert.load_pretrained(path)
+    return _split_loaded(loaded, path)
 
 
 def _split_loaded(loaded: Any, where) -> tuple:

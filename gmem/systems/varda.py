@@ -34,7 +34,7 @@ from __future__ import annotations
 
 import dataclasses
 import functools
-from typing import Any, Optional
+from typing import Optional
 
 import flax.linen as nn
 import jax
@@ -264,14 +264,8 @@ class VardaSystem(LMSystem):
             self.data()
 
     def _load_real(self):
-        from gmem.systems.lm import _split_loaded
-        if self.kind == "gguf":
-            from gmem.hf import gguf
-            loaded = gguf.load_gguf(self.path)
-        else:
-            from gmem.hf import convert
-            loaded = convert.load_pretrained(self.path)
-        return _split_loaded(loaded, self.path)  # LLaMA family or GPT-2
+        from gmem.systems.lm import load_source
+        return load_source(self.kind, self.path)  # LLaMA family or GPT-2
 
     @property
     def structure(self) -> dict:
