@@ -6,7 +6,8 @@ the whole generation (no retrace per token), and the loop exits as soon as every
 an end-of-sequence token. Rows that are done keep emitting the pad token, as HF generate does.
 
 Works with any decoder that follows the family interface (LLaMA, GPT-2, ...):
-    logits_BLV, new_cache = module.apply(variables, input_ids_BL, attention_mask_BL, cache=cache)
+    logits_BLV, new_cache = module.apply(variables, input_ids_BL, attention_mask_BL, cache=cache,
+                                         logits_to_keep=1)   # the prompt pass; 0 = all positions
     cache = module.init_cache(batch, slots)
 
 Sampling follows HF's processors in HF's order: temperature, then top-k (keep the k largest
@@ -104,8 +105,10 @@ def _generate_jit(module, variables, input_ids_BL, attention_mask_BL, rng, tempe
         return (tok_B[:, None] == eos_E[None]).any(-1)
 
     cache = module.init_cache(b, l + max_new_tokens)
+    # Only the last position's logits are needed: the LM head (49k x 576 for SmolLM2) and the
+    # last layer skip the other prompt positions.
     logits_BLV, cache = module.apply(variables, input_ids_BL, attention_mask_BL, cache=cache,
-                                     **prefill_kwargs, **model_kwargs)
+                                     logits_to_keep=1, **prefill_kwargs, **model_kwargs)
     # Left padding: the last column holds every row's last prompt token.
     rng, step_rng = jax.random.split(rng)
     tok_B = pick(logits_BLV[:, -1], step_rng)

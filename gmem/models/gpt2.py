@@ -219,8 +219,12 @@ class GPT2LMHeadModel(nn.Module):
             self.lm_head = Projection(c.vocab_size, axes=("embed", "vocab"), dtype=to_dtype(c.dtype))
 
     def __call__(self, input_ids_BL=None, attention_mask_BL=None, position_ids_BL=None,
-                 cache: KVCache | None = None, inputs_embeds_BLD=None, return_hidden: bool = False):
+                 cache: KVCache | None = None, inputs_embeds_BLD=None, return_hidden: bool = False,
+                 logits_to_keep: int = 0):
+        """logits_to_keep > 0 (HF's argument): logits (and hidden) of the last n positions only."""
         h, cache = self.transformer(input_ids_BL, attention_mask_BL, position_ids_BL, cache, inputs_embeds_BLD)
+        if logits_to_keep:
+            h = h[:, h.shape[1] - logits_to_keep:]
         logits = self.transformer.wte.attend(h) if self.config.tie_word_embeddings else self.lm_head(h)
         logits = constrain(logits.astype(jnp.float32), ("batch", "length", "vocab"))
         if return_hidden:

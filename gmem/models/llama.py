@@ -138,24 +138,27 @@ class LlamaAttention(nn.Module):
     config: LlamaConfig
 
     @nn.compact
-    def __call__(self, x_BLD, cos, sin, mask_B1LS, kv_cache=None, cache_index=None):
+    def __call__(self, x_BLD, cos, sin, mask_B1LS, kv_cache=None, cache_index=None, keep=0):
+        """keep > 0: queries (and the output) for the last `keep` positions only; keys and
+        values still come from all L (the last layer when only the last logits are wanted)."""
         c = self.config
         dt = to_dtype(c.dtype)
         b, l, _ = x_BLD.shape
         h, kvh, hd = c.num_attention_heads, c.num_key_value_heads, c.head_size
         proj = lambda n, f, axes: Projection(f, axes=axes, use_bias=c.attention_bias, dtype=dt, name=n)
-        q = proj("q_proj", h * hd, ("embed", "heads"))(x_BLD).reshape(b, l, h, hd)
+        lq = keep or l
+        q = proj("q_proj", h * hd, ("embed", "heads"))(x_BLD[:, l - lq:]).reshape(b, lq, h, hd)
         k = proj("k_proj", kvh * hd, ("embed", "kv_heads"))(x_BLD).reshape(b, l, kvh, hd)
         v = proj("v_proj", kvh * hd, ("embed", "kv_heads"))(x_BLD).reshape(b, l, kvh, hd)
-        q = constrain(apply_rope(q, cos, sin), ("batch", "length", "heads", "head_dim"))
+        q = constrain(apply_rope(q, cos[:, l - lq:], sin[:, l - lq:]), ("batch", "length", "heads", "head_dim"))
         k = apply_rope(k, cos, sin)
         new_cache = None
         if kv_cache is not None:
             k_all, v_all = update_layer_cache(kv_cache[0], kv_cache[1], k, v, cache_index)
             new_cache = (k_all, v_all)
             k, v = k_all, v_all
-        out = dot_product_attention(q, k, v, mask_B1LS)
-        out = out.reshape(b, l, h * hd)
+        out = dot_product_attention(q, k, v, mask_B1LS[:, :, l - lq:])
+        out = out.reshape(b, lq, h * hd)
         o = Projection(c.hidden_size, axes=("heads", "embed"), use_bias=c.attention_bias,
                        dtype=dt, name="o_proj")(out)
         return o, new_cache
@@ -182,13 +185,16 @@ class LlamaDecoderLayer(nn.Module):
     memory_block: Optional[Any] = None
 
     @nn.compact
-    def __call__(self, x_BLD, cos, sin, mask_B1LS, kv_cache=None, cache_index=None, memory=None):
+    def __call__(self, x_BLD, cos, sin, mask_B1LS, kv_cache=None, cache_index=None, memory=None,
+                 keep=0):
+        """keep > 0: return only the last `keep` positions (their keys/values still enter the
+        cache for all L)."""
         c = self.config
         dt = to_dtype(c.dtype)
         h, new_cache = LlamaAttention(c, name="self_attn")(
             RMSNorm(c.rms_norm_eps, dtype=dt, name="input_layernorm")(x_BLD),
-            cos, sin, mask_B1LS, kv_cache, cache_index)
-        x_BLD = x_BLD + h
+            cos, sin, mask_B1LS, kv_cache, cache_index, keep)
+        x_BLD = (x_BLD[:, x_BLD.shape[1] - keep:] if keep else x_BLD) + h
         if self.memory_block is not None and memory is not None:
             x_BLD = self.memory_block(name="memory_attn")(x_BLD, memory)
         h = LlamaMLP(c, name="mlp")(RMSNorm(c.rms_norm_eps, dtype=dt, name="post_attention_layernorm")(x_BLD))
@@ -207,59 +213,126 @@ def default_positions(attention_mask_BL: jax.Array, cache: KVCache | None) -> ja
 
 
 class LlamaModel(nn.Module):
+    """The decoder stack. shared_prefix > 0 (with prefix_split) turns on the shared-prefix path
+    for prompt passes longer than shared_prefix: see `_shared_prefix_forward`."""
+
     config: LlamaConfig
     memory_block: Optional[Any] = None
     memory_layers: tuple = ()
+    shared_prefix: int = 0
+    prefix_split: int = 0
 
     def setup(self):
         c = self.config
         dt = to_dtype(c.dtype)
         self.embed_tokens = Embed(c.vocab_size, c.hidden_size, dtype=dt)
-        layer_cls = nn.remat(LlamaDecoderLayer, static_argnums=()) if c.remat else LlamaDecoderLayer
+        # static: `keep` (argument 8 counting self) decides shapes
+        layer_cls = nn.remat(LlamaDecoderLayer, static_argnums=(8,)) if c.remat else LlamaDecoderLayer
         self.layers = [layer_cls(c, memory_block=self.memory_block if i in self.memory_layers else None)
                        for i in range(c.num_hidden_layers)]
         self.norm = RMSNorm(c.rms_norm_eps, dtype=dt)
 
     def __call__(self, input_ids_BL=None, attention_mask_BL=None, position_ids_BL=None,
-                 cache: KVCache | None = None, inputs_embeds_BLD=None, memory=None):
-        """Returns (hidden_BLD after the final norm, new cache or None)."""
+                 cache: KVCache | None = None, inputs_embeds_BLD=None, memory=None, keep: int = 0):
+        """Returns (hidden_BLD after the final norm, new cache or None). keep > 0: hidden states
+        of the last `keep` positions only [B, keep, D] (the last layer computes no others)."""
         c = self.config
+        if inputs_embeds_BLD is None:
+            b, l = input_ids_BL.shape
+        else:
+            b, l = inputs_embeds_BLD.shape[:2]
+        if (self.shared_prefix and l > self.shared_prefix and position_ids_BL is None
+                and inputs_embeds_BLD is None):
+            if attention_mask_BL is None:
+                attention_mask_BL = jnp.ones((b, l), jnp.int32)
+            return self._shared_prefix_forward(input_ids_BL, attention_mask_BL, cache, memory, keep)
         x = self.embed_tokens(input_ids_BL) if inputs_embeds_BLD is None else inputs_embeds_BLD
-        b, l = x.shape[:2]
         if attention_mask_BL is None:
             attention_mask_BL = jnp.ones((b, l), jnp.int32)
         if position_ids_BL is None:
             position_ids_BL = default_positions(attention_mask_BL, cache)
         x = constrain(x, ("batch", "length", "embed"))
-        cos, sin = rope_cos_sin(position_ids_BL, inverse_frequencies(c.head_size, c.rope_theta, c.rope_dict))
+        x, layer_kvs, valid = self._run(range(c.num_hidden_layers), x, position_ids_BL,
+                                        attention_mask_BL, cache, memory, keep)
+        return self.norm(x), written_cache(cache, layer_kvs, valid, l)
+
+    def _run(self, layers, x, positions_BL, attention_mask_BL, cache, memory, keep=0):
+        """Layers `layers` (indices) on x against `cache` (or alone); -> (x, [(k, v)], valid).
+        keep > 0: x comes back as its last `keep` positions (the model's last layer, if among
+        `layers`, computes only those)."""
+        c = self.config
+        cos, sin = rope_cos_sin(positions_BL, inverse_frequencies(c.head_size, c.rope_theta, c.rope_dict))
         mask, index, valid = decoder_mask(attention_mask_BL, cache, c.sliding_window)
-        layer_kvs = []
-        for i, layer in enumerate(self.layers):
-            kv = None if cache is None else cache.layer(i)
-            x, new_kv = layer(x, cos, sin, mask, kv, index, memory)
-            layer_kvs.append(new_kv)
-        new_cache = written_cache(cache, layer_kvs, valid, l)
-        return self.norm(x), new_cache
+        kvs = []
+        for i in layers:
+            last = keep if i == c.num_hidden_layers - 1 else 0
+            x, kv = self.layers[i](x, cos, sin, mask, None if cache is None else cache.layer(i),
+                                   index, memory, last)
+            kvs.append(kv)
+        if keep and x.shape[1] != keep:
+            x = x[:, x.shape[1] - keep:]
+        return x, kvs, valid
+
+    def _shared_prefix_forward(self, input_ids_BL, attention_mask_BL, cache, memory, keep=0):
+        """Same result as the plain forward, for rows that all begin with the same shared_prefix
+        real tokens (row 0's are used), cheaper: layers below prefix_split, which hold nothing
+        that differs between rows (no memory, no adapter), run on the prefix once (batch 1) and
+        on each row's remainder against the prefix's keys/values; layers from prefix_split up
+        run on whole rows. With the GMT template (84 shared tokens of ~100) this removes about
+        two thirds of the work of the lower layers. Only for a prompt pass into an empty cache
+        (or none): `cache` (if given) is filled for every layer as the plain forward fills it.
+        """
+        c = self.config
+        p, split, n = self.shared_prefix, self.prefix_split, c.num_hidden_layers
+        b, l = input_ids_BL.shape
+        slots = l if cache is None else cache.slots
+        lower = range(split)
+        # 1. The shared prefix, once.
+        pre = KVCache.zeros(split, 1, slots, c.num_key_value_heads, c.head_size, to_dtype(c.dtype))
+        ones_1P = jnp.ones((1, p), attention_mask_BL.dtype)
+        x_1PD, kvs, valid = self._run(lower, self.embed_tokens(input_ids_BL[:1, :p]),
+                                      default_positions(ones_1P, pre), ones_1P, pre, None)
+        pre = written_cache(pre, kvs, valid, p)
+        # 2. Each row's remainder, reading the prefix's keys/values (broadcast over rows).
+        rows = lambda a: jnp.broadcast_to(a, (b,) + a.shape[1:])
+        pre = KVCache(tuple(map(rows, pre.keys)), tuple(map(rows, pre.values)), rows(pre.valid_BS),
+                      pre.index)
+        rest_BS = attention_mask_BL[:, p:]
+        x_BSD, lower_kvs, _ = self._run(lower, self.embed_tokens(input_ids_BL[:, p:]),
+                                        default_positions(rest_BS, pre), rest_BS, pre, None)
+        # 3. Whole rows through the layers that differ per row.
+        x = constrain(jnp.concatenate([rows(x_1PD), x_BSD], 1), ("batch", "length", "embed"))
+        x, upper_kvs, valid = self._run(range(split, n), x, default_positions(attention_mask_BL, cache),
+                                        attention_mask_BL, cache, memory, keep)
+        return self.norm(x), written_cache(cache, lower_kvs + upper_kvs, valid, l)
 
 
 class LlamaForCausalLM(nn.Module):
-    """Causal LM: __call__(input_ids [B, L], ...) -> (logits [B, L, V] fp32, cache)."""
+    """Causal LM: __call__(input_ids [B, L], ...) -> (logits [B, L, V] fp32, cache).
+
+    shared_prefix / prefix_split: see LlamaModel._shared_prefix_forward (same parameters; use
+    only on batches whose rows all start with the same shared_prefix real tokens)."""
 
     config: LlamaConfig
     memory_block: Optional[Any] = None
     memory_layers: tuple = ()
+    shared_prefix: int = 0
+    prefix_split: int = 0
 
     def setup(self):
         c = self.config
-        self.model = LlamaModel(c, memory_block=self.memory_block, memory_layers=tuple(self.memory_layers))
+        self.model = LlamaModel(c, memory_block=self.memory_block, memory_layers=tuple(self.memory_layers),
+                                shared_prefix=self.shared_prefix, prefix_split=self.prefix_split)
         if not c.tie_word_embeddings:
             self.lm_head = Projection(c.vocab_size, axes=("embed", "vocab"), dtype=to_dtype(c.dtype))
 
     def __call__(self, input_ids_BL=None, attention_mask_BL=None, position_ids_BL=None,
                  cache: KVCache | None = None, inputs_embeds_BLD=None, memory=None,
-                 return_hidden: bool = False):
+                 return_hidden: bool = False, logits_to_keep: int = 0):
+        """logits_to_keep > 0 (HF's argument): logits (and hidden) of the last n positions only;
+        the last decoder layer then computes only those (a prompt pass before decoding needs 1)."""
         h, cache = self.model(input_ids_BL, attention_mask_BL, position_ids_BL, cache,
-                              inputs_embeds_BLD, memory)
+                              inputs_embeds_BLD, memory, logits_to_keep)
         logits = self.lm_head(h) if not self.config.tie_word_embeddings else self.model.embed_tokens.attend(h)
         logits = constrain(logits.astype(jnp.float32), ("batch", "length", "vocab"))
         if return_hidden:

@@ -77,6 +77,7 @@ class GMTSystem(LMSystem):
         self.specs = [] if p["mode"] == "base" else self.specs
         self.gcfg = self._graph_config(llm_dim=c.hidden_size)
         self.pad_id = 0
+        self.prefix_ids, self.train_prefix = [], 0
         self._data = None
         if load_data:
             self.data()
@@ -237,15 +238,18 @@ class GMTSystem(LMSystem):
                                         "target_tokens": mask.sum()}
 
     def token_logprobs(self, trainable, frozen, batch, rng=None, train=False, graph_rng=None,
-                       window=None):
+                       window=None, prefix: int | None = None):
         """log p(token j | tokens < j) for the last K positions [B, K] (K = the response window,
-        or L-1 with train_on_inputs): the LM head runs only where a loss can be."""
+        or L-1 with train_on_inputs): the LM head runs only where a loss can be.
+        prefix: the shared prefix the rows were packed with (`shared_len`; None = training data's)."""
         ids, att = batch["input_ids"], batch["attention_mask"]
         k = window or (ids.shape[1] - 1 if self.p["train_on_inputs"] else self.resp_window)
         mem = self.memory(trainable, frozen, batch, deterministic=not train, rng=graph_rng)
         drop = train and any(s.dropout > 0 for s in self.specs)
-        logits = self.module.apply(self.variables(trainable, frozen), ids, att, mem, k,
-                                   method=_window_logits, rngs={"dropout": rng} if drop else {})
+        variables = self.variables(trainable, frozen)
+        module = self.module_for(self.train_prefix if prefix is None else prefix, variables["params"])
+        logits = module.apply(variables, ids, att, mem, k,
+                              method=_window_logits, rngs={"dropout": rng} if drop else {})
         tgt = ids[:, -k:]
         return -optax.softmax_cross_entropy_with_integer_labels(logits, tgt)
 
@@ -269,10 +273,52 @@ class GMTSystem(LMSystem):
         toi = self.p["train_on_inputs"] if train_on_inputs is None else train_on_inputs
         enc = D.encode_records(self.tokenizer, records, self.p["add_eos"],
                                getattr(self.tokenizer, "eos_token_id", None))
-        ids, att, lm = D.pack(enc, self.cfg.data.seq_len, self.pad_id, toi)
+        pre = self.prefix_ids
+        shared = bool(len(pre)) and not toi and all(      # (a truncated row loses its prefix)
+            plen > len(pre) and len(full) <= self.cfg.data.seq_len and full[:len(pre)] == pre
+            for full, plen in enc)
+        ids, att, lm = D.pack(enc, self.cfg.data.seq_len, self.pad_id, toi, len(pre) if shared else 0)
         out = {"input_ids": ids, "attention_mask": att, "loss_mask": lm}
         out.update(self.edges(np.asarray([r["embedding_ids"] for r in records], np.int64)))
         return out
+
+    # ---- shared prompt prefix ---------------------------------------------------------------------
+    # Every classification prompt starts with the same Alpaca header + instruction (84 SmolLM2
+    # tokens of ~100). encode() keeps those tokens at the front of each row; the layers below the
+    # first memory/adapter layer then compute them once per batch (LlamaModel shared_prefix).
+    def shared_len(self, batch) -> int:
+        """The shared prefix length a packed (numpy) batch can use: len(prefix_ids) if every row
+        begins with those real tokens, else 0 (plain forward)."""
+        pre = np.asarray(self.prefix_ids, np.int64)
+        n = len(pre)
+        if not n or batch["input_ids"].shape[1] <= n:
+            return 0
+        ok = (np.asarray(batch["attention_mask"])[:, :n] == 1).all() and (
+            np.asarray(batch["input_ids"])[:, :n] == pre[None]).all()
+        return n if ok else 0
+
+    def prefix_split(self, llm) -> int:
+        """First layer holding anything trained (memory block or adapter): the layers below it
+        are the same for every row. 0 if an adapter sits outside the decoder layers."""
+        from gmem.adapters.core import placements
+        from gmem.adapters.targets import layer_index
+        layers = list(self.memory_layers) if self.use_graph else []
+        for spec in self.specs:
+            for paths in placements(spec, llm).values():
+                for path in paths:
+                    i = layer_index(path.replace("/layers_", ".").replace("/", ".") + ".")
+                    if i is None:
+                        return 0
+                    layers.append(i)
+        return min(layers, default=self.model_config.num_hidden_layers)
+
+    def module_for(self, prefix: int, llm):
+        """self.module, or its shared-prefix twin (same parameters) for batches packed with a
+        shared prefix of `prefix` tokens."""
+        split = self.prefix_split(llm) if prefix else 0
+        if not (prefix and split) or not hasattr(self.module, "shared_prefix"):
+            return self.module
+        return self.module.clone(shared_prefix=int(prefix), prefix_split=int(split), parent=None)
 
     def edges(self, triples):
         rel, nbr, m = G.query_edges(self.index, triples, self.p["mask_query"], self.num_edges, self._padded)
@@ -294,9 +340,11 @@ class GMTSystem(LMSystem):
             self.num_edges = -(-G.max_query_edges(self.index, trip) // 16) * 16
             enc = D.encode_records(self.tokenizer, train, p["add_eos"], getattr(self.tokenizer, "eos_token_id", None))
             self.resp_window = max(len(f) - n for f, n in enc) + 1
+            self.prefix_ids = [] if p["train_on_inputs"] else list(enc[0][0][:D.common_prefix(enc)])
             if not p["train_on_inputs"] and self.resp_window > d.seq_len - 1:
                 raise GmemError(f"data.seq_len={d.seq_len} is shorter than the longest response")
             self._data = {"train": self.encode(train)}
+            self.train_prefix = self.shared_len(self._data["train"])
         return self._data
 
     def batch_shapes(self) -> dict:
@@ -341,8 +389,8 @@ class GMTSystem(LMSystem):
 
 def _window_logits(m, ids, att, memory, k):
     """Logits [B, k, V] predicting the last k tokens (the LM head runs on k positions only)."""
-    h, _ = m.model(ids, att, None, None, None, memory)
-    h = h[:, -k - 1:-1]
+    h, _ = m.model(ids, att, None, None, None, memory, k + 1)     # last layer: k + 1 positions
+    h = h[:, :-1]
     logits = m.lm_head(h) if not m.config.tie_word_embeddings else m.model.embed_tokens.attend(h)
     return logits.astype(jnp.float32)
 

@@ -190,23 +190,49 @@ def encode_records(tok, records: Sequence[dict], add_eos: bool = False, eos_id: 
     return out
 
 
-def pack(encoded, seq_len: int, pad_id: int, train_on_inputs: bool):
-    """Left-padded rows: ids int32 [n, L], attention mask int32 [n, L], loss mask float32 [n, L]
+def pack(encoded, seq_len: int, pad_id: int, train_on_inputs: bool, prefix_len: int = 0):
+    """Padded rows: ids int32 [n, L], attention mask int32 [n, L], loss mask float32 [n, L]
     (1 where position j's token is a target: the response, or prompt + response when
-    train_on_inputs). Rows longer than L keep their last L tokens (the response survives;
-    GMT truncates at the end at cutoff_len=512, which for these prompts never triggers)."""
+    train_on_inputs). Rows are left-padded; with prefix_len > 0 (every row begins with the same
+    prefix_len tokens; response-only loss) the prefix stays at the front and the rest of the
+    row is left-padded after it: [prefix | pads | rest], which gives the same positions
+    (counted over real tokens) and lets LlamaModel share the prefix's work between rows. Rows longer than L keep their
+    last tokens (the response survives; GMT truncates at the end at cutoff_len=512, which for
+    these prompts never triggers)."""
+    if prefix_len and train_on_inputs:
+        raise ValueError("pack: a shared prefix needs the response-only loss (a target right "
+                         "after the pads would be predicted from a pad)")
     n = len(encoded)
     ids = np.full((n, seq_len), pad_id, np.int32)
     att = np.zeros((n, seq_len), np.int32)
     lm = np.zeros((n, seq_len), np.float32)
     for i, (full, plen) in enumerate(encoded):
-        cut = max(0, len(full) - seq_len)
+        head, full, plen = full[:prefix_len], full[prefix_len:], plen - prefix_len
+        room = seq_len - prefix_len
+        cut = max(0, len(full) - room)
         full, plen = full[cut:], max(0, plen - cut)
         s = seq_len - len(full)
+        ids[i, :prefix_len], att[i, :prefix_len] = head, 1
         ids[i, s:] = full
         att[i, s:] = 1
-        lm[i, s + (0 if train_on_inputs else plen):] = 1.0
+        # The first real token has no context, so it is never a target (as in HF's shift).
+        lm[i, s + (1 if train_on_inputs else plen):] = 1.0
     return ids, att, lm
+
+
+def common_prefix(encoded) -> int:
+    """Length of the token prefix every (full ids, prompt length) row shares, kept at least one
+    token short of the shortest prompt (the last prompt token must stay in each row's rest)."""
+    if not encoded:
+        return 0
+    first = encoded[0][0]
+    n = min(plen for _, plen in encoded) - 1
+    for full, _ in encoded[1:]:
+        k = 0
+        while k < n and full[k] == first[k]:
+            k += 1
+        n = k
+    return max(n, 0)
 
 
 # ---- answers ----------------------------------------------------------------------------------

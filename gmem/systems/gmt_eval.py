@@ -52,7 +52,8 @@ def generate_answers(system, trainable, frozen, records, max_new_tokens) -> list
         b = _pad_rows(system.encode(chunk), bsz)
         mem = mem_fn(trainable, frozen, {k: jnp.asarray(v) for k, v in b.items()})
         kw = {"memory": mem} if mem is not None else {}
-        g = generate(system.module, variables, b["input_ids"], b["attention_mask"],
+        module = system.module_for(system.shared_len(b), variables["params"])
+        g = generate(module, variables, b["input_ids"], b["attention_mask"],
                      max_new_tokens=max_new_tokens, eos_token_id=eos, pad_token_id=system.pad_id,
                      model_kwargs=kw)
         toks, lens = np.asarray(g.tokens), np.asarray(g.lengths)
@@ -74,19 +75,18 @@ def true_scores(system, trainable, frozen, triples, batch_size=None) -> np.ndarr
     """log p("True" | classification prompt of (h, r, t), memory(h, r, t)) per triple [n]."""
     triples = np.asarray(triples, np.int64).reshape(-1, 3)
     recs = D.classification_records(system.kg, triples, np.ones(len(triples), np.int32))
-    bsz = batch_size or system.p["lp_batch"]
-    win = system.resp_window
+    return _record_scores(system, trainable, frozen, recs, batch_size or system.p["lp_batch"])
 
-    def score(t, f, b):
-        lp = system.token_logprobs(t, f, b, window=win)
-        return (lp * b["loss_mask"][:, -win:]).sum(-1)
-    fn = _jitted(system, f"score{win}", score)
-    out = []
-    for i in range(0, len(recs), bsz):
-        chunk = recs[i:i + bsz]
-        b = _pad_rows(system.encode(chunk, train_on_inputs=False), bsz)
-        out.append(np.asarray(fn(trainable, frozen, {k: jnp.asarray(v) for k, v in b.items()}))[:len(chunk)])
-    return np.concatenate(out) if out else np.zeros((0,), np.float32)
+
+def _score_batch(system, trainable, frozen, b, win) -> np.ndarray:
+    """Summed log-probs of each row's response (the last `win` tokens, loss-masked) [B]."""
+    prefix = system.shared_len(b)
+
+    def score(t, f, batch):
+        lp = system.token_logprobs(t, f, batch, window=win, prefix=prefix)
+        return (lp * batch["loss_mask"][:, -win:]).sum(-1)
+    fn = _jitted(system, f"score{win}/{prefix}", score)
+    return np.asarray(fn(trainable, frozen, {k: jnp.asarray(v) for k, v in b.items()}))
 
 
 def filtered_rank(scores: np.ndarray, gold: int, exclude) -> float:
@@ -173,19 +173,16 @@ def evaluate(system, trainable, frozen) -> dict:
     return {"eval/loss": float(nll), "eval/accuracy": float(((s_true > s_false) == (gold == 1)).mean())}
 
 
-def _record_scores(system, trainable, frozen, recs) -> np.ndarray:
-    bsz = system.p["eval_batch"]
+def _record_scores(system, trainable, frozen, recs, bsz=None) -> np.ndarray:
+    """Summed log-probs of each record's response [n], in batches of bsz (eval_batch)."""
+    bsz = bsz or system.p["eval_batch"]
     win = system.resp_window
-
-    def score(t, f, b):
-        return (system.token_logprobs(t, f, b, window=win) * b["loss_mask"][:, -win:]).sum(-1)
-    fn = _jitted(system, f"rscore{win}", score)
     out = []
     for i in range(0, len(recs), bsz):
         chunk = recs[i:i + bsz]
         b = _pad_rows(system.encode(chunk, train_on_inputs=False), bsz)
-        out.append(np.asarray(fn(trainable, frozen, {k: jnp.asarray(v) for k, v in b.items()}))[:len(chunk)])
-    return np.concatenate(out)
+        out.append(_score_batch(system, trainable, frozen, b, win)[:len(chunk)])
+    return np.concatenate(out) if out else np.zeros((0,), np.float32)
 
 
 def stage1_ranking(system, trainable, frozen, split) -> dict:

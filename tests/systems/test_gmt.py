@@ -176,3 +176,23 @@ def test_stage2_reads_stage1_checkpoint(kg_dir, tmp_path):
     f = s2.load_base()
     np.testing.assert_array_equal(np.asarray(f["sgm"]["layers_0"]["linear1"]["kernel"]),
                                   np.asarray(state.trainable["layers_0"]["linear1"]["kernel"]))
+
+
+def test_shared_prefix_packing_is_exact(kg_dir):
+    # Rows fit in seq_len, so encode keeps the template's shared prefix at the front of each row
+    # and the loss / generation take LlamaModel's shared-prefix path; the plain module on the
+    # same packed rows (brute_loss) and plain packing (prefix_ids emptied) are the references.
+    s = make(kg_dir, "data.seq_len=512")
+    assert s.train_prefix > 0 and s.shared_len(s.batch(0)) == s.train_prefix
+    assert s.prefix_split(s.load_base()["llm"]) == min(s.memory_layers)
+    t, f = setup(s)
+    b = {k: jnp.asarray(v) for k, v in s.batch(0).items()}
+    loss, _ = s.loss(t, f, b, jax.random.PRNGKey(0))
+    np.testing.assert_allclose(float(loss), brute_loss(s, t, f, b), rtol=1e-5)
+    recs = s.records("test")[:4]
+    shared_scores = E._record_scores(s, t, f, recs)
+    shared_text = E.generate_answers(s, t, f, recs, 3)
+    s.prefix_ids = []
+    assert s.shared_len(s.encode(recs)) == 0
+    np.testing.assert_allclose(E._record_scores(s, t, f, recs), shared_scores, atol=1e-4)
+    assert E.generate_answers(s, t, f, recs, 3) == shared_text
