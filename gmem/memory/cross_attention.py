@@ -31,6 +31,7 @@ from typing import Any, Sequence
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
+from jax.sharding import PartitionSpec as P
 
 from gmem.errors import GmemError
 from gmem.models.common import to_dtype
@@ -141,6 +142,29 @@ def is_trainable_memory_param(path: Sequence[str]) -> bool:
     memory_layernorm (the copied q/k/v/o stay frozen). path: the param's keys."""
     keys = [str(getattr(k, "key", k)) for k in path]
     return BLOCK_NAME in keys and ("memory_gate" in keys or "memory_layernorm" in keys)
+
+
+def with_memory_params(llm: dict, mem: dict) -> dict:
+    """The LLM tree with the trainable gates/norms put into each memory block."""
+    model = dict(llm["model"])
+    for name, leaves in mem.items():
+        layer = dict(model[name])
+        layer[BLOCK_NAME] = dict(layer[BLOCK_NAME], **leaves)
+        model[name] = layer
+    return dict(llm, model=model)
+
+
+def memory_block_specs(llm_specs: dict, abs_llm: dict) -> dict:
+    """Logical specs for memory blocks (copies of self_attn: same specs; gate/norm replicated)."""
+    model = dict(llm_specs["model"])
+    for name, layer in abs_llm["model"].items():
+        if BLOCK_NAME in layer:
+            sa = model[name]["self_attn"]
+            blk = {k: sa[k] for k in ("q_proj", "k_proj", "v_proj", "o_proj")}
+            blk["memory_gate"] = P()
+            blk["memory_layernorm"] = {"scale": P(None)}
+            model[name] = dict(model[name], **{BLOCK_NAME: blk})
+    return dict(llm_specs, model=model)
 
 
 def _copy_dicts(tree):

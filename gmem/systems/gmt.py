@@ -27,7 +27,8 @@ from gmem.adapters import AdapterSpec, adapter_collection, init_adapters
 from gmem.errors import GmemError
 from gmem.graph.kg import NeighbourIndex
 from gmem.graph.layers import GraphMemoryConfig
-from gmem.memory.cross_attention import (BLOCK_NAME, init_from_self_attention, memory_block, top_layers)
+from gmem.memory.cross_attention import (BLOCK_NAME, init_from_self_attention, memory_block, memory_block_specs,
+                                          top_layers, with_memory_params)
 from gmem.models.llama import LlamaForCausalLM
 from gmem.systems import gmt_data as D
 from gmem.systems import gmt_graph as G
@@ -40,7 +41,7 @@ PARAMS = dict(
     num_memory_tokens=16, memory_heads=4, memory_layers=[], memory_top=8, gate="scalar",
     train_on_inputs=False, add_eos=False, sgm_ckpt="", train_graph_module=False,
     num_negatives=64, filtered_negatives=False, trainable_rel_semantics=False,
-    eval_split="test", max_eval=0, eval_batch=16, max_new_tokens=4,
+    eval_split="test", max_eval=0, eval_batch=16, max_new_tokens=4, memory_ablation="",
     lp_queries=0, lp_batch=64, lp_generate_queries=0, lp_candidates=20, import_ckpt="")
 
 
@@ -57,6 +58,8 @@ class GMTSystem(LMSystem):
         if p["stage"] not in (1, 2) or p["mode"] not in ("gmt", "lora", "base"):
             raise GmemError(f"system.params: stage must be 1 or 2 (got {p['stage']}), mode gmt|lora|base "
                             f"(got {p['mode']!r})")
+        if p["memory_ablation"] not in ("", "zero", "shuffle"):
+            raise GmemError(f"system.params.memory_ablation: '' | zero | shuffle, got {p['memory_ablation']!r}")
         self.kg, self.splits = D.load_kg(p["kg"], p["add_inverse"])
         self.index = NeighbourIndex.build(self.kg)
         self.known = np.concatenate([s for s in self.splits.values()], 0)
@@ -76,6 +79,8 @@ class GMTSystem(LMSystem):
                                            memory_layers=self.memory_layers)
         self.specs = [] if p["mode"] == "base" else self.specs
         self.gcfg = self._graph_config(llm_dim=c.hidden_size)
+        if self.use_graph and p["sgm_ckpt"]:
+            self._load_stage1(None)     # now, not inside a trace (abstract_base runs load_base under eval_shape)
         self.pad_id = 0
         self.prefix_ids, self.train_prefix = [], 0
         self._data = None
@@ -170,7 +175,7 @@ class GMTSystem(LMSystem):
         specs = jax.tree_util.tree_map(lambda a: P(*([None] * a.ndim)), abs_)
         if self.p["stage"] == 2:
             _, llm_specs = LMSystem.abstract_base(self)
-            specs["llm"] = _with_memory_specs(llm_specs, abs_["llm"])
+            specs["llm"] = memory_block_specs(llm_specs, abs_["llm"])
         return abs_, specs
 
     def init_trainable(self, base, rng, imported=True):
@@ -205,7 +210,7 @@ class GMTSystem(LMSystem):
     def variables(self, trainable, frozen) -> dict:
         llm = frozen["llm"]
         if self.use_graph:
-            llm = _with_memory_params(llm, trainable["mem"])
+            llm = with_memory_params(llm, trainable["mem"])
         v = {"params": llm}
         if self.specs:
             v["adapter"] = adapter_collection(self.specs, trainable["lora"], llm)
@@ -218,8 +223,16 @@ class GMTSystem(LMSystem):
         enc = trainable["enc"]
         if self.p["train_graph_module"]:
             enc = dict(enc, sgm=dict(enc["sgm"], rel_semantic=frozen["rel_semantic"]))
-            return G.graph_memory(self.gcfg, enc, batch, frozen["hist"], None, deterministic, rng)
-        return G.graph_memory(self.gcfg, enc, batch, table=frozen["table"])
+            mem = G.graph_memory(self.gcfg, enc, batch, frozen["hist"], None, deterministic, rng)
+        else:
+            mem = G.graph_memory(self.gcfg, enc, batch, table=frozen["table"])
+        # Diagnostics (infer.py): does the model read its memory? "zero": no memory content;
+        # "shuffle": each row gets the next row's memory (another triple's subgraph).
+        if self.p["memory_ablation"] == "zero":
+            mem = jnp.zeros_like(mem)
+        elif self.p["memory_ablation"] == "shuffle":
+            mem = jnp.roll(mem, 1, axis=0)
+        return mem
 
     # ---- loss ---------------------------------------------------------------------------------
     def loss(self, trainable, frozen, batch: dict, rng):
@@ -397,29 +410,6 @@ def _window_logits(m, ids, att, memory, k):
 
 def _without(tree: dict, keys) -> dict:
     return {k: v for k, v in tree.items() if k not in keys}
-
-
-def _with_memory_params(llm: dict, mem: dict) -> dict:
-    """The LLM tree with the trainable gates/norms put into each memory block."""
-    model = dict(llm["model"])
-    for name, leaves in mem.items():
-        layer = dict(model[name])
-        layer[BLOCK_NAME] = dict(layer[BLOCK_NAME], **leaves)
-        model[name] = layer
-    return dict(llm, model=model)
-
-
-def _with_memory_specs(llm_specs: dict, abs_llm: dict) -> dict:
-    """Logical specs for memory blocks (copies of self_attn: same specs; gate/norm replicated)."""
-    model = dict(llm_specs["model"])
-    for name, layer in abs_llm["model"].items():
-        if BLOCK_NAME in layer:
-            sa = model[name]["self_attn"]
-            blk = {k: sa[k] for k in ("q_proj", "k_proj", "v_proj", "o_proj")}
-            blk["memory_gate"] = P()
-            blk["memory_layernorm"] = {"scale": P(None)}
-            model[name] = dict(model[name], **{BLOCK_NAME: blk})
-    return dict(llm_specs, model=model)
 
 
 def build(cfg, load_data: bool = True) -> GMTSystem:

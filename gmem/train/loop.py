@@ -194,13 +194,17 @@ def _train(cfg, system, mesh, log, interrupted) -> dict:
                     raise GmemError(f"step {step}: loss is {metrics['loss']}, grad norm is "
                                     f"{metrics['grad_norm']}; training stopped (last good checkpoint: {where})")
                 now = time.perf_counter()
-                metrics["tokens_per_s"] = metrics.get("tokens", 0.0) / max(now - t_last, 1e-9)
+                # Throughput in the unit the system counts: tokens (LMs) or triples (GMT stage 1).
+                unit = "tokens" if "tokens" in metrics or "triples" not in metrics else "triples"
+                metrics[f"{unit}_per_s"] = metrics.get(unit, 0.0) / max(now - t_last, 1e-9)
                 t_last = now
                 losses.append(metrics["loss"])
                 if step % cfg.train.log_every == 0 or step == total:
                     writer.write(step, metrics)
                 if pbar is not None:
-                    pbar.set_postfix(loss=f"{metrics['loss']:.4f}", tok_s=f"{metrics['tokens_per_s']:.0f}")
+                    rate = ({"tok_s": f"{metrics['tokens_per_s']:.0f}"} if unit == "tokens"
+                            else {"triples_s": f"{metrics['triples_per_s']:.0f}"})
+                    pbar.set_postfix(loss=f"{metrics['loss']:.4f}", **rate)
                     pbar.update(1)
                 ev = None
                 if cfg.eval.every and (step % cfg.eval.every == 0 or step == total):

@@ -173,6 +173,8 @@ def test_stage2_reads_stage1_checkpoint(kg_dir, tmp_path):
     s2 = make(kg_dir, f"system.params.sgm_ckpt={tmp_path / 's1'}")
     from gmem.train.infer import restore_run
     _, _, _, state, _, _ = restore_run(tmp_path / "s1")
+    assert s2._stage1 is not None              # read at construction, never inside a trace
+    s2.abstract_base()                         # train.py's plan: load_base under jax.eval_shape
     f = s2.load_base()
     np.testing.assert_array_equal(np.asarray(f["sgm"]["layers_0"]["linear1"]["kernel"]),
                                   np.asarray(state.trainable["layers_0"]["linear1"]["kernel"]))
@@ -196,3 +198,22 @@ def test_shared_prefix_packing_is_exact(kg_dir):
     assert s.shared_len(s.encode(recs)) == 0
     np.testing.assert_allclose(E._record_scores(s, t, f, recs), shared_scores, atol=1e-4)
     assert E.generate_answers(s, t, f, recs, 3) == shared_text
+
+
+def test_memory_ablation_diagnostics(kg_dir):
+    s = make(kg_dir)
+    t, f = setup(s)
+    b = {k: jnp.asarray(v) for k, v in s.batch(0).items()}
+    mem = np.asarray(s.memory(t, f, b))
+    closed = jax.tree_util.tree_map_with_path(          # every gate shut: the base LLM exactly
+        lambda p, x: x * 0 if any(getattr(k, "key", None) == "memory_gate" for k in p) else x, t)
+    base = np.asarray(s.token_logprobs(closed, f, b))
+    live = np.asarray(s.token_logprobs(t, f, b))
+    assert np.abs(live - base).max() > 1e-4
+    s.p["memory_ablation"] = "shuffle"                  # row i reads row i-1's subgraph
+    np.testing.assert_array_equal(np.asarray(s.memory(t, f, b)), np.roll(mem, 1, axis=0))
+    s.p["memory_ablation"] = "zero"                     # zero keys/values: the block adds 0
+    np.testing.assert_allclose(np.asarray(s.token_logprobs(t, f, b)), base, atol=1e-5)
+    s.p["memory_ablation"] = ""
+    with pytest.raises(Exception, match="memory_ablation"):
+        make(kg_dir, "system.params.memory_ablation=bogus")
