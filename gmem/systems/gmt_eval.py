@@ -13,6 +13,8 @@
 
 from __future__ import annotations
 
+import time
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -31,6 +33,16 @@ def _pad_rows(batch: dict, n: int) -> dict:
     return {k: np.concatenate([v, np.repeat(v[-1:], n - m, 0)]) for k, v in batch.items()}
 
 
+def _progress(it, desc, per_item, total):
+    """tqdm over batch starts, counted in prompts (long evaluations show progress and ETA)."""
+    from tqdm.auto import tqdm
+    bar = tqdm(total=total, desc=desc, unit="prompt", leave=False, mininterval=5.0)
+    for x in it:
+        yield x
+        bar.update(min(per_item, total - bar.n))
+    bar.close()
+
+
 def _jitted(system, name, fn):
     cache = system.__dict__.setdefault("_eval_jits", {})
     if name not in cache:
@@ -47,7 +59,7 @@ def generate_answers(system, trainable, frozen, records, max_new_tokens) -> list
     variables = system.variables(trainable, frozen)
     eos = getattr(system.tokenizer, "eos_token_id", None)
     out = []
-    for i in range(0, len(prompts), bsz):
+    for i in _progress(range(0, len(prompts), bsz), "generate", bsz, len(prompts)):
         chunk = prompts[i:i + bsz]
         b = _pad_rows(system.encode(chunk), bsz)
         mem = mem_fn(trainable, frozen, {k: jnp.asarray(v) for k, v in b.items()})
@@ -110,7 +122,8 @@ def link_prediction_scoring(system, trainable, frozen, queries) -> tuple[list[di
     n_ent = system.kg.num_entities
     tails = known_tails(system)
     rows, ranks = [], []
-    for h, r, t in np.asarray(queries).tolist():
+    queries = np.asarray(queries).tolist()
+    for h, r, t in _progress(queries, "link prediction (all entities)", 1, len(queries)):
         cand = np.stack([np.full(n_ent, h), np.full(n_ent, r), np.arange(n_ent)], 1)
         s = true_scores(system, trainable, frozen, cand)
         rank = filtered_rank(s, t, tails.get((h, r), set()) - {t})
@@ -213,12 +226,16 @@ def predict(system, trainable, frozen) -> tuple[list[dict], dict]:
     if p["stage"] == 1:
         return [], {k.replace("eval/", "test/"): v for k, v in stage1_ranking(system, trainable, frozen, "test").items()}
     recs = _split_records(system, p["eval_split"])
+    t0 = time.perf_counter()
     rows, m = classify(system, trainable, frozen, recs)
     metrics = {f"tc/{k}": v for k, v in m.items()}
+    metrics["tc/seconds"] = time.perf_counter() - t0        # includes compilation
     pos = np.asarray([r["embedding_ids"] for r in recs if D.parse_classification(r["output"])])
     if p["lp_queries"] and len(pos):
+        t0 = time.perf_counter()
         lrows, lm = link_prediction_scoring(system, trainable, frozen, pos[:p["lp_queries"]])
         metrics.update({f"lp_score/{k}": v for k, v in lm.items()})
+        metrics["lp_score/seconds"] = time.perf_counter() - t0
         rows += lrows
     if p["lp_generate_queries"] and len(pos):
         grows, gm = link_prediction_generated(system, trainable, frozen, pos[:p["lp_generate_queries"]])
