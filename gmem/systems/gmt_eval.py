@@ -33,10 +33,11 @@ def _pad_rows(batch: dict, n: int) -> dict:
     return {k: np.concatenate([v, np.repeat(v[-1:], n - m, 0)]) for k, v in batch.items()}
 
 
-def _progress(it, desc, per_item, total):
-    """tqdm over batch starts, counted in prompts (long evaluations show progress and ETA)."""
+def _progress(it, desc, per_item, total, unit="prompt"):
+    """tqdm over batch starts, counted in prompts or queries (long evaluations show progress
+    and ETA)."""
     from tqdm.auto import tqdm
-    bar = tqdm(total=total, desc=desc, unit="prompt", leave=False, mininterval=5.0)
+    bar = tqdm(total=total, desc=desc, unit=unit, leave=False, mininterval=5.0)
     for x in it:
         yield x
         bar.update(min(per_item, total - bar.n))
@@ -123,7 +124,7 @@ def link_prediction_scoring(system, trainable, frozen, queries) -> tuple[list[di
     tails = known_tails(system)
     rows, ranks = [], []
     queries = np.asarray(queries).tolist()
-    for h, r, t in _progress(queries, "link prediction (all entities)", 1, len(queries)):
+    for h, r, t in _progress(queries, "link prediction (all entities)", 1, len(queries), "query"):
         cand = np.stack([np.full(n_ent, h), np.full(n_ent, r), np.arange(n_ent)], 1)
         s = true_scores(system, trainable, frozen, cand)
         rank = filtered_rank(s, t, tails.get((h, r), set()) - {t})
