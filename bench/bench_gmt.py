@@ -22,12 +22,10 @@ import time
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 import jax  # noqa: E402
-import numpy as np  # noqa: E402
 
 from gmem import config as gconfig  # noqa: E402
 from gmem.train import sharding as shd  # noqa: E402
 from gmem.train.loop import make_plan  # noqa: E402
-from gmem.train.state import create_state  # noqa: E402
 
 CONFIGS = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "configs")
 
@@ -42,9 +40,7 @@ def train_steps(config, overrides, steps, tokens_key="tokens"):
     system = GMTSystem(cfg)
     plan = make_plan(cfg, system)
     with plan.context():
-        frozen = jax.device_put(system.load_base(), plan.frozen_sh)
-        state = jax.device_put(create_state(system.init_trainable(frozen, jax.random.PRNGKey(0)),
-                                            plan.optimizer, 0), plan.state_sh)
+        frozen, state = plan.fresh_state(system)
         batch = shd.global_batch(plan.mesh, system.batch(0), plan.rules)
         state, m = plan.step(state, frozen, batch)          # compile
         jax.block_until_ready(m)

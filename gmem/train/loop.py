@@ -74,6 +74,14 @@ class Plan:
         """Mesh + logical rules in scope, so `constrain` inside the model resolves."""
         return _Ctx(self.mesh, self.rules)
 
+    def fresh_state(self, system, seed: int = 0):
+        """(frozen base, new TrainState) placed on this plan's shardings: trainables from
+        system.init_trainable(PRNGKey(seed)), optimizer state fresh, rng from seed. Call
+        inside context()."""
+        frozen = jax.device_put(system.load_base(), self.frozen_sh)
+        trainable = system.init_trainable(frozen, jax.random.PRNGKey(seed))
+        return frozen, jax.device_put(create_state(trainable, self.optimizer, seed), self.state_sh)
+
 
 class _Ctx:
     def __init__(self, mesh, rules):
@@ -159,16 +167,15 @@ def _train(cfg, system, mesh, log, interrupted) -> dict:
     summary: dict = {"run_dir": str(run_dir), "checkpoint_dir": str(ckpt.directory)}
     try:
         with plan.context():
-            frozen = jax.device_put(system.load_base(), plan.frozen_sh)
             start, position = 0, 0
             if cfg.train.resume and ckpt.latest_step() is not None:
+                frozen = jax.device_put(system.load_base(), plan.frozen_sh)
                 target = abstract_with_shardings(plan.abstract_state, plan.state_sh)
                 state, meta = ckpt.restore(target, system.structure)
                 start, position = int(state.step), int(meta.get("data_position", int(state.step)))
                 log(f"resumed from {ckpt.directory}/{start} (data position {position})")
             else:
-                trainable = system.init_trainable(frozen, jax.random.PRNGKey(cfg.train.seed))
-                state = jax.device_put(create_state(trainable, plan.optimizer, cfg.train.seed), plan.state_sh)
+                frozen, state = plan.fresh_state(system, cfg.train.seed)
             last_saved = start if start else None
             eval_fn = jax.jit(lambda t, f, x: system.loss(t, f, x, jax.random.PRNGKey(0))[0])
 

@@ -115,11 +115,8 @@ def test_candidate_scoring_equals_brute_force(kg_dir):
 def _steps_reduce_loss(system, n=6):
     cfg = system.cfg
     plan = make_plan(cfg, system)
-    from gmem.train.state import create_state
     with plan.context():
-        frozen = jax.device_put(system.load_base(), plan.frozen_sh)
-        state = jax.device_put(create_state(system.init_trainable(frozen, jax.random.PRNGKey(0)),
-                                            plan.optimizer, 0), plan.state_sh)
+        frozen, state = plan.fresh_state(system)
         batch = shd.global_batch(plan.mesh, system.batch(0), plan.rules)
         losses = []
         for _ in range(n):

@@ -12,16 +12,13 @@ from gmem.systems.lm import LMSystem
 from gmem.train import sharding as shd
 from gmem.train.checkpoint import Checkpointer, abstract_with_shardings, open_checkpoint
 from gmem.train.loop import make_plan
-from gmem.train.state import create_state
 from train_helpers import tiny_cfg
 
 
 def trained_state(cfg, system, mesh, steps=2):
     plan = make_plan(cfg, system, mesh)
     with plan.context():
-        frozen = jax.device_put(system.load_base(), plan.frozen_sh)
-        state = jax.device_put(create_state(system.init_trainable(frozen, jax.random.PRNGKey(0)),
-                                            plan.optimizer, 0), plan.state_sh)
+        frozen, state = plan.fresh_state(system)
         for i in range(steps):
             state, _ = plan.step(state, frozen, shd.global_batch(plan.mesh, system.batch(i), plan.rules))
     return plan, state

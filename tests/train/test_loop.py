@@ -18,7 +18,6 @@ from gmem.systems.lm import LMSystem
 from gmem.train import sharding as shd
 from gmem.train.checkpoint import Checkpointer
 from gmem.train.loop import make_plan, train
-from gmem.train.state import create_state
 from train_helpers import ROOT, tiny_cfg
 
 
@@ -104,9 +103,7 @@ def run_lm(cfg, steps=3):
     system = LMSystem(cfg)
     plan = make_plan(cfg, system, shd.make_mesh(devices=jax.devices()[:2]))
     with plan.context():
-        frozen = jax.device_put(system.load_base(), plan.frozen_sh)
-        state = jax.device_put(create_state(system.init_trainable(frozen, jax.random.PRNGKey(0)),
-                                            plan.optimizer, 0), plan.state_sh)
+        frozen, state = plan.fresh_state(system)
         losses = []
         for i in range(steps):
             state, m = plan.step(state, frozen, shd.global_batch(plan.mesh, system.batch(i), plan.rules))
