@@ -328,10 +328,16 @@ class GMTSystem(LMSystem):
     def module_for(self, prefix: int, llm):
         """self.module, or its shared-prefix twin (same parameters) for batches packed with a
         shared prefix of `prefix` tokens."""
-        split = self.prefix_split(llm) if prefix else 0
-        if not (prefix and split) or not hasattr(self.module, "shared_prefix"):
+        if not prefix or not hasattr(self.module, "shared_prefix"):
             return self.module
-        return self.module.clone(shared_prefix=int(prefix), prefix_split=int(split), parent=None)
+        # One twin per prefix length: the split is fixed by the config, so it is found once
+        # (not per evaluation batch) and generate's jit sees the same module each call.
+        twins = self.__dict__.setdefault("_prefix_modules", {})
+        if prefix not in twins:
+            split = self.prefix_split(llm)
+            twins[prefix] = (self.module.clone(shared_prefix=int(prefix), prefix_split=int(split), parent=None)
+                             if split else self.module)
+        return twins[prefix]
 
     def edges(self, triples):
         rel, nbr, m = G.query_edges(self.index, triples, self.p["mask_query"], self.num_edges, self._padded)
