@@ -42,7 +42,8 @@ PARAMS = dict(
     train_on_inputs=False, add_eos=False, sgm_ckpt="", train_graph_module=False,
     num_negatives=64, filtered_negatives=False, trainable_rel_semantics=False,
     eval_split="test", max_eval=0, eval_batch=16, max_new_tokens=4, memory_ablation="",
-    lp_queries=0, lp_batch=64, lp_generate_queries=0, lp_candidates=20, import_ckpt="")
+    lp_queries=0, lp_batch=64, lp_generate_queries=0, lp_candidates=20, import_ckpt="",
+    pad_to_multiple_of=0)
 
 
 class GMTSystem(LMSystem):
@@ -58,6 +59,9 @@ class GMTSystem(LMSystem):
         if p["stage"] not in (1, 2) or p["mode"] not in ("gmt", "lora", "base"):
             raise GmemError(f"system.params: stage must be 1 or 2 (got {p['stage']}), mode gmt|lora|base "
                             f"(got {p['mode']!r})")
+        if not isinstance(p["pad_to_multiple_of"], int) or p["pad_to_multiple_of"] < 0:
+            raise GmemError(f"system.params.pad_to_multiple_of: a whole number >= 0 (0 = every batch "
+                            f"padded to data.seq_len), got {p['pad_to_multiple_of']!r}")
         if p["memory_ablation"] not in ("", "zero", "shuffle"):
             raise GmemError(f"system.params.memory_ablation: '' | zero | shuffle, got {p['memory_ablation']!r}")
         self.kg, self.splits = D.load_kg(p["kg"], p["add_inverse"])
@@ -387,14 +391,18 @@ class GMTSystem(LMSystem):
         pos = index * b + np.arange(b)
         epoch, within = pos // n, pos % n
         rows = np.asarray([np.random.default_rng([self.cfg.data.seed, int(e)]).permutation(n)[w]
-                           for e, w in zip(epoch, within)])[host]
+                           for e, w in zip(epoch, within)])
         if self.p["stage"] == 1:
-            pos3 = data[rows]
+            pos3 = data[rows[host]]
             rng = np.random.default_rng([self.cfg.data.seed, 1, int(index)])
             neg = D.corrupt(pos3, self.kg.num_entities, rng, self.p["num_negatives"],
                             self.known if self.p["filtered_negatives"] else None, self.kg.num_relations)
             return {"pos": pos3.astype(np.int32), "neg": neg.astype(np.int32)}
-        return {k: v[rows] for k, v in data.items()}
+        out = {k: v[rows] for k, v in data.items()}
+        if self.p["pad_to_multiple_of"]:
+            # Width from the whole global batch, so that every host cuts the same columns.
+            out = D.trim_width(out, self.p["pad_to_multiple_of"], self.train_prefix)
+        return {k: v[host] for k, v in out.items()}
 
     # ---- evaluation (gmt_eval) ------------------------------------------------------------------
     def evaluate(self, trainable, frozen, eval_fn=None) -> dict:

@@ -220,6 +220,24 @@ def pack(encoded, seq_len: int, pad_id: int, train_on_inputs: bool, prefix_len: 
     return ids, att, lm
 
 
+def trim_width(arrays: dict, multiple: int, prefix_len: int = 0) -> dict:
+    """Cut a packed batch to its longest row rounded up to `multiple` columns (at most its
+    width), as HF's DataCollator(pad_to_multiple_of=...) pads to the longest row. The columns
+    removed are pad columns of every row: the leading ones of left-padded rows, or the ones
+    right after the shared prefix of [prefix | pads | rest] rows. arrays: {name: [n, L]} with
+    "attention_mask"; others of another shape (edges) pass through."""
+    att = np.asarray(arrays["attention_mask"])
+    length = att.shape[1]
+    need = int(att.sum(1).max()) if len(att) else length
+    width = min(length, -(-need // multiple) * multiple)
+    cut = length - width
+    if cut <= 0:
+        return arrays
+    keep = np.r_[0:prefix_len, prefix_len + cut:length]
+    return {k: (np.asarray(v)[:, keep] if np.ndim(v) == 2 and np.shape(v)[1] == length else v)
+            for k, v in arrays.items()}
+
+
 def common_prefix(encoded) -> int:
     """Length of the token prefix every (full ids, prompt length) row shares, kept at least one
     token short of the shortest prompt (the last prompt token must stay in each row's rest)."""

@@ -17,6 +17,7 @@ from gmem.graph.layers import GraphMemoryEncoder
 from gmem.systems import gmt_eval as E
 from gmem.systems.gmt import GMTSystem
 from gmem.train import sharding as shd
+from gmem.errors import GmemError
 from gmem.train.loop import make_plan
 
 CONFIGS = pathlib.Path(__file__).resolve().parents[2] / "configs"
@@ -195,6 +196,23 @@ def test_shared_prefix_packing_is_exact(kg_dir):
     assert s.shared_len(s.encode(recs)) == 0
     np.testing.assert_allclose(E._record_scores(s, t, f, recs), shared_scores, atol=1e-4)
     assert E.generate_answers(s, t, f, recs, 3) == shared_text
+
+
+def test_pad_to_multiple_of_cuts_batches_and_keeps_the_loss(kg_dir):
+    s = make(kg_dir, "data.seq_len=512")
+    cut = make(kg_dir, "data.seq_len=512", "system.params.pad_to_multiple_of=8")
+    t, f = setup(s)
+    for i in range(2):
+        full, short = s.batch(i), cut.batch(i)
+        width = short["input_ids"].shape[1]
+        assert width % 8 == 0 and width < 512 and width - 8 < full["attention_mask"].sum(1).max() <= width
+        np.testing.assert_array_equal(short["edge_rel"], full["edge_rel"])
+        j = lambda b: {k: jnp.asarray(v) for k, v in b.items()}
+        rng = jax.random.PRNGKey(0)
+        np.testing.assert_allclose(float(cut.loss(t, f, j(short), rng)[0]), float(s.loss(t, f, j(full), rng)[0]),
+                                   rtol=1e-5)
+    with pytest.raises(GmemError, match="pad_to_multiple_of"):
+        make(kg_dir, "system.params.pad_to_multiple_of=-8")
 
 
 def test_memory_ablation_diagnostics(kg_dir):

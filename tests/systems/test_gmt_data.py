@@ -75,6 +75,27 @@ def test_records_prompt_and_pack_masks():
     np.testing.assert_array_equal(lm2 * lm, lm)
 
 
+@pytest.mark.parametrize("prefix", [0, 3])
+def test_trim_width_drops_only_shared_pad_columns(prefix):
+    enc = [([1, 2, 3, 7, 8], 4), ([1, 2, 3, 9, 9, 9, 5], 6), ([1, 2, 3, 4], 3)]
+    ids, att, lm = D.pack(enc, 16, 0, False, prefix)
+    edges = np.arange(6).reshape(3, 2)
+    out = D.trim_width({"input_ids": ids, "attention_mask": att, "loss_mask": lm, "edge_rel": edges}, 4, prefix)
+    assert out["input_ids"].shape == (3, 8)                 # longest row 7 -> 8
+    np.testing.assert_array_equal(out["edge_rel"], edges)
+    # Every row keeps its real tokens and targets, in order; the prefix stays in front and
+    # the rest at the right end (positions count real tokens, so they do not change).
+    for i in range(3):
+        keep_old, keep_new = att[i] == 1, out["attention_mask"][i] == 1
+        np.testing.assert_array_equal(out["input_ids"][i][keep_new], ids[i][keep_old])
+        np.testing.assert_array_equal(out["loss_mask"][i][keep_new], lm[i][keep_old])
+        np.testing.assert_array_equal(out["input_ids"][i, -4:], ids[i, -4:])
+    np.testing.assert_array_equal(out["input_ids"][:, :prefix], ids[:, :prefix])
+    np.testing.assert_array_equal(np.sort(out["attention_mask"].sum(1)), np.sort(att.sum(1)))
+    np.testing.assert_array_equal(out["loss_mask"].sum(1), lm.sum(1))
+    assert D.trim_width({"attention_mask": att}, 32, prefix)["attention_mask"].shape == (3, 16)   # never wider
+
+
 def test_load_records_json_jsonl_and_errors(tmp_path):
     rec = {"instruction": "i", "input": "x", "output": "True", "embedding_ids": [1, 0, 2]}
     (tmp_path / "a.json").write_text(json.dumps([rec, rec]))
