@@ -33,6 +33,7 @@ from gmem.models.llama import LlamaForCausalLM
 from gmem.systems import gmt_data as D
 from gmem.systems import gmt_graph as G
 from gmem.systems.lm import LMSystem, _unbox, json_safe
+from gmem.systems.shared_prefix import SharedPrefix
 
 PARAMS = dict(
     stage=2, mode="gmt", kg="umls", add_inverse=False, mask_query=True,
@@ -46,7 +47,7 @@ PARAMS = dict(
     pad_to_multiple_of=0)
 
 
-class GMTSystem(LMSystem):
+class GMTSystem(SharedPrefix, LMSystem):
     name = "gmt"
 
     def __init__(self, cfg, load_data: bool = True):
@@ -299,49 +300,9 @@ class GMTSystem(LMSystem):
         out.update(self.edges(np.asarray([r["embedding_ids"] for r in records], np.int64)))
         return out
 
-    # ---- shared prompt prefix ---------------------------------------------------------------------
-    # Every classification prompt starts with the same Alpaca header + instruction (84 SmolLM2
-    # tokens of ~100). encode() keeps those tokens at the front of each row; the layers below the
-    # first memory/adapter layer then compute them once per batch (LlamaModel shared_prefix).
-    def shared_len(self, batch) -> int:
-        """The shared prefix length a packed (numpy) batch can use: len(prefix_ids) if every row
-        begins with those real tokens, else 0 (plain forward)."""
-        pre = np.asarray(self.prefix_ids, np.int64)
-        n = len(pre)
-        if not n or batch["input_ids"].shape[1] <= n:
-            return 0
-        ok = (np.asarray(batch["attention_mask"])[:, :n] == 1).all() and (
-            np.asarray(batch["input_ids"])[:, :n] == pre[None]).all()
-        return n if ok else 0
-
-    def prefix_split(self, llm) -> int:
-        """First layer holding anything trained (memory block or adapter): the layers below it
-        are the same for every row. 0 if an adapter sits outside the decoder layers."""
-        from gmem.adapters.core import placements
-        from gmem.adapters.targets import layer_index
-        layers = list(self.memory_layers) if self.use_graph else []
-        for spec in self.specs:
-            for paths in placements(spec, llm).values():
-                for path in paths:
-                    i = layer_index(path.replace("/layers_", ".").replace("/", ".") + ".")
-                    if i is None:
-                        return 0
-                    layers.append(i)
-        return min(layers, default=self.model_config.num_hidden_layers)
-
-    def module_for(self, prefix: int, llm):
-        """self.module, or its shared-prefix twin (same parameters) for batches packed with a
-        shared prefix of `prefix` tokens."""
-        if not prefix or not hasattr(self.module, "shared_prefix"):
-            return self.module
-        # One twin per prefix length: the split is fixed by the config, so it is found once
-        # (not per evaluation batch) and generate's jit sees the same module each call.
-        twins = self.__dict__.setdefault("_prefix_modules", {})
-        if prefix not in twins:
-            split = self.prefix_split(llm)
-            twins[prefix] = (self.module.clone(shared_prefix=int(prefix), prefix_split=int(split), parent=None)
-                             if split else self.module)
-        return twins[prefix]
+    def trained_layers(self) -> list[int]:
+        """Layers with a memory block (SharedPrefix adds the adapters' layers)."""
+        return list(self.memory_layers) if self.use_graph else []
 
     def edges(self, triples):
         rel, nbr, m = G.query_edges(self.index, triples, self.p["mask_query"], self.num_edges, self._padded)
