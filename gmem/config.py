@@ -99,6 +99,8 @@ class OptimConfig:
     b2: float = 0.999
     eps: float = 1e-8
     clip_norm: Optional[float] = 1.0
+    # Parameters whose path contains one of these names are left out of the global-norm clip.
+    clip_exclude: List[str] = field(default_factory=list)
     grad_accum: int = 1
     # Parameters whose path contains one of these names (or that are 1-D) get no weight decay.
     no_decay: List[str] = field(default_factory=lambda: ["bias", "norm", "scale"])

@@ -10,6 +10,7 @@ from __future__ import annotations
 from typing import Sequence
 
 import jax
+import jax.numpy as jnp
 import optax
 
 from gmem.errors import GmemError
@@ -44,6 +45,29 @@ def decay_mask(params, no_decay: Sequence[str] = ("bias", "norm", "scale")):
     return jax.tree_util.tree_map_with_path(keep, params)
 
 
+def clip_by_global_norm_except(max_norm: float, exclude: Sequence[str]) -> optax.GradientTransformation:
+    """optax.clip_by_global_norm over the leaves whose path names none of `exclude`; the excluded
+    leaves pass unclipped and do not count in the norm. (GMT's scalar memory gates: their
+    gradient grows with the memory read's output and would otherwise set the clip factor of
+    every other parameter.)"""
+    if not exclude:
+        return optax.clip_by_global_norm(max_norm)
+    names = tuple(n.lower() for n in exclude)
+
+    def included(updates):
+        return jax.tree_util.tree_map_with_path(
+            lambda path, _: not any(n in jax.tree_util.keystr(path).lower() for n in names), updates)
+
+    def update(updates, state, params=None):
+        del params
+        mask = included(updates)
+        norm = optax.global_norm(jax.tree.map(lambda g, m: g if m else jnp.zeros_like(g), updates, mask))
+        scale = jnp.minimum(1.0, max_norm / jnp.maximum(norm, 1e-12))
+        return jax.tree.map(lambda g, m: (g * scale).astype(g.dtype) if m else g, updates, mask), state
+
+    return optax.GradientTransformation(lambda params: optax.EmptyState(), update)
+
+
 def make_optimizer(cfg, total_steps: int) -> tuple[optax.GradientTransformation, optax.Schedule]:
     """From an OptimConfig: (optimizer, lr schedule)."""
     if cfg.grad_accum < 1:
@@ -51,7 +75,7 @@ def make_optimizer(cfg, total_steps: int) -> tuple[optax.GradientTransformation,
     sched = schedule(cfg.lr, total_steps, cfg.warmup_steps, cfg.schedule, cfg.end_lr_ratio)
     parts = []
     if cfg.clip_norm:
-        parts.append(optax.clip_by_global_norm(cfg.clip_norm))
+        parts.append(clip_by_global_norm_except(cfg.clip_norm, tuple(cfg.clip_exclude)))
     no_decay = tuple(cfg.no_decay)
     parts.append(optax.adamw(sched, b1=cfg.b1, b2=cfg.b2, eps=cfg.eps, weight_decay=cfg.weight_decay,
                              mask=lambda p: decay_mask(p, no_decay)))
