@@ -198,7 +198,8 @@ def generate(module, variables, input_ids_BL, attention_mask_BL=None, *, max_new
         use_top_k=bool(do_sample and top_k > 0), use_top_p=bool(do_sample and top_p < 1.0))
 
 
-def _encode(tokenizer, text: str, add_special_tokens: bool) -> list[int]:
+def encode_text(tokenizer, text: str, add_special_tokens: bool = True) -> list[int]:
+    """Token ids of text from a transformers tokenizer or a `tokenizers.Tokenizer`."""
     out = tokenizer.encode(text, add_special_tokens=add_special_tokens)
     return list(getattr(out, "ids", out))  # tokenizers.Tokenizer returns an Encoding
 
@@ -251,7 +252,7 @@ def generate_text(module, variables, tokenizer, prompts: str | Sequence[str], *,
     if pad_token_id is None:  # many decoder tokenizers have none; HF generate pads with EOS
         eos = _as_eos_tuple(eos_token_id)
         pad_token_id = eos[0] if eos else 0
-    seqs = [_encode(tokenizer, p, add_special_tokens) for p in prompts]
+    seqs = [encode_text(tokenizer, p, add_special_tokens) for p in prompts]
     ids, mask = left_pad(seqs, pad_token_id, pad_to_multiple_of)
     out = generate(module, variables, ids, mask, max_new_tokens=max_new_tokens,
                    eos_token_id=eos_token_id, pad_token_id=pad_token_id, **sampling)

@@ -18,6 +18,7 @@ from typing import Sequence
 import numpy as np
 
 from gmem.errors import GmemError, collect_errors
+from gmem.models.generate import encode_text
 
 # Alpaca template (GMT templates/alpaca.json).
 PROMPT_INPUT = ("Below is an instruction that describes a task, paired with an input that provides "
@@ -172,18 +173,13 @@ def prompt_text(rec: dict) -> str:
     return PROMPT_NO_INPUT.format(instruction=rec["instruction"])
 
 
-def _encode(tok, text: str, special: bool) -> list[int]:
-    out = tok.encode(text, add_special_tokens=special)
-    return list(getattr(out, "ids", out))
-
-
 def encode_records(tok, records: Sequence[dict], add_eos: bool = False, eos_id: int | None = None):
     """[(full ids, prompt length)] as GMT's generate_and_tokenize_prompt: the prompt length is
     the length of the tokenised prompt alone (the boundary of the response)."""
     out = []
     for r in records:
-        p = _encode(tok, prompt_text(r), True)
-        full = _encode(tok, prompt_text(r) + r["output"], True)
+        p = encode_text(tok, prompt_text(r))
+        full = encode_text(tok, prompt_text(r) + r["output"])
         if add_eos and eos_id is not None and (not full or full[-1] != eos_id):
             full = full + [eos_id]
         out.append((full, min(len(p), len(full))))
