@@ -51,13 +51,16 @@ def generate_with_memory(system: VardaSystem, trainable, frozen, prompts_ids: li
     for n in range(max_new_tokens):
         tok = np.asarray(step(trainable, frozen, jnp.asarray(ids), jnp.asarray(length - 1), jax.random.fold_in(rng, n)))
         for i in np.flatnonzero(~done):
-            out[i].append(int(tok[i]))
-            ids[i, length[i]] = tok[i]
+            t = int(tok[i])
+            if t == eos_token_id:          # the row ends; eos itself is not returned
+                done[i] = True
+                continue
+            out[i].append(t)
+            ids[i, length[i]] = t
             length[i] += 1
-            done[i] = eos_token_id is not None and int(tok[i]) == eos_token_id
         if done.all():
             break
-    return [o[:-1] if o and eos_token_id is not None and o[-1] == eos_token_id else o for o in out]
+    return out
 
 
 def _ce(logits, targets):
