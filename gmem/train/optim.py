@@ -37,11 +37,16 @@ def schedule(lr: float, total_steps: int, warmup_steps: int = 0, kind: str = "co
     return optax.join_schedules([optax.linear_schedule(0.0, lr, warmup_steps), decay], [warmup_steps])
 
 
+def _path_names(path, names: Sequence[str]) -> bool:
+    """Whether a leaf's key path contains one of `names` (case-insensitive)."""
+    key = jax.tree_util.keystr(path).lower()
+    return any(n.lower() in key for n in names)
+
+
 def decay_mask(params, no_decay: Sequence[str] = ("bias", "norm", "scale")):
     """True where weight decay applies: matrices whose path names none of `no_decay`."""
     def keep(path, leaf):
-        name = jax.tree_util.keystr(path).lower()
-        return leaf.ndim >= 2 and not any(n.lower() in name for n in no_decay)
+        return leaf.ndim >= 2 and not _path_names(path, no_decay)
     return jax.tree_util.tree_map_with_path(keep, params)
 
 
@@ -52,15 +57,9 @@ def clip_by_global_norm_except(max_norm: float, exclude: Sequence[str]) -> optax
     every other parameter.)"""
     if not exclude:
         return optax.clip_by_global_norm(max_norm)
-    names = tuple(n.lower() for n in exclude)
-
-    def included(updates):
-        return jax.tree_util.tree_map_with_path(
-            lambda path, _: not any(n in jax.tree_util.keystr(path).lower() for n in names), updates)
-
     def update(updates, state, params=None):
         del params
-        mask = included(updates)
+        mask = jax.tree_util.tree_map_with_path(lambda path, _: not _path_names(path, exclude), updates)
         norm = optax.global_norm(jax.tree.map(lambda g, m: g if m else jnp.zeros_like(g), updates, mask))
         scale = jnp.minimum(1.0, max_norm / jnp.maximum(norm, 1e-12))
         return jax.tree.map(lambda g, m: (g * scale).astype(g.dtype) if m else g, updates, mask), state
