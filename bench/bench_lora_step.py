@@ -23,7 +23,6 @@ from __future__ import annotations
 
 import argparse
 import os
-import statistics
 import sys
 import time
 
@@ -31,17 +30,9 @@ import numpy as np
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
+from bench.results import add_threads_arg, limit_xla_threads, table, timed, write_section  # noqa: E402
+
 RANK, ALPHA, LR, TARGETS = 8, 16.0, 1e-4, ("q_proj", "v_proj")
-
-
-def _steps(step, reps: int) -> tuple[float, float, list]:
-    """(warm-up seconds, median of reps later steps, losses)."""
-    times, losses = [], []
-    for _ in range(reps + 1):
-        t = time.perf_counter()
-        losses.append(step())
-        times.append(time.perf_counter() - t)
-    return times[0], statistics.median(times[1:]), losses
 
 
 def main() -> None:
@@ -49,19 +40,14 @@ def main() -> None:
     ap.add_argument("--batch", type=int, default=4)
     ap.add_argument("--seq", type=int, default=128)
     ap.add_argument("--reps", type=int, default=3)
-    ap.add_argument("--threads", type=int, default=1,
-                    help="CPU threads per side (torch.set_num_threads; XLA: 1 = single-threaded "
-                         "Eigen, else its default pool); 1 is the stable choice on a shared CPU")
+    add_threads_arg(ap)
     ap.add_argument("--quick", action="store_true", help="batch 1 x 32, 1 rep, do not write RESULTS.md")
     args = ap.parse_args()
     if args.quick:
         args.batch, args.seq, args.reps = 1, 32, 1
 
-    if args.threads == 1:  # must be set before jax starts its CPU backend
-        os.environ["XLA_FLAGS"] = (os.environ.get("XLA_FLAGS", "") + " --xla_cpu_multi_thread_eigen"
-                                   "=false intra_op_parallelism_threads=1").strip()
+    limit_xla_threads(args.threads)
     import jax
-    import jax.numpy as jnp
     import optax
     import peft
     import torch
@@ -101,7 +87,7 @@ def main() -> None:
         state["tr"], state["st"], loss = compiled(state["tr"], state["st"], params, ids)
         return float(loss)  # blocks until the step is done
 
-    g_first, g_med, g_losses = _steps(gmem_step, args.reps)
+    g_first, g_med, g_losses = timed(gmem_step, args.reps)
     n_gmem = count_params(state["tr"])
     print(f"gmem: compile {compile_s:.1f}s, warm-up step {g_first:.2f}s, median {g_med:.2f}s, "
           f"losses {g_losses}", flush=True)
@@ -122,12 +108,11 @@ def main() -> None:
         topt.zero_grad(set_to_none=True)
         return float(loss)
 
-    t_first, t_med, t_losses = _steps(torch_step, args.reps)
+    t_first, t_med, t_losses = timed(torch_step, args.reps)
     print(f"torch: warm-up step {t_first:.2f}s, median {t_med:.2f}s, losses {t_losses}", flush=True)
     if n_gmem != n_torch:
         print(f"WARNING: trainable parameters differ: gmem {n_gmem}, peft {n_torch}")
 
-    from bench.results import table, write_section
 
     rows = [["gmem (JAX, jit)", n_gmem, n_tokens / g_med, g_med, compile_s, g_losses[0]],
             ["transformers + peft", n_torch, n_tokens / t_med, t_med, 0.0, t_losses[0]]]

@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import argparse
 import os
-import statistics
 import sys
 import time
 
@@ -27,37 +26,22 @@ import numpy as np
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
+from bench.results import add_threads_arg, limit_xla_threads, table, timed, write_section  # noqa: E402
+
 PROMPT, NEW, FWD_LEN = 64, 64, 128
-
-
-def _timed(fn, reps: int) -> tuple[float, float, object]:
-    """(first call seconds, median of reps later calls, last result)."""
-    t = time.perf_counter()
-    out = fn()
-    first = time.perf_counter() - t
-    times = []
-    for _ in range(reps):
-        t = time.perf_counter()
-        out = fn()
-        times.append(time.perf_counter() - t)
-    return first, statistics.median(times), out
 
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--batches", default="1,16", help="comma-separated batch sizes")
     ap.add_argument("--reps", type=int, default=2)
-    ap.add_argument("--threads", type=int, default=1,
-                    help="CPU threads per side (torch.set_num_threads; XLA: 1 = single-threaded "
-                         "Eigen, else its default pool); 1 is the stable choice on a shared CPU")
+    add_threads_arg(ap)
     ap.add_argument("--quick", action="store_true", help="batch 1, 1 rep, do not write RESULTS.md")
     args = ap.parse_args()
     batches = [1] if args.quick else [int(b) for b in args.batches.split(",")]
     reps = 1 if args.quick else args.reps
 
-    if args.threads == 1:  # must be set before jax starts its CPU backend
-        os.environ["XLA_FLAGS"] = (os.environ.get("XLA_FLAGS", "") + " --xla_cpu_multi_thread_eigen"
-                                   "=false intra_op_parallelism_threads=1").strip()
+    limit_xla_threads(args.threads)
     import jax
     import torch
     import transformers
@@ -86,10 +70,10 @@ def main() -> None:
         t = time.perf_counter()
         compiled = fwd.lower(variables, ids, mask).compile()
         compile_s = time.perf_counter() - t
-        _, g, _ = _timed(lambda: compiled(variables, ids, mask).block_until_ready(), reps)
+        _, g, _ = timed(lambda: compiled(variables, ids, mask).block_until_ready(), reps)
         tid, tmask = torch.tensor(ids, dtype=torch.long), torch.tensor(mask)
         with torch.no_grad():
-            _, h, _ = _timed(lambda: hf(input_ids=tid, attention_mask=tmask).logits, reps)
+            _, h, _ = timed(lambda: hf(input_ids=tid, attention_mask=tmask).logits, reps)
         n = b * FWD_LEN
         rows.append([f"forward [{b}, {FWD_LEN}]", b, n / g, n / h, h / g, compile_s])
         print(rows[-1], flush=True)
@@ -99,18 +83,19 @@ def main() -> None:
         mask = np.ones_like(ids)
         run = lambda: generate(module, variables, ids, mask, max_new_tokens=NEW, eos_token_id=None,
                                pad_token_id=pad).tokens.block_until_ready()
-        first, g, ours = _timed(run, reps)
+        first, g, outs = timed(run, reps)
+        ours = outs[-1]
         tid, tmask = torch.tensor(ids, dtype=torch.long), torch.tensor(mask)
         with torch.no_grad():
             gen = lambda: hf.generate(tid, attention_mask=tmask, max_new_tokens=NEW,
                                       do_sample=False, use_cache=True, pad_token_id=pad)
-            _, h, theirs = _timed(gen, reps)
+            _, h, outs = timed(gen, reps)
+            theirs = outs[-1]
         agree.append(float((np.asarray(ours) == theirs[:, PROMPT:].numpy()).mean()))
         n = b * NEW
         rows.append([f"greedy generate {PROMPT}+{NEW}", b, n / g, n / h, h / g, max(first - g, 0.0)])
         print(rows[-1], f"tokens equal to HF: {agree[-1]:.3f}", flush=True)
 
-    from bench.results import table, write_section
 
     body = (
         "## SmolLM2-135M-Instruct on CPU: gmem (JAX) vs transformers (torch)\n\n"

@@ -29,6 +29,33 @@ def write_section(name: str, body: str, path: pathlib.Path = RESULTS) -> None:
     path.write_text(text)
 
 
+def add_threads_arg(ap) -> None:
+    """--threads for benchmarks that time gmem and PyTorch side by side."""
+    ap.add_argument("--threads", type=int, default=1,
+                    help="CPU threads per side (torch.set_num_threads; XLA: 1 = single-threaded "
+                         "Eigen, else its default pool); 1 is the stable choice on a shared CPU")
+
+
+def limit_xla_threads(threads: int) -> None:
+    """threads == 1: single-threaded XLA:CPU. Must run before jax starts its CPU backend."""
+    import os
+    if threads == 1:
+        os.environ["XLA_FLAGS"] = (os.environ.get("XLA_FLAGS", "") + " --xla_cpu_multi_thread_eigen"
+                                   "=false intra_op_parallelism_threads=1").strip()
+
+
+def timed(fn, reps: int) -> tuple[float, float, list]:
+    """Call fn 1 + reps times: (first call's seconds, median of the later calls, every result)."""
+    import statistics
+    import time
+    times, outs = [], []
+    for _ in range(reps + 1):
+        t = time.perf_counter()
+        outs.append(fn())
+        times.append(time.perf_counter() - t)
+    return times[0], statistics.median(times[1:]), outs
+
+
 def table(headers: list[str], rows: list[list]) -> str:
     """A markdown table."""
     fmt = lambda v: f"{v:,.1f}" if isinstance(v, float) else str(v)

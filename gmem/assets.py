@@ -29,7 +29,6 @@ import dataclasses
 import hashlib
 import os
 import pathlib
-import shutil
 import subprocess
 import sys
 import tarfile

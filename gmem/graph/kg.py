@@ -159,12 +159,9 @@ def load_openke(folder: str, triple_file: str = "train2id.txt", triple_format: s
     return KG(ents, rels, triples, add_inverse, source=folder)
 
 
-def read_label_triples(path: str, entity_ids: Mapping[str, int],
-                       relation_ids: Mapping[str, int]) -> np.ndarray:
-    """A `head<TAB>relation<TAB>tail` file of names -> int32 [n, 3] (h, r, t) ids.
-
-    Names missing from the vocabularies are errors (with their line)."""
-    errors, out = [], []
+def _label_rows(path: str, errors: list[str]):
+    """(line number, (head, relation, tail) names) for each non-blank line of a label TSV;
+    lines without exactly 3 tab-separated columns go to `errors` instead."""
     for lineno, ln in enumerate(_read_lines(path), start=1):
         if not ln.strip():
             continue
@@ -173,7 +170,16 @@ def read_label_triples(path: str, entity_ids: Mapping[str, int],
             errors.append(f"line {lineno}: expected 3 tab-separated columns "
                           f"(head, relation, tail), got {len(parts)}")
             continue
-        h, r, t = (p.strip() for p in parts)
+        yield lineno, tuple(p.strip() for p in parts)
+
+
+def read_label_triples(path: str, entity_ids: Mapping[str, int],
+                       relation_ids: Mapping[str, int]) -> np.ndarray:
+    """A `head<TAB>relation<TAB>tail` file of names -> int32 [n, 3] (h, r, t) ids.
+
+    Names missing from the vocabularies are errors (with their line)."""
+    errors, out = [], []
+    for lineno, (h, r, t) in _label_rows(path, errors):
         bad = [f"unknown {w} {n!r}" for w, n, voc in (("entity", h, entity_ids),
                                                        ("relation", r, relation_ids),
                                                        ("entity", t, entity_ids)) if n not in voc]
@@ -186,19 +192,12 @@ def read_label_triples(path: str, entity_ids: Mapping[str, int],
 
 
 def _label_vocab(paths: Sequence[str]) -> tuple[tuple, tuple]:
-    ents, rels, errors = set(), set(), []
+    ents, rels = set(), set()
     for path in paths:
         errors = []
-        for lineno, ln in enumerate(_read_lines(path), start=1):
-            if not ln.strip():
-                continue
-            parts = ln.split("\t")
-            if len(parts) != 3:
-                errors.append(f"line {lineno}: expected 3 tab-separated columns "
-                              f"(head, relation, tail), got {len(parts)}")
-                continue
-            ents.update((parts[0].strip(), parts[2].strip()))
-            rels.add(parts[1].strip())
+        for _, (h, r, t) in _label_rows(path, errors):
+            ents.update((h, t))
+            rels.add(r)
         collect_errors(errors, path)
     # Sorted names, as PyKEEN's TriplesFactory numbers them, so ids are reproducible.
     return tuple(sorted(ents)), tuple(sorted(rels))

@@ -214,7 +214,6 @@ class BertLayer(nn.Module):
     @nn.compact
     def __call__(self, x_BLD, mask_B1LS):
         c = self.config
-        dt = to_dtype(c.dtype)
         x_BLD = BertAttention(c, name="attention")(x_BLD, mask_B1LS)
         h = _Intermediate(c, name="intermediate")(x_BLD)
         x_BLD = BertAddNorm(c, "mlp", name="output")(h, x_BLD)

@@ -15,7 +15,6 @@ candidate entity, and GMT's generated ranked lists.
 from __future__ import annotations
 
 import dataclasses
-from typing import Any
 
 import jax
 import jax.numpy as jnp
@@ -23,7 +22,7 @@ import numpy as np
 import optax
 from jax.sharding import PartitionSpec as P
 
-from gmem.adapters import AdapterSpec, adapter_collection, init_adapters
+from gmem.adapters import adapter_collection, init_adapters
 from gmem.errors import GmemError
 from gmem.graph.kg import NeighbourIndex
 from gmem.graph.layers import GraphMemoryConfig
@@ -32,7 +31,7 @@ from gmem.memory.cross_attention import (BLOCK_NAME, init_from_self_attention, m
 from gmem.models.llama import LlamaForCausalLM
 from gmem.systems import gmt_data as D
 from gmem.systems import gmt_graph as G
-from gmem.systems.lm import LMSystem, _unbox, json_safe
+from gmem.systems.lm import LMSystem, json_safe
 from gmem.systems.shared_prefix import SharedPrefix
 
 PARAMS = dict(

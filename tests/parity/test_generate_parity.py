@@ -8,7 +8,6 @@ registry entry).
 
 import importlib.util
 
-import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest

@@ -10,7 +10,6 @@ projections through the original checkpoint key layout and runs them in activati
 
 import importlib
 
-import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest

@@ -4,7 +4,6 @@ no adapters (linear probe) on a tiny random BERT, the hashed train/val/test spli
 
 import jax
 import jax.numpy as jnp
-import numpy as np
 import pytest
 
 from gmem import config as gconfig

@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 from jax.sharding import PartitionSpec as P
 
-from gmem.config import Config, load_config, to_object
+from gmem.config import load_config, to_object
 from gmem.errors import GmemError
 from gmem.systems.lm import LMSystem
 from gmem.train import sharding as shd
