@@ -22,7 +22,7 @@ import jax
 import jax.numpy as jnp
 
 from gmem.errors import GmemError
-from gmem.models.common import activation, dropout, hf_dict, require, to_dtype
+from gmem.models.common import activation, dropout, dropout_rng, hf_dict, require, to_dtype
 from gmem.nn.attention import constrain, dot_product_attention, make_mask
 from gmem.nn.embeddings import Embed
 from gmem.nn.norms import LayerNorm
@@ -38,8 +38,8 @@ class BertConfig:
     Args:
       model_type: "bert" or "roberta" (decides the position ids and the classification head).
       architecture: the HF class written to config.json by to_hf (None: the base model).
-      hidden_dropout_prob, classifier_dropout: rates used only when apply() gets a "dropout"
-        rng (training). Attention-probability dropout is not implemented.
+      hidden_dropout_prob, attention_probs_dropout_prob, classifier_dropout: rates used only
+        when apply() gets a "dropout" rng (training).
       add_pooling_layer: BertModel/RobertaModel pooler (dense + tanh on the first token).
       labels: class names (HF id2label order); num_labels = len(labels) when given.
       dtype: compute dtype name; parameters stay float32.
@@ -53,6 +53,7 @@ class BertConfig:
     intermediate_size: int = 3072
     hidden_act: str = "gelu"
     hidden_dropout_prob: float = 0.1
+    attention_probs_dropout_prob: float = 0.1
     max_position_embeddings: int = 512
     type_vocab_size: int = 2
     layer_norm_eps: float = 1e-12
@@ -96,6 +97,7 @@ class BertConfig:
             intermediate_size=require(d, "intermediate_size", where),
             hidden_act=d.get("hidden_act", "gelu"),
             hidden_dropout_prob=float(d.get("hidden_dropout_prob", 0.1)),
+            attention_probs_dropout_prob=float(d.get("attention_probs_dropout_prob", 0.1)),
             max_position_embeddings=d.get("max_position_embeddings", 512),
             type_vocab_size=d.get("type_vocab_size", 2),
             layer_norm_eps=d.get("layer_norm_eps", 1e-12),
@@ -123,7 +125,7 @@ class BertConfig:
             "num_attention_heads": self.num_attention_heads,
             "intermediate_size": self.intermediate_size, "hidden_act": self.hidden_act,
             "hidden_dropout_prob": self.hidden_dropout_prob,
-            "attention_probs_dropout_prob": 0.0,
+            "attention_probs_dropout_prob": self.attention_probs_dropout_prob,
             "max_position_embeddings": self.max_position_embeddings,
             "type_vocab_size": self.type_vocab_size, "layer_norm_eps": self.layer_norm_eps,
             "pad_token_id": self.pad_token_id, "bos_token_id": self.bos_token_id,
@@ -179,7 +181,9 @@ class BertSelfAttention(nn.Module):
         q = constrain(proj("query")(x_BLD).reshape(b, l, h, hd), ("batch", "length", "heads", "head_dim"))
         k = proj("key")(x_BLD).reshape(b, l, h, hd)
         v = proj("value")(x_BLD).reshape(b, l, h, hd)
-        return dot_product_attention(q, k, v, mask_B1LS).reshape(b, l, h * hd)
+        rate = c.attention_probs_dropout_prob
+        out = dot_product_attention(q, k, v, mask_B1LS, dropout_rate=rate, dropout_rng=dropout_rng(self, rate))
+        return out.reshape(b, l, h * hd)
 
 
 class BertAddNorm(nn.Module):

@@ -65,3 +65,11 @@ def dropout(module, x, rate: float):
         return x
     keep = jax.random.bernoulli(module.make_rng("dropout"), 1.0 - rate, x.shape)
     return jnp.where(keep, x / (1.0 - rate), 0).astype(x.dtype)
+
+
+def dropout_rng(module, rate: float):
+    """The key for attention-probability dropout: a fresh "dropout" rng when `rate` > 0 and the
+    caller passed one (training), else None (dot_product_attention then drops nothing)."""
+    if not rate or not module.has_rng("dropout"):
+        return None
+    return module.make_rng("dropout")

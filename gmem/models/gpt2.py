@@ -21,7 +21,7 @@ import flax.linen as nn
 import jax.numpy as jnp
 
 from gmem.errors import GmemError
-from gmem.models.common import activation, dropout, hf_dict, require, to_dtype
+from gmem.models.common import activation, dropout, dropout_rng, hf_dict, require, to_dtype
 from gmem.models.llama import default_positions
 from gmem.nn.attention import (KVCache, constrain, decoder_mask, dot_product_attention,
                                update_layer_cache, written_cache)
@@ -37,8 +37,8 @@ class GPT2Config:
     Args:
       n_inner: MLP width; None = 4 * n_embd.
       scale_attn_by_inverse_layer_idx: also divide layer i's scores by i + 1 (HF option).
-      resid_pdrop, embd_pdrop: dropout rates, used only when apply() gets a "dropout" rng.
-        Attention-probability dropout (attn_pdrop) is not implemented.
+      resid_pdrop, embd_pdrop, attn_pdrop: dropout rates (residual, embeddings, attention
+        probabilities), used only when apply() gets a "dropout" rng (training).
       dtype: compute dtype name; parameters stay float32.
       remat: rematerialise each block in the backward pass.
     """
@@ -55,6 +55,7 @@ class GPT2Config:
     scale_attn_by_inverse_layer_idx: bool = False
     resid_pdrop: float = 0.1
     embd_pdrop: float = 0.1
+    attn_pdrop: float = 0.1
     tie_word_embeddings: bool = True
     bos_token_id: Optional[int] = 50256
     eos_token_id: Any = 50256
@@ -91,6 +92,7 @@ class GPT2Config:
             scale_attn_by_inverse_layer_idx=bool(d.get("scale_attn_by_inverse_layer_idx", False)),
             resid_pdrop=float(d.get("resid_pdrop", 0.1)),
             embd_pdrop=float(d.get("embd_pdrop", 0.1)),
+            attn_pdrop=float(d.get("attn_pdrop", 0.1)),
             tie_word_embeddings=bool(d.get("tie_word_embeddings", True)),
             bos_token_id=d.get("bos_token_id"),
             eos_token_id=d.get("eos_token_id"),
@@ -110,7 +112,7 @@ class GPT2Config:
             "scale_attn_weights": self.scale_attn_weights,
             "scale_attn_by_inverse_layer_idx": self.scale_attn_by_inverse_layer_idx,
             "reorder_and_upcast_attn": False, "resid_pdrop": self.resid_pdrop,
-            "embd_pdrop": self.embd_pdrop, "attn_pdrop": 0.0,
+            "embd_pdrop": self.embd_pdrop, "attn_pdrop": self.attn_pdrop,
             "tie_word_embeddings": self.tie_word_embeddings,
             "bos_token_id": self.bos_token_id, "eos_token_id": self.eos_token_id,
             "pad_token_id": self.pad_token_id, "torch_dtype": "float32",
@@ -138,7 +140,8 @@ class GPT2Attention(nn.Module):
         scale = hd ** -0.5 if c.scale_attn_weights else 1.0
         if c.scale_attn_by_inverse_layer_idx:
             scale /= float(self.layer_idx + 1)
-        out = dot_product_attention(q, k, v, mask_B1LS, scale=scale).reshape(b, l, d)
+        out = dot_product_attention(q, k, v, mask_B1LS, scale=scale, dropout_rate=c.attn_pdrop,
+                                    dropout_rng=dropout_rng(self, c.attn_pdrop)).reshape(b, l, d)
         out = Projection(d, axes=("heads", "embed"), use_bias=True, dtype=dt, name="c_proj")(out)
         return dropout(self, out, c.resid_pdrop), new_cache
 

@@ -13,7 +13,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from gmem.models.common import hf_dict, require, to_dtype
+from gmem.models.common import dropout_rng, hf_dict, require, to_dtype
 from gmem.nn.attention import (KVCache, constrain, decoder_mask, dot_product_attention,
                                update_layer_cache, written_cache)
 from gmem.nn.embeddings import Embed
@@ -30,6 +30,8 @@ class LlamaConfig:
       rope_scaling: None, or a tuple of (key, value) pairs as in HF's rope dict
         (rope_type 'linear' or 'llama3'); a tuple keeps the dataclass hashable for jit.
       sliding_window: Mistral's window (a token sees itself and window-1 before it); None = full.
+      attention_dropout: dropout rate on the attention probabilities, used only when apply()
+        gets a "dropout" rng (training).
       dtype: compute dtype name; parameters stay float32.
       remat: rematerialise each decoder layer in the backward pass.
     """
@@ -49,6 +51,7 @@ class LlamaConfig:
     sliding_window: Optional[int] = None
     attention_bias: bool = False
     mlp_bias: bool = False
+    attention_dropout: float = 0.0
     bos_token_id: Optional[int] = 1
     eos_token_id: Any = 2
     pad_token_id: Optional[int] = None
@@ -96,6 +99,7 @@ class LlamaConfig:
             sliding_window=window,
             attention_bias=bool(d.get("attention_bias", False)),
             mlp_bias=bool(d.get("mlp_bias", False)),
+            attention_dropout=float(d.get("attention_dropout", 0.0)),
             bos_token_id=d.get("bos_token_id"),
             eos_token_id=d.get("eos_token_id"),
             pad_token_id=d.get("pad_token_id"),
@@ -121,7 +125,8 @@ class LlamaConfig:
             "rope_theta": self.rope_theta,
             "max_position_embeddings": self.max_position_embeddings,
             "tie_word_embeddings": self.tie_word_embeddings,
-            "attention_bias": self.attention_bias, "hidden_act": "silu",
+            "attention_bias": self.attention_bias, "attention_dropout": self.attention_dropout,
+            "hidden_act": "silu",
             "bos_token_id": self.bos_token_id, "eos_token_id": self.eos_token_id,
             "pad_token_id": self.pad_token_id, "torch_dtype": "float32",
         }
@@ -157,7 +162,8 @@ class LlamaAttention(nn.Module):
             k_all, v_all = update_layer_cache(kv_cache[0], kv_cache[1], k, v, cache_index)
             new_cache = (k_all, v_all)
             k, v = k_all, v_all
-        out = dot_product_attention(q, k, v, mask_B1LS[:, :, l - lq:])
+        out = dot_product_attention(q, k, v, mask_B1LS[:, :, l - lq:], dropout_rate=c.attention_dropout,
+                                    dropout_rng=dropout_rng(self, c.attention_dropout))
         out = out.reshape(b, lq, h * hd)
         o = Projection(c.hidden_size, axes=("heads", "embed"), use_bias=c.attention_bias,
                        dtype=dt, name="o_proj")(out)

@@ -27,7 +27,7 @@ import flax.linen as nn
 import jax.numpy as jnp
 
 from gmem.errors import GmemError
-from gmem.models.common import activation, dropout, hf_dict, require, to_dtype
+from gmem.models.common import activation, dropout, dropout_rng, hf_dict, require, to_dtype
 from gmem.nn.attention import constrain, dot_product_attention
 from gmem.nn.norms import LayerNorm
 from gmem.nn.projection import Projection
@@ -44,7 +44,8 @@ class ViTConfig:
     Args:
       image_size, patch_size: (height, width) pairs; HF's ints become squares.
       architecture: the HF class written to config.json by to_hf.
-      hidden_dropout_prob: used only when apply() gets a "dropout" rng (training).
+      hidden_dropout_prob, attention_probs_dropout_prob: dropout rates, used only when apply()
+        gets a "dropout" rng (training).
       add_pooling_layer: ViTModel's pooler (dense + pooler_act on CLS); the classifier has none.
       labels: class names (HF id2label order); num_labels = len(labels) when given.
     """
@@ -55,6 +56,7 @@ class ViTConfig:
     intermediate_size: int = 3072
     hidden_act: str = "gelu"
     hidden_dropout_prob: float = 0.0
+    attention_probs_dropout_prob: float = 0.0
     layer_norm_eps: float = 1e-12
     image_size: tuple = (224, 224)
     patch_size: tuple = (16, 16)
@@ -99,6 +101,7 @@ class ViTConfig:
             intermediate_size=require(d, "intermediate_size", where),
             hidden_act=d.get("hidden_act", "gelu"),
             hidden_dropout_prob=float(d.get("hidden_dropout_prob", 0.0)),
+            attention_probs_dropout_prob=float(d.get("attention_probs_dropout_prob", 0.0)),
             layer_norm_eps=d.get("layer_norm_eps", 1e-12),
             image_size=_pair(d.get("image_size", 224)),
             patch_size=_pair(d.get("patch_size", 16)),
@@ -124,7 +127,8 @@ class ViTConfig:
             "num_attention_heads": self.num_attention_heads,
             "intermediate_size": self.intermediate_size, "hidden_act": self.hidden_act,
             "hidden_dropout_prob": self.hidden_dropout_prob,
-            "attention_probs_dropout_prob": 0.0, "layer_norm_eps": self.layer_norm_eps,
+            "attention_probs_dropout_prob": self.attention_probs_dropout_prob,
+            "layer_norm_eps": self.layer_norm_eps,
             "image_size": list(self.image_size) if self.image_size[0] != self.image_size[1] else self.image_size[0],
             "patch_size": list(self.patch_size) if self.patch_size[0] != self.patch_size[1] else self.patch_size[0],
             "num_channels": self.num_channels, "qkv_bias": self.qkv_bias,
@@ -203,7 +207,9 @@ class ViTAttention(nn.Module):
         q = constrain(proj("q_proj")(x_BLD).reshape(b, l, h, hd), ("batch", "length", "heads", "head_dim"))
         k = proj("k_proj")(x_BLD).reshape(b, l, h, hd)
         v = proj("v_proj")(x_BLD).reshape(b, l, h, hd)
-        out = dot_product_attention(q, k, v, None).reshape(b, l, h * hd)
+        rate = c.attention_probs_dropout_prob
+        out = dot_product_attention(q, k, v, None, dropout_rate=rate, dropout_rng=dropout_rng(self, rate))
+        out = out.reshape(b, l, h * hd)
         return Projection(c.hidden_size, axes=("heads", "embed"), use_bias=True, dtype=dt, name="o_proj")(out)
 
 

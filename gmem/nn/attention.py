@@ -43,14 +43,26 @@ Q_CHUNK = 512
 
 def dot_product_attention(q_BLHD: jax.Array, k_BSKD: jax.Array, v_BSKD: jax.Array,
                           mask_B1LS: jax.Array | None, *, scale: float | None = None,
-                          q_chunk: int | None = Q_CHUNK) -> jax.Array:
+                          q_chunk: int | None = Q_CHUNK, dropout_rate: float = 0.0,
+                          dropout_rng: jax.Array | None = None) -> jax.Array:
     """Softmax attention with grouped KV heads (H = K * G). Returns [B, L, H, D].
 
     Scores and softmax run in fp32 whatever the compute dtype, as in HF eager attention.
     When L is a multiple of q_chunk and at least twice it, queries are processed in chunks.
+
+    Dropout on the attention probabilities (HF's attn_pdrop / attention_probs_dropout_prob /
+    attention_dropout) runs only when dropout_rate > 0 and dropout_rng is given: after the
+    softmax and before the product with V, kept probabilities are scaled by 1 / (1 - rate).
+    dropout_rate is a Python float (static). The keep mask, in the layout of the scores
+    [B, K, G, L, S] (head h = k * G + g), is
+        jax.random.bernoulli(dropout_rng, 1 - dropout_rate, (B, K, G, L, S));
+    with query chunks of length C, chunk i draws its own [B, K, G, C, S] mask with the key
+    jax.random.fold_in(dropout_rng, i) (so the masks differ from the unchunked path's, and are
+    redrawn from the key, not stored, in the backward pass).
     """
     b, l, h, _ = q_BLHD.shape
     scale = q_BLHD.shape[-1] ** -0.5 if scale is None else scale
+    rate = float(dropout_rate) if dropout_rng is not None else 0.0
     if q_chunk and l >= 2 * q_chunk and l % q_chunk == 0:
         n = l // q_chunk
         q_NBCHD = q_BLHD.reshape(b, n, q_chunk, h, -1).swapaxes(0, 1)
@@ -58,21 +70,29 @@ def dot_product_attention(q_BLHD: jax.Array, k_BSKD: jax.Array, v_BSKD: jax.Arra
         if mask_B1LS is not None:
             m = jnp.broadcast_to(mask_B1LS, (b, 1, l, mask_B1LS.shape[-1]))
             masks = m.reshape(b, 1, n, q_chunk, -1).transpose(2, 0, 1, 3, 4)
-        chunk = jax.checkpoint(lambda qm: _attend(qm[0], k_BSKD, v_BSKD, qm[1], scale))
-        out = jax.lax.map(chunk, (q_NBCHD, masks))
+
+        def chunk(xs):
+            i, q_BCHD, mask_B1CS = xs
+            key = jax.random.fold_in(dropout_rng, i) if rate else None
+            return _attend(q_BCHD, k_BSKD, v_BSKD, mask_B1CS, scale, rate, key)
+
+        out = jax.lax.map(jax.checkpoint(chunk), (jnp.arange(n), q_NBCHD, masks))
         return out.swapaxes(0, 1).reshape(b, l, h, v_BSKD.shape[-1])
-    return _attend(q_BLHD, k_BSKD, v_BSKD, mask_B1LS, scale)
+    return _attend(q_BLHD, k_BSKD, v_BSKD, mask_B1LS, scale, rate, dropout_rng)
 
 
-def _attend(q_BLHD, k_BSKD, v_BSKD, mask_B1LS, scale):
+def _attend(q_BLHD, k_BSKD, v_BSKD, mask_B1LS, scale, rate=0.0, rng=None):
     b, l, h, d = q_BLHD.shape
     kvh = k_BSKD.shape[2]
     q = q_BLHD.reshape(b, l, kvh, h // kvh, d)
     scores = jnp.einsum("blkgd,bskd->bkgls", q, k_BSKD).astype(jnp.float32) * scale
     if mask_B1LS is not None:
         scores = jnp.where(mask_B1LS[:, :, None], scores, _MASK_VALUE)
-    probs = jax.nn.softmax(scores, axis=-1).astype(v_BSKD.dtype)
-    out = jnp.einsum("bkgls,bskd->blkgd", probs, v_BSKD)
+    probs = jax.nn.softmax(scores, axis=-1)
+    if rate:
+        keep = jax.random.bernoulli(rng, 1.0 - rate, probs.shape)
+        probs = jnp.where(keep, probs / (1.0 - rate), 0.0)
+    out = jnp.einsum("bkgls,bskd->blkgd", probs.astype(v_BSKD.dtype), v_BSKD)
     return out.reshape(b, l, h, v_BSKD.shape[-1])
 
 

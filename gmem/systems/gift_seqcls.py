@@ -127,6 +127,7 @@ class GiftSeqClsSystem:
             self.tokenizer = load_tokenizer(self.path)
         self.model_config = dataclasses.replace(
             base, num_labels=len(self.label_names), labels=self.label_names, hidden_dropout_prob=0.0,
+            attention_probs_dropout_prob=0.0,
             architecture="BertForSequenceClassification", add_pooling_layer=True, dtype=m.dtype, remat=m.remat)
         self.module = BertForSequenceClassification(self.model_config)
         ids, mask = self._tokenize(self.texts)

@@ -245,7 +245,8 @@ class VardaSystem(LMSystem):
             self.model_config = GPT2Config(vocab_size=m.vocab_size, n_positions=m.max_position_embeddings,
                                            n_embd=m.hidden_size, n_layer=m.num_hidden_layers,
                                            n_head=m.num_attention_heads, n_inner=m.intermediate_size,
-                                           resid_pdrop=0.0, embd_pdrop=0.0, dtype=m.dtype, remat=m.remat)
+                                           resid_pdrop=0.0, embd_pdrop=0.0, attn_pdrop=0.0, dtype=m.dtype,
+                                           remat=m.remat)
             self.module = GPT2LMHeadModel(self.model_config)
         elif type(mc).__name__ == "GPT2Config":
             from gmem.models.gpt2 import GPT2LMHeadModel

@@ -80,3 +80,104 @@ def test_query_chunked_attention_equals_full_and_its_gradient():
     g_full = jax.grad(lambda q: (full(q) ** 2).sum())(q)
     g_chunk = jax.grad(lambda q: (chunked(q) ** 2).sum())(q)
     np.testing.assert_allclose(np.asarray(g_chunk), np.asarray(g_full), atol=1e-5)
+
+
+# ---- attention-probability dropout -------------------------------------------------------------
+
+def _qkv(seed, b=2, l=6, s=6, heads=4, kv=2, d=8):
+    rng = np.random.RandomState(seed)
+    return tuple(jnp.asarray(rng.randn(*shape).astype(np.float32))
+                 for shape in ((b, l, heads, d), (b, s, kv, d), (b, s, kv, d)))
+
+
+def _dropped_reference(q, k, v, mask, keep_BHLS, rate):
+    """softmax(q k^T / sqrt(d)) * keep / (1 - rate) @ v, in float64 with repeated KV heads."""
+    q, k, v = (np.asarray(t, np.float64) for t in (q, k, v))
+    g = q.shape[2] // k.shape[2]
+    k, v = np.repeat(k, g, axis=2), np.repeat(v, g, axis=2)
+    s = np.einsum("blhd,bshd->bhls", q, k) / np.sqrt(q.shape[-1])
+    s = np.where(np.asarray(mask), s, -1e30)
+    p = np.exp(s - s.max(-1, keepdims=True))
+    p /= p.sum(-1, keepdims=True)
+    p = np.where(np.asarray(keep_BHLS), p / (1.0 - rate), 0.0)
+    return np.einsum("bhls,bshd->blhd", p, v)
+
+
+def test_dropout_off_is_exactly_the_plain_attention():
+    q, k, v = _qkv(0, l=32, s=32)
+    mask = make_mask(jnp.arange(32), jnp.ones((2, 32), bool))
+    key = jax.random.PRNGKey(3)
+    for chunk in (None, 8):  # full, and 4 query chunks
+        plain = np.asarray(dot_product_attention(q, k, v, mask, q_chunk=chunk))
+        for kw in (dict(dropout_rate=0.0, dropout_rng=key), dict(dropout_rate=0.5),
+                   dict(dropout_rate=0.5, dropout_rng=None)):
+            got = np.asarray(dot_product_attention(q, k, v, mask, q_chunk=chunk, **kw))
+            np.testing.assert_array_equal(got, plain)
+
+
+def test_dropout_equals_the_formula_with_the_documented_mask():
+    """keep = bernoulli(rng, 1 - p, [B, K, G, L, S]) (head h = k * G + g), probabilities
+    scaled by 1 / (1 - p) after the softmax, before V; with GQA and a padding mask."""
+    b, l, heads, kv, rate = 2, 6, 4, 2, 0.3
+    q, k, v = _qkv(1, b=b, l=l, s=l, heads=heads, kv=kv)
+    mask = make_mask(jnp.arange(l), jnp.array([[0, 1, 1, 1, 1, 1], [1] * 6], bool))
+    key = jax.random.PRNGKey(7)
+    got = jax.jit(lambda q, key: dot_product_attention(q, k, v, mask, dropout_rate=rate, dropout_rng=key))(q, key)
+    keep = jax.random.bernoulli(key, 1.0 - rate, (b, kv, heads // kv, l, l)).reshape(b, heads, l, l)
+    assert 0 < np.asarray(keep).mean() < 1
+    ref = _dropped_reference(q, k, v, mask, keep, rate)
+    np.testing.assert_allclose(np.asarray(got), ref, atol=1e-6, rtol=0)
+    # A different key gives a different output.
+    other = dot_product_attention(q, k, v, mask, dropout_rate=rate, dropout_rng=jax.random.PRNGKey(8))
+    assert np.abs(np.asarray(other) - np.asarray(got)).max() > 1e-3
+
+
+def test_chunked_dropout_draws_each_chunk_from_fold_in_and_differentiates():
+    """Chunk i of C queries uses bernoulli(fold_in(rng, i), 1 - p, [B, K, G, C, S]); the
+    gradient through the rematerialised chunks equals the one of the explicit formula."""
+    b, l, heads, kv, c, rate = 2, 32, 4, 2, 8, 0.25
+    q, k, v = _qkv(2, b=b, l=l, s=l, heads=heads, kv=kv)
+    mask = make_mask(jnp.arange(l), jnp.asarray(np.random.RandomState(3).rand(b, l) > 0.2), window=12)
+    key = jax.random.PRNGKey(11)
+    keep = jnp.concatenate([jax.random.bernoulli(jax.random.fold_in(key, i), 1.0 - rate,
+                                                 (b, kv, heads // kv, c, l)) for i in range(l // c)], axis=3)
+    keep = keep.reshape(b, heads, l, l)
+    chunked = lambda q: dot_product_attention(q, k, v, mask, q_chunk=c, dropout_rate=rate, dropout_rng=key)
+    np.testing.assert_allclose(np.asarray(chunked(q)), _dropped_reference(q, k, v, mask, keep, rate),
+                               atol=1e-6, rtol=0)
+
+    def formula(q):  # the same computation written out, in fp32
+        g = heads // kv
+        kk, vv = jnp.repeat(k, g, axis=2), jnp.repeat(v, g, axis=2)
+        s = jnp.einsum("blhd,bshd->bhls", q, kk) / np.sqrt(q.shape[-1])
+        p = jax.nn.softmax(jnp.where(mask, s, -1e30), axis=-1)
+        return jnp.einsum("bhls,bshd->blhd", jnp.where(keep, p / (1 - rate), 0.0), vv)
+
+    g_chunked = jax.grad(lambda q: (chunked(q) ** 2).sum())(q)
+    g_formula = jax.grad(lambda q: (formula(q) ** 2).sum())(q)
+    np.testing.assert_allclose(np.asarray(g_chunked), np.asarray(g_formula), atol=1e-4)
+
+
+def test_dropout_keeps_probabilities_at_rate_and_is_unbiased():
+    """With V = identity the output rows are the dropped probabilities: a fraction p is 0, the
+    rest is prob / (1 - p); averaged over many keys the output approaches the plain one."""
+    l, rate, n = 8, 0.4, 4000
+    q, _, _ = _qkv(4, b=1, l=l, s=l, heads=2, kv=1)
+    k = _qkv(5, b=1, l=l, s=l, heads=2, kv=1)[1]
+    eye = jnp.broadcast_to(jnp.eye(l)[None, :, None, :], (1, l, 1, l))
+    plain = np.asarray(dot_product_attention(q, k, eye, None))            # [1, L, H, S]: probs
+    keys = jax.random.split(jax.random.PRNGKey(0), n)
+    outs = np.asarray(jax.jit(jax.vmap(lambda key: dot_product_attention(
+        q, k, eye, None, dropout_rate=rate, dropout_rng=key)))(keys))     # [n, 1, L, H, S]
+    dropped = outs == 0
+    assert abs(dropped.mean() - rate) < 0.01                               # 512k draws
+    np.testing.assert_allclose(outs[~dropped], np.broadcast_to(plain / (1 - rate), outs.shape)[~dropped],
+                               rtol=1e-6)
+    # Unbiased: the mean over keys is within 5 standard errors of the plain output.
+    q2, k2, v2 = _qkv(6, b=1, l=l, s=l, heads=2, kv=1)
+    plain = np.asarray(dot_product_attention(q2, k2, v2, None))
+    outs = np.asarray(jax.jit(jax.vmap(lambda key: dot_product_attention(
+        q2, k2, v2, None, dropout_rate=rate, dropout_rng=key)))(keys))
+    se = outs.std(0) / np.sqrt(n)
+    assert (np.abs(outs.mean(0) - plain) <= 5 * se + 1e-6).all()
+    assert np.abs(outs.mean(0) - plain).max() < 0.05

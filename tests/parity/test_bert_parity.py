@@ -15,6 +15,7 @@ from gmem.hf.keymap import apply_transform, flatten, gmem_to_hf, hf_to_gmem  # n
 from gmem.hf.writer import save_pretrained  # noqa: E402
 from gmem.hf.keymaps import bert as keys  # noqa: E402
 from gmem.models import bert  # noqa: E402
+from dropout_helpers import gmem_masks, torch_replaying  # noqa: E402
 
 TOL = 1e-4
 SMALL = dict(vocab_size=61, hidden_size=32, num_hidden_layers=2, num_attention_heads=4,
@@ -180,3 +181,29 @@ def test_masked_lm_file_loads_as_base_model(tmp_path):
     hid, pooled = jax.jit(model.apply)({"params": params}, jnp.asarray(ids), jnp.asarray(mask), jnp.asarray(types))
     real = mask.astype(bool)
     assert pooled is None and np.abs(np.asarray(hid)[real] - ref[real]).max() <= TOL
+
+
+@pytest.mark.parametrize("arch", ["BertModel", "RobertaModel"])
+def test_attention_dropout_read_written_and_matches_hf_in_both_modes(tmp_path, monkeypatch, arch):
+    """attention_probs_dropout_prob comes in from the HF config and goes back out. Eval (no
+    "dropout" rng) matches HF's eval mode; train mode with attention dropout only matches HF's
+    train mode when torch replays gmem's keep masks (padded batch, last hidden states)."""
+    hf, model, params, _ = _setup(tmp_path, arch, attention_probs_dropout_prob=0.3, hidden_dropout_prob=0.0)
+    cfg = model.config
+    assert cfg.attention_probs_dropout_prob == 0.3 and cfg.to_hf()["attention_probs_dropout_prob"] == 0.3
+    assert type(hf.config)(**cfg.to_hf()).attention_probs_dropout_prob == 0.3
+    d = {k: v for k, v in hf.config.to_dict().items() if k != "attention_probs_dropout_prob"}
+    assert bert.BertConfig.from_hf(d).attention_probs_dropout_prob == 0.1   # HF's default
+    ids, mask, types = _batch(hf.config.pad_token_id)
+    args = (jnp.asarray(ids), jnp.asarray(mask), jnp.asarray(types))
+    real = mask.astype(bool)
+    plain = np.asarray(jax.jit(model.apply)(params, *args)[0])
+    assert np.abs(plain[real] - _hf(hf, ids, mask, types).last_hidden_state.numpy()[real]).max() <= TOL
+    got, masks = gmem_masks(monkeypatch, lambda: np.asarray(
+        model.apply(params, *args, rngs={"dropout": jax.random.PRNGKey(0)})[0]))
+    assert len(masks) == 2 and masks[0].shape == (3, 4, 12, 12)
+    hf.train()
+    with torch_replaying(monkeypatch, 0.3, masks):
+        ref = _hf(hf, ids, mask, types).last_hidden_state.numpy()
+    assert np.abs(got[real] - ref[real]).max() <= TOL
+    assert np.abs(got[real] - plain[real]).max() > 100 * TOL  # the dropout did act

@@ -13,6 +13,7 @@ from gmem.hf.keymap import apply_transform, flatten, gmem_to_hf, hf_to_gmem  # n
 from gmem.hf.keymaps.gpt2 import RULES  # noqa: E402
 from gmem.hf.writer import save_pretrained  # noqa: E402
 from gmem.models.gpt2 import GPT2Config, GPT2LMHeadModel  # noqa: E402
+from dropout_helpers import gmem_masks, torch_replaying  # noqa: E402
 
 TOL = 1e-4
 
@@ -160,3 +161,35 @@ def test_export_loads_in_transformers(tmp_path):
     back = transformers.GPT2LMHeadModel.from_pretrained(tmp_path / "out", attn_implementation="eager").eval()
     ids = np.random.RandomState(6).randint(0, 97, size=(1, 12))
     np.testing.assert_allclose(_hf_logits(back, ids), _hf_logits(hf, ids), atol=1e-6)
+
+
+def test_attn_pdrop_read_written_and_eval_matches_hf(tmp_path):
+    """attn_pdrop comes in from the HF config and goes back out; without a "dropout" rng the
+    model is deterministic and matches HF's eval mode."""
+    hf, model, params = _setup(tmp_path, attn_pdrop=0.3)
+    assert model.config.attn_pdrop == 0.3 and model.config.to_hf()["attn_pdrop"] == 0.3
+    assert transformers.GPT2Config(**model.config.to_hf()).attn_pdrop == 0.3
+    assert GPT2Config.from_hf({k: v for k, v in hf.config.to_dict().items() if k != "attn_pdrop"}).attn_pdrop == 0.1
+    ids = np.random.RandomState(7).randint(0, 97, size=(2, 9))
+    got, _ = _jit(model)(params, jnp.asarray(ids))
+    assert np.abs(np.asarray(got) - _hf_logits(hf, ids)).max() <= TOL
+
+
+def test_attn_dropout_in_training_matches_hf_with_the_same_masks(tmp_path, monkeypatch):
+    """Train mode, attention dropout only: gmem's keep masks replayed in torch give the same
+    logits, so the dropout sits where HF's does (after the softmax, before V, scaled 1/(1-p))."""
+    hf, model, params = _setup(tmp_path, attn_pdrop=0.3, resid_pdrop=0.0, embd_pdrop=0.0)
+    rng = np.random.RandomState(8)
+    ids = rng.randint(3, 97, size=(2, 10))
+    mask = np.ones((2, 10), np.int64)
+    mask[1, :3] = 0
+    got, masks = gmem_masks(monkeypatch, lambda: model.apply(
+        params, jnp.asarray(ids), jnp.asarray(mask), rngs={"dropout": jax.random.PRNGKey(0)})[0])
+    assert len(masks) == 2 and masks[0].shape == (2, 4, 10, 10) and 0 < masks[0].mean() < 1
+    hf.train()
+    with torch_replaying(monkeypatch, 0.3, masks):
+        ref = _hf_logits(hf, ids, mask, _positions(mask))
+    real = mask.astype(bool)
+    assert np.abs(np.asarray(got)[real] - ref[real]).max() <= TOL
+    plain, _ = _jit(model)(params, jnp.asarray(ids), jnp.asarray(mask))
+    assert np.abs(np.asarray(got) - np.asarray(plain))[real].max() > 1e-2  # the dropout did act

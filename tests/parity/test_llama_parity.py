@@ -8,6 +8,7 @@ a left-padded batch (same explicit position_ids on both sides, real positions co
 
 import json
 
+import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
@@ -16,6 +17,8 @@ import transformers
 
 from gmem.hf.convert import load_pretrained
 from gmem.hf.writer import save_pretrained
+from gmem.models.llama import LlamaConfig
+from dropout_helpers import gmem_masks, torch_replaying
 
 IMPORT_TOL = 1e-4
 EXPORT_TOL = 1e-5
@@ -39,8 +42,9 @@ CASES = {
 }
 
 
-def _hf_model(name):
+def _hf_model(name, **extra):
     cls_name, kw = CASES[name]
+    kw = dict(kw, **extra)
     heads = kw["num_attention_heads"]
     cfg = getattr(transformers, cls_name)(
         vocab_size=VOCAB, hidden_size=8 * heads, intermediate_size=80, num_hidden_layers=2,
@@ -169,3 +173,28 @@ def test_export_sharded_reloads(tmp_path):
 def _saved(model, folder):
     model.save_pretrained(folder)
     return folder
+
+
+def test_attention_dropout_read_written_and_matches_hf_in_both_modes(tmp_path, monkeypatch):
+    """attention_dropout comes in from the HF config and goes back out (default 0.0 as HF's).
+    Eval (no "dropout" rng) matches HF's eval mode; train mode matches HF's train mode when
+    torch replays gmem's keep masks (GQA 6/2, so the mask's head layout is checked too)."""
+    model = _hf_model("gqa3_tied", attention_dropout=0.3)
+    module, config, params = load_pretrained(_saved(model, tmp_path / "hf"))
+    assert config.attention_dropout == 0.3 and config.to_hf()["attention_dropout"] == 0.3
+    assert transformers.LlamaConfig(**config.to_hf()).attention_dropout == 0.3
+    d = {k: v for k, v in model.config.to_dict().items() if k != "attention_dropout"}
+    assert LlamaConfig.from_hf(d).attention_dropout == 0.0
+    ids, mask, pos = _padded_batch(np.random.default_rng(5))
+    real = mask.astype(bool)
+    plain = _gmem_logits(module, params, ids, mask, pos)
+    assert np.abs(plain[real] - _torch_logits(model, ids, mask, pos)[real]).max() < IMPORT_TOL
+    got, masks = gmem_masks(monkeypatch, lambda: np.asarray(module.apply(
+        {"params": params}, jnp.asarray(ids), jnp.asarray(mask), jnp.asarray(pos),
+        rngs={"dropout": jax.random.PRNGKey(0)})[0]))
+    assert len(masks) == 2 and masks[0].shape == (2, 6, 12, 12)
+    model.train()
+    with torch_replaying(monkeypatch, 0.3, masks):
+        ref = _torch_logits(model, ids, mask, pos)
+    assert np.abs(got[real] - ref[real]).max() < IMPORT_TOL
+    assert np.abs(got[real] - plain[real]).max() > 100 * IMPORT_TOL  # the dropout did act

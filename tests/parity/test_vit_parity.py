@@ -15,6 +15,7 @@ from gmem.hf.keymap import apply_transform, flatten, gmem_to_hf, hf_to_gmem, unf
 from gmem.hf.writer import save_pretrained  # noqa: E402
 from gmem.hf.keymaps import vit as keys  # noqa: E402
 from gmem.models import vit  # noqa: E402
+from dropout_helpers import gmem_masks, torch_replaying  # noqa: E402
 
 TOL = 1e-4
 SMALL = dict(hidden_size=32, num_hidden_layers=2, num_attention_heads=4, intermediate_size=48,
@@ -150,3 +151,30 @@ def test_export_loads_in_transformers(classifier, tmp_path):
     px = torch.tensor(_pixels(2))
     with torch.no_grad():
         np.testing.assert_allclose(back(pixel_values=px).logits.numpy(), hf(pixel_values=px).logits.numpy(), atol=1e-6)
+
+
+def test_attention_dropout_read_written_and_matches_hf_in_both_modes(monkeypatch):
+    """attention_probs_dropout_prob comes in from the HF config and goes back out (default 0.0
+    as HF's). Eval (no "dropout" rng) matches HF's eval mode; train mode with attention dropout
+    only matches HF's train mode when torch replays gmem's keep masks (ViTModel hidden states)."""
+    torch.manual_seed(2)
+    hf = transformers.ViTModel(transformers.ViTConfig(
+        **dict(SMALL, attention_probs_dropout_prob=0.3, hidden_dropout_prob=0.0))).eval()
+    cfg = vit.ViTConfig.from_hf(hf.config)
+    assert cfg.attention_probs_dropout_prob == 0.3 and cfg.to_hf()["attention_probs_dropout_prob"] == 0.3
+    assert transformers.ViTConfig(**cfg.to_hf()).attention_probs_dropout_prob == 0.3
+    assert vit.ViTConfig.from_hf(SMALL).attention_probs_dropout_prob == 0.0
+    params = _convert({k: v.numpy() for k, v in hf.state_dict().items()}, keys.VIT_MODEL)
+    model = vit.ViTModel(cfg)
+    px = torch.tensor(_pixels(2))
+    plain = np.asarray(jax.jit(model.apply)(params, jnp.asarray(px.numpy()))[0])
+    with torch.no_grad():
+        assert np.abs(plain - hf(pixel_values=px).last_hidden_state.numpy()).max() <= TOL
+    got, masks = gmem_masks(monkeypatch, lambda: np.asarray(
+        model.apply(params, jnp.asarray(px.numpy()), rngs={"dropout": jax.random.PRNGKey(0)})[0]))
+    assert len(masks) == 2 and masks[0].shape == (2, 4, 17, 17)
+    hf.train()
+    with torch_replaying(monkeypatch, 0.3, masks), torch.no_grad():
+        ref = hf(pixel_values=px).last_hidden_state.numpy()
+    assert np.abs(got - ref).max() <= TOL
+    assert np.abs(got - plain).max() > 100 * TOL  # the dropout did act
