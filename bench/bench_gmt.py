@@ -6,7 +6,8 @@
   stage 1: batch 128 with 64 negatives; goal < 10 s per step
   triple classification of the 1,322 UMLS test prompts: goal < 5 minutes
 
-and, in the same run, bench/torch_gmt.py (transformers + peft) on the same stage-2 batches.
+and, in the same run (in a child process), bench/torch_gmt.py (transformers + peft) on the same
+stage-2 batches.
 Measures wall time (and process CPU time for gmem); run it on an otherwise idle machine.
 
     python bench/bench_gmt.py [--steps 5] [--prompts 0] [--stage1-steps 3] [--no-torch] [--no-write]
@@ -15,7 +16,9 @@ Measures wall time (and process CPU time for gmem); run it on an otherwise idle 
 from __future__ import annotations
 
 import argparse
+import json
 import os
+import subprocess
 import sys
 import time
 
@@ -59,6 +62,15 @@ def train_steps(config, overrides, steps, tokens_key="tokens"):
     return system, state, frozen, (w1 - w0) / steps, (c1 - c0) / steps, toks / steps, len(shapes)
 
 
+def torch_side(steps: int, threads: int) -> dict:
+    """bench/torch_gmt.py on the same batches (1..steps), in a fresh process: no JAX thread pool
+    or JAX buffers in the process being timed."""
+    script = os.path.join(os.path.dirname(os.path.abspath(__file__)), "torch_gmt.py")
+    out = subprocess.run([sys.executable, script, "--threads", str(threads), "--first", "1",
+                          "--steps", str(steps), "--json"], check=True, capture_output=True, text=True)
+    return json.loads(out.stdout.strip().splitlines()[-1])
+
+
 def main(argv=None):
     ap = argparse.ArgumentParser()
     ap.add_argument("--steps", type=int, default=8)
@@ -76,8 +88,7 @@ def main(argv=None):
     system, state, frozen, wall, cpu, toks, widths = train_steps("default.yaml", [], a.steps)
     torch_cell = "-"
     if not a.no_torch:
-        from bench.torch_gmt import torch_gmt_steps
-        t = torch_gmt_steps([system.batch(i + 1) for i in range(a.steps)], threads=cores)
+        t = torch_side(a.steps, cores)
         torch_cell = f"{t['tokens_per_s']:.0f} tokens/s ({t['s_per_step']:.2f} s/step)"
         ratio = f"; gmem / PyTorch {toks / wall / t['tokens_per_s']:.2f}x"
     rows.append([f"stage 2 step (batch 8, ~100-token prompts; each batch cut to its longest row rounded "
@@ -102,8 +113,8 @@ def main(argv=None):
             "after compilation. The original's figures are given (measured on a 2-core CPU), not rerun; "
             "the PyTorch column is `bench/torch_gmt.py`, a transformers + peft re-implementation of "
             "GMT's stage-2 step (memory cross-attention with LoRA in layers 22-29, logits at every "
-            "position as HF computes them) on the same batches, timed in the same run with "
-            f"torch.set_num_threads({cores}).\n\n"
+            "position as HF computes them) on the same batches, timed in the same run in a child process "
+            f"(no JAX thread pool or buffers in the timed process) with torch.set_num_threads({cores}).\n\n"
             + table(["what", "gmem", "PyTorch (same run)", "original (given) / goal"], rows))
     print(body)
     if not a.no_write:

@@ -15,12 +15,13 @@ the LLM, so this stands in for them (cost of that part: small, not mirrored exac
 Batches: gmem's UMLS rows re-packed right-padded to the batch's longest row (pad id 0); labels
 are -100 except on the response (gmem's loss_mask).
 
-    python bench/torch_gmt.py [--threads 2]
+    python bench/torch_gmt.py [--threads 2] [--first 0] [--steps 5] [--json]
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import resource
 import statistics
@@ -178,6 +179,9 @@ def torch_gmt_steps(batches: list[dict], threads: int, warmup: int = 1) -> dict:
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--first", type=int, default=0, help="first GMT training batch to time")
+    ap.add_argument("--steps", type=int, default=5)
+    ap.add_argument("--json", action="store_true", help="print only the result, as one JSON line")
     args = ap.parse_args()
     root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
     sys.path.insert(0, root)
@@ -185,7 +189,8 @@ def main():
     from gmem.systems.gmt import GMTSystem
     cfg = gconfig.to_object(gconfig.load_config(os.path.join(root, "configs", "default.yaml"), []))
     system = GMTSystem(cfg)
-    print(torch_gmt_steps([system.batch(i) for i in range(5)], args.threads))
+    out = torch_gmt_steps([system.batch(args.first + i) for i in range(args.steps)], args.threads)
+    print(json.dumps(out) if args.json else out)
 
 
 if __name__ == "__main__":

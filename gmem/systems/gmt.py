@@ -43,7 +43,7 @@ PARAMS = dict(
     num_negatives=64, filtered_negatives=False, trainable_rel_semantics=False,
     eval_split="test", max_eval=0, eval_batch=16, max_new_tokens=4, memory_ablation="",
     lp_queries=0, lp_batch=64, lp_generate_queries=0, lp_candidates=20, import_ckpt="",
-    pad_to_multiple_of=0)
+    pad_to_multiple_of=0, memory_norm=False)
 
 
 class GMTSystem(SharedPrefix, LMSystem):
@@ -62,6 +62,8 @@ class GMTSystem(SharedPrefix, LMSystem):
         if not isinstance(p["pad_to_multiple_of"], int) or p["pad_to_multiple_of"] < 0:
             raise GmemError(f"system.params.pad_to_multiple_of: a whole number >= 0 (0 = every batch "
                             f"padded to data.seq_len), got {p['pad_to_multiple_of']!r}")
+        if not isinstance(p["memory_norm"], bool):
+            raise GmemError(f"system.params.memory_norm: true or false, got {p['memory_norm']!r}")
         if p["memory_ablation"] not in ("", "zero", "shuffle"):
             raise GmemError(f"system.params.memory_ablation: '' | zero | shuffle, got {p['memory_ablation']!r}")
         self.kg, self.splits = D.load_kg(p["kg"], p["add_inverse"])
@@ -97,7 +99,7 @@ class GMTSystem(SharedPrefix, LMSystem):
                                  graph_dim=p["graph_dim"], sgm_layers=p["sgm_layers"], sgm_heads=p["sgm_heads"],
                                  top_k=p["top_k"], dropout=p["graph_dropout"],
                                  num_memory_tokens=p["num_memory_tokens"], memory_heads=p["memory_heads"],
-                                 llm_dim=llm_dim)
+                                 llm_dim=llm_dim, memory_norm=bool(p["memory_norm"]))
 
     def _rel_table(self):
         if getattr(self, "_table", None) is None:
@@ -111,7 +113,8 @@ class GMTSystem(SharedPrefix, LMSystem):
     def structure(self) -> dict:
         p = self.p
         s = {"system": "gmt", "stage": p["stage"], "mode": p["mode"], "kg": p["kg"],
-             "graph": json_safe(dataclasses.asdict(self.gcfg))}
+             "graph": json_safe({k: v for k, v in dataclasses.asdict(self.gcfg).items()
+                                 if k != "memory_norm"})}   # no parameters: not structure
         if p["stage"] == 2:
             s.update(super().structure)
             s["system"] = "gmt"
@@ -245,10 +248,10 @@ class GMTSystem(SharedPrefix, LMSystem):
             if "rel_semantic" not in sgm:
                 sgm["rel_semantic"] = frozen["rel_semantic"]
             loss = G.stage1_loss(self.gcfg, sgm, frozen["kg"]["hist"], frozen["kg"], batch["pos"],
-                                 batch["neg"], deterministic=False, rng=rng)
+                                 batch["neg"], deterministic=rng is None, rng=rng)
             return loss, {"triples": jnp.asarray(batch["pos"].shape[0], jnp.float32)}
-        r1, r2 = jax.random.split(rng)
-        lp = self.token_logprobs(trainable, frozen, batch, rng=r1, train=True, graph_rng=r2)
+        r1, r2 = jax.random.split(rng) if rng is not None else (None, None)   # None: evaluation
+        lp = self.token_logprobs(trainable, frozen, batch, rng=r1, train=rng is not None, graph_rng=r2)
         mask = batch["loss_mask"][:, -lp.shape[1]:]
         n = jnp.maximum(mask.sum(), 1.0)
         return -(lp * mask).sum() / n, {"tokens": batch["attention_mask"].sum().astype(jnp.float32),

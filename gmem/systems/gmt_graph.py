@@ -22,7 +22,8 @@ import jraph
 import numpy as np
 
 from gmem.graph.kg import NeighbourIndex
-from gmem.graph.layers import GraphMemoryConfig, SemanticGraphModule, distmult, link_prediction_loss
+from gmem.graph.layers import (GraphMemoryConfig, SemanticGraphModule, distmult, link_prediction_loss,
+                               normalize_memory)
 from gmem.nn.projection import Projection
 
 
@@ -133,7 +134,8 @@ def graph_memory(cfg: GraphMemoryConfig, enc: dict, edges: dict, hist_NR=None, t
     else:
         s = sgm_states(cfg, enc["sgm"], hist_NR, rel, nbr, deterministic, rng)
     mem = DenseMemoryTokenizer(cfg).apply({"params": enc["tokenizer"]}, s, mask)
-    return Projection(cfg.llm_dim, axes=(None, "embed"), use_bias=True).apply({"params": enc["proj"]}, mem)
+    mem = Projection(cfg.llm_dim, axes=(None, "embed"), use_bias=True).apply({"params": enc["proj"]}, mem)
+    return normalize_memory(mem) if cfg.memory_norm else mem
 
 
 # ---- stage 1 ------------------------------------------------------------------------------------

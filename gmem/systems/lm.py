@@ -153,12 +153,12 @@ class LMSystem:
 
     # ---- loss ---------------------------------------------------------------------------
     def loss(self, trainable, frozen, batch: dict, rng):
-        """Mean next-token cross-entropy over rows [B, L+1]; aux: token count."""
+        """Mean next-token cross-entropy over rows [B, L+1]; aux: token count. rng None: no dropout."""
         ids = batch["input_ids"]
         inputs, targets = ids[:, :-1], ids[:, 1:]
         mask = batch.get("mask")
         mask = jnp.ones(targets.shape, jnp.float32) if mask is None else mask[:, 1:].astype(jnp.float32)
-        rngs = {"dropout": rng} if any(s.dropout > 0 for s in self.specs) else {}
+        rngs = {"dropout": rng} if rng is not None and any(s.dropout > 0 for s in self.specs) else {}
         logits, _ = self.module.apply(self.variables(trainable, frozen), inputs, rngs=rngs)
         ce = optax.softmax_cross_entropy_with_integer_labels(logits, targets)
         n = jnp.maximum(mask.sum(), 1.0)
@@ -190,7 +190,7 @@ class LMSystem:
         if len(rows) == 0:
             return {}
         b = min(self.cfg.data.batch_size, len(rows))
-        fn = eval_fn or jax.jit(lambda t, f, x: self.loss(t, f, x, jax.random.PRNGKey(0))[0])
+        fn = eval_fn or jax.jit(lambda t, f, x: self.loss(t, f, x, None)[0])
         losses = []
         for i in range(min(self.cfg.eval.batches, len(rows) // b)):
             losses.append(float(fn(trainable, frozen, {"input_ids": jnp.asarray(rows[i * b:(i + 1) * b])})))

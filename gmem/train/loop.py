@@ -5,7 +5,8 @@
   load_base() -> tree              the frozen weights (host arrays)
   abstract_trainable(abstract_base), trainable_specs(abstract_trainable, base_specs)
   init_trainable(base, rng)        fresh trainable tree (fp32)
-  loss(trainable, frozen, batch, rng) -> (loss, aux)   pure, jit-able
+  loss(trainable, frozen, batch, rng) -> (loss, aux)   pure, jit-able; rng None = evaluation
+                                                      (deterministic: no dropout)
   batch_shapes() -> {name: ShapeDtypeStruct}           one global batch
   batch(index, host_rows) -> {name: np.ndarray}        host-local rows of global batch `index`
   evaluate(trainable, frozen) -> metrics dict ; predict(trainable, frozen) -> (rows, metrics)
@@ -177,7 +178,7 @@ def _train(cfg, system, mesh, log, interrupted) -> dict:
             else:
                 frozen, state = plan.fresh_state(system, cfg.train.seed)
             last_saved = start if start else None
-            eval_fn = jax.jit(lambda t, f, x: system.loss(t, f, x, jax.random.PRNGKey(0))[0])
+            eval_fn = jax.jit(lambda t, f, x: system.loss(t, f, x, None)[0])   # no dropout
 
             def save(step, metrics=None):
                 meta = {"structure": system.structure, "config": config_dict,

@@ -232,3 +232,36 @@ def test_memory_ablation_diagnostics(kg_dir):
     s.p["memory_ablation"] = ""
     with pytest.raises(Exception, match="memory_ablation"):
         make(kg_dir, "system.params.memory_ablation=bogus")
+
+
+def test_memory_norm_rms_normalises_each_memory_token(kg_dir):
+    """memory_norm: each memory token (dense path and jraph encoder) is the unnormalised token
+    divided by its RMS (eps 1e-5, no scale); the eval loss (rng None) stays finite."""
+    plain, normed = make(kg_dir, "system.params.mask_query=false"), make(
+        kg_dir, "system.params.mask_query=false", "system.params.memory_norm=true")
+    t, f = setup(plain)
+    trip = np.asarray(plain.splits["test"][:4])
+    edges = {k: jnp.asarray(v) for k, v in plain.edges(trip).items()}
+    raw, mem = np.asarray(plain.memory(t, f, edges)), np.asarray(normed.memory(t, f, edges))
+    want = raw / np.sqrt((raw.astype(np.float64) ** 2).mean(-1, keepdims=True) + 1e-5)   # RMSNorm, eps 1e-5
+    np.testing.assert_allclose(mem, want, rtol=1e-5, atol=1e-7)
+    enc = GraphMemoryEncoder(normed.gcfg)
+    params = {"sgm": f["sgm"], "tokenizer": t["enc"]["tokenizer"], "proj": t["enc"]["proj"]}
+    g = pad_graphs([extract_subgraph(normed.index, h, r, tt, mask_query=False) for h, r, tt in trip.tolist()], 4)
+    want = enc.apply({"params": params}, jax.tree_util.tree_map(jnp.asarray, g))[:4]
+    np.testing.assert_allclose(mem, np.asarray(want), atol=2e-5)
+    b = {k: jnp.asarray(v) for k, v in normed.batch(0).items()}
+    assert np.isfinite(float(normed.loss(t, f, b, None)[0]))
+    with pytest.raises(GmemError, match="memory_norm"):
+        make(kg_dir, "system.params.memory_norm=3")
+
+
+def test_evaluation_loss_is_deterministic(kg_dir):
+    """loss(..., rng=None), the training loop's evaluation: no LoRA or graph dropout, so it
+    equals the explicit forward; a training rng gives another value (dropout 0.01 on LoRA)."""
+    s = make(kg_dir, "system.params.graph_dropout=0.1")
+    t, f = setup(s)
+    b = {k: jnp.asarray(v) for k, v in s.batch(0).items()}
+    ev = float(s.loss(t, f, b, None)[0])
+    np.testing.assert_allclose(ev, brute_loss(s, t, f, b), rtol=1e-5)
+    assert float(s.loss(t, f, b, None)[0]) == ev

@@ -2,6 +2,7 @@
 leaves the last good checkpoint; gradient accumulation; optimizer state for trainables only;
 metrics files and the loss plot."""
 
+import dataclasses
 import json
 import subprocess
 import sys
@@ -128,3 +129,24 @@ def test_grad_accumulation_and_trainable_only_optimizer_state(tmp_path):
     # Only adapter leaves are trainable.
     leaves = jax.tree_util.tree_flatten_with_path(state.trainable)[0]
     assert {jax.tree_util.keystr(p).split("'")[-2] for p, _ in leaves} == {"lora_A", "lora_B"}
+
+
+def test_evaluation_loss_runs_without_dropout(tmp_path):
+    """loss(..., rng=None) is the loop's evaluation: adapter dropout (0.5 here) is off, so it
+    equals the same weights' loss with dropout 0, while a training rng changes it."""
+    cfg = tiny_cfg(tmp_path, "adapters.0.dropout=0.5")
+    assert cfg.adapters[0].dropout == 0.5
+    system = LMSystem(cfg)
+    plan = make_plan(cfg, system, shd.make_mesh(devices=jax.devices()[:1]))
+    with plan.context():
+        frozen, state = plan.fresh_state(system)
+    # LoRA B starts at zero (dropout on the adapter input would change nothing): make it live.
+    keys = iter(jax.random.split(jax.random.PRNGKey(1), 64))
+    trainable = jax.tree_util.tree_map(lambda x: x + 0.3 * jax.random.normal(next(keys), x.shape), state.trainable)
+    batch = {k: jnp.asarray(v) for k, v in system.batch(0).items()}
+    no_drop = LMSystem(dataclasses.replace(cfg, adapters=[dataclasses.replace(cfg.adapters[0], dropout=0.0)]))
+    ev = float(system.loss(trainable, frozen, batch, None)[0])
+    ref = float(no_drop.loss(trainable, frozen, batch, jax.random.PRNGKey(0))[0])
+    train_loss = float(system.loss(trainable, frozen, batch, jax.random.PRNGKey(0))[0])
+    assert ev == pytest.approx(ref, rel=1e-6)
+    assert abs(train_loss - ev) > 1e-3
