@@ -13,7 +13,6 @@ from gmem.errors import GmemError
 from gmem.systems.lm import LMSystem
 from gmem.train import sharding as shd
 from gmem.train.loop import make_plan
-from gmem.train.state import create_state
 from train_helpers import tiny_cfg
 
 STEPS = 10
@@ -22,9 +21,7 @@ STEPS = 10
 def run_steps(cfg, system, mesh, steps=STEPS):
     plan = make_plan(cfg, system, mesh)
     with plan.context():
-        frozen = jax.device_put(system.load_base(), plan.frozen_sh)
-        trainable = system.init_trainable(frozen, jax.random.PRNGKey(0))
-        state = jax.device_put(create_state(trainable, plan.optimizer, 0), plan.state_sh)
+        frozen, state = plan.fresh_state(system, 0)       # what train() starts from
         losses = []
         for i in range(steps):
             batch = shd.global_batch(plan.mesh, system.batch(i), plan.rules)
