@@ -8,7 +8,11 @@ under vit/ and adds classifier/ on the CLS token. Files written by transformers 
 names (encoder.layer.{i}.attention.attention.query, ...): the key map reads and writes those.
 
 Input pixel_values are NCHW [B, C, H, W] as in HF (the image processors' output), H and W equal
-to config.image_size (position-embedding interpolation is not implemented).
+to config.image_size unless __call__ gets interpolate_pos_encoding=True (HF's argument): then
+H and W are any multiples of the patch size, the CLS position is kept and the trained patch
+grid of position embeddings is resized to (H / ph, W / pw) with torch's bicubic
+(align_corners=False, gmem.nn.resize), as HF's ViTEmbeddings.interpolate_pos_encoding; an
+unchanged grid is left as is (HF returns the embeddings unchanged for a same-size square image).
 
 The patch embedding is HF's Conv2d with kernel = stride = patch: computed exactly as a matmul
 of the flattened, non-overlapping patches with the conv kernel. Its kernel keeps the conv's 4-D
@@ -31,6 +35,7 @@ from gmem.models.common import activation, dropout, dropout_rng, hf_dict, requir
 from gmem.nn.attention import constrain, dot_product_attention
 from gmem.nn.norms import LayerNorm
 from gmem.nn.projection import Projection
+from gmem.nn.resize import resize_bicubic_hw
 
 
 def _pair(v) -> tuple[int, int]:
@@ -149,7 +154,8 @@ class ViTPatchProjection(nn.Module):
     def __call__(self, pixels_BCHW):
         c = self.config
         dt = to_dtype(c.dtype)
-        (ph, pw), (gh, gw), ch = c.patch_size, c.grid, c.num_channels
+        (ph, pw), ch = c.patch_size, c.num_channels
+        gh, gw = pixels_BCHW.shape[2] // ph, pixels_BCHW.shape[3] // pw  # callers check divisibility
         kernel = self.param("kernel", nn.with_logical_partitioning(nn.initializers.lecun_normal(
             in_axis=(0, 1, 2), out_axis=3), (None, None, None, "embed")), (pw, ph, ch, c.hidden_size))
         bias = self.param("bias", nn.with_logical_partitioning(nn.initializers.zeros_init(), ("embed",)),
@@ -166,22 +172,35 @@ class ViTEmbeddings(nn.Module):
     config: ViTConfig
 
     @nn.compact
-    def __call__(self, pixels_BCHW):
+    def __call__(self, pixels_BCHW, interpolate_pos_encoding: bool = False):
         c = self.config
         dt = to_dtype(c.dtype)
         b, ch, hgt, wid = pixels_BCHW.shape
-        if ch != c.num_channels or (hgt, wid) != tuple(c.image_size):
+        (ph, pw) = c.patch_size
+        if ch != c.num_channels:
             raise GmemError(f"pixel_values: shape {pixels_BCHW.shape} does not match the config "
-                            f"(num_channels={c.num_channels}, image_size={tuple(c.image_size)}); "
-                            "inputs are NCHW and position interpolation is not supported")
+                            f"(num_channels={c.num_channels}); inputs are NCHW")
+        if not interpolate_pos_encoding and (hgt, wid) != tuple(c.image_size):
+            raise GmemError(f"pixel_values: image size {hgt}x{wid} does not match the config's "
+                            f"image_size={tuple(c.image_size)} (inputs are NCHW); pass "
+                            "interpolate_pos_encoding=True to resize the position embeddings")
+        if hgt % ph or wid % pw:
+            raise GmemError(f"pixel_values: image size {hgt}x{wid} is not a multiple of the "
+                            f"patch size {ph}x{pw}")
         patches = _PatchEmbeddings(c, name="patch_embeddings")(pixels_BCHW)
         init = nn.initializers.truncated_normal(0.02)
         cls = self.param("cls_token", nn.with_logical_partitioning(init, (None, None, "embed")),
                          (1, 1, c.hidden_size))
         pos = self.param("position_embeddings", nn.with_logical_partitioning(init, (None, None, "embed")),
                          (1, c.num_patches + 1, c.hidden_size))
+        pos = pos.astype(dt)
+        grid = (hgt // ph, wid // pw)
+        if interpolate_pos_encoding and grid != tuple(c.grid):
+            patch_pos = pos[0, 1:].reshape(*c.grid, c.hidden_size)
+            patch_pos = resize_bicubic_hw(patch_pos, grid).reshape(1, grid[0] * grid[1], c.hidden_size)
+            pos = jnp.concatenate([pos[:, :1], patch_pos], axis=1)
         x = jnp.concatenate([jnp.broadcast_to(cls.astype(dt), (b, 1, c.hidden_size)), patches], axis=1)
-        return dropout(self, x + pos.astype(dt), c.hidden_dropout_prob)
+        return dropout(self, x + pos, c.hidden_dropout_prob)
 
 
 class _PatchEmbeddings(nn.Module):
@@ -254,8 +273,9 @@ class ViTPooler(nn.Module):
 
 
 class ViTModel(nn.Module):
-    """__call__(pixel_values [B, C, H, W]) -> (last hidden [B, N + 1, D] after the final
-    layernorm, pooled [B, P] or None), compute dtype. Token 0 is CLS."""
+    """__call__(pixel_values [B, C, H, W], interpolate_pos_encoding=False) -> (last hidden
+    [B, N + 1, D] after the final layernorm, pooled [B, P] or None), compute dtype. Token 0 is
+    CLS. interpolate_pos_encoding (a Python bool, static under jit) allows other image sizes."""
 
     config: ViTConfig
     add_pooling_layer: Optional[bool] = None
@@ -271,8 +291,8 @@ class ViTModel(nn.Module):
         if pool:
             self.pooler = ViTPooler(c)
 
-    def __call__(self, pixel_values_BCHW):
-        x = constrain(self.embeddings(pixel_values_BCHW), ("batch", "length", "embed"))
+    def __call__(self, pixel_values_BCHW, interpolate_pos_encoding: bool = False):
+        x = constrain(self.embeddings(pixel_values_BCHW, interpolate_pos_encoding), ("batch", "length", "embed"))
         for layer in self.layers:
             x = layer(x)
         x = self.layernorm(x)
@@ -288,9 +308,9 @@ class ViTForImageClassification(nn.Module):
     config: ViTConfig
 
     @nn.compact
-    def __call__(self, pixel_values_BCHW):
+    def __call__(self, pixel_values_BCHW, interpolate_pos_encoding: bool = False):
         c = self.config
-        x, _ = ViTModel(c, add_pooling_layer=False, name="vit")(pixel_values_BCHW)
+        x, _ = ViTModel(c, add_pooling_layer=False, name="vit")(pixel_values_BCHW, interpolate_pos_encoding)
         logits = Projection(c.num_labels, axes=("embed", None), use_bias=True, dtype=to_dtype(c.dtype),
                             name="classifier")(x[:, 0])
         return logits.astype(jnp.float32)

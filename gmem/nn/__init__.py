@@ -1,2 +1,2 @@
 """Small parts every model shares: projection (with the adapter hook), attention, norms,
-rotary embeddings, token embeddings."""
+rotary embeddings, token embeddings, torch's bicubic resize (resize)."""

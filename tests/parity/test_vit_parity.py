@@ -1,6 +1,8 @@
 """ViT against transformers' ViTForImageClassification / ViTModel on tiny random configs
 (fp32, max abs 1e-4), through a save_pretrained folder (the file spelling of the keys)."""
 
+import functools
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -101,7 +103,7 @@ def test_wrong_image_size_is_a_user_error(classifier):
     from gmem.errors import GmemError
     hf, _ = classifier
     model = vit.ViTForImageClassification(vit.ViTConfig.from_hf(hf.config))
-    with pytest.raises(GmemError, match="pixel_values"):
+    with pytest.raises(GmemError, match="interpolate_pos_encoding"):
         jax.eval_shape(model.init, jax.random.PRNGKey(0), jnp.zeros((1, 3, 32, 32)))
 
 
@@ -178,3 +180,80 @@ def test_attention_dropout_read_written_and_matches_hf_in_both_modes(monkeypatch
         ref = hf(pixel_values=px).last_hidden_state.numpy()
     assert np.abs(got - ref).max() <= TOL
     assert np.abs(got - plain).max() > 100 * TOL  # the dropout did act
+
+
+# Position-embedding interpolation (HF's interpolate_pos_encoding=True): a 32x32-trained tiny
+# model with 8x8 patches (a 4x4 grid) on larger and non-square images. Limit 1e-5 max abs on
+# last_hidden_state (fp32).
+INTERP_TOL = 1e-5
+INTERP = dict(SMALL, image_size=32, patch_size=8)
+
+
+@pytest.fixture(scope="module")
+def interp_model(tmp_path_factory):
+    torch.manual_seed(3)
+    hf = transformers.ViTModel(transformers.ViTConfig(**INTERP)).eval()
+    folder = tmp_path_factory.mktemp("vit_interp")
+    hf.save_pretrained(folder)
+    model, cfg, params = load_pretrained(folder)
+    assert isinstance(model, vit.ViTModel) and cfg.grid == (4, 4)
+    return hf, model, params
+
+
+def _run(model, params, px, interp):
+    fn = jax.jit(functools.partial(model.apply, interpolate_pos_encoding=interp))
+    return fn({"params": params}, jnp.asarray(px))
+
+
+@pytest.mark.parametrize("hw", [(48, 64), (64, 64), (16, 24), (16, 64)])
+def test_interpolate_pos_encoding_matches_hf(interp_model, hw):
+    hf, model, params = interp_model
+    px = np.random.RandomState(1).randn(2, 3, *hw).astype(np.float32)
+    with torch.no_grad():
+        ref = hf(pixel_values=torch.tensor(px), interpolate_pos_encoding=True)
+    hid, pooled = _run(model, params, px, True)
+    n = (hw[0] // 8) * (hw[1] // 8) + 1
+    assert hid.shape == (2, n, 32)
+    err = np.abs(np.asarray(hid) - ref.last_hidden_state.numpy()).max()
+    assert err <= INTERP_TOL, err
+    assert np.abs(np.asarray(pooled) - ref.pooler_output.numpy()).max() <= INTERP_TOL
+
+
+def test_interpolate_pos_encoding_at_trained_size_is_a_no_op(interp_model):
+    hf, model, params = interp_model
+    px = np.random.RandomState(2).randn(2, 3, 32, 32).astype(np.float32)
+    on, off = _run(model, params, px, True), _run(model, params, px, False)
+    np.testing.assert_array_equal(np.asarray(on[0]), np.asarray(off[0]))
+    with torch.no_grad():
+        ref = hf(pixel_values=torch.tensor(px), interpolate_pos_encoding=True).last_hidden_state.numpy()
+    assert np.abs(np.asarray(on[0]) - ref).max() <= INTERP_TOL
+
+
+def test_interpolate_pos_encoding_classifier_and_errors(interp_model, classifier):
+    from gmem.errors import GmemError
+    _, model, params = interp_model
+    with pytest.raises(GmemError, match="interpolate_pos_encoding=True"):
+        _run(model, params, np.zeros((1, 3, 48, 64), np.float32), False)
+    with pytest.raises(GmemError, match="not a multiple of the patch size"):
+        _run(model, params, np.zeros((1, 3, 36, 64), np.float32), True)
+    hf, folder = classifier  # the classifier threads the flag to its encoder
+    clf, _, cparams = load_pretrained(folder)
+    px = np.random.RandomState(3).randn(2, 3, 24, 20).astype(np.float32)
+    with torch.no_grad():
+        ref = hf(pixel_values=torch.tensor(px), interpolate_pos_encoding=True).logits.numpy()
+    got = jax.jit(functools.partial(clf.apply, interpolate_pos_encoding=True))({"params": cparams}, jnp.asarray(px))
+    assert np.abs(np.asarray(got) - ref).max() <= INTERP_TOL
+
+
+@pytest.mark.parametrize("src,dst", [((4, 5), (6, 8)), ((4, 4), (3, 2)), ((4, 5), (9, 13)), ((3, 3), (1, 1))])
+def test_bicubic_matrix_matches_torch_interpolate(src, dst):
+    """torch F.interpolate(bicubic, align_corners=False): float64 exact to 1e-6 (in fact ~1e-14);
+    the float32 jnp path to 1e-5 (float32 rounding on O(1) values)."""
+    from gmem.nn.resize import bicubic_matrix, resize_bicubic_hw
+    x = np.random.RandomState(4).randn(*src, 7)
+    ref = torch.nn.functional.interpolate(torch.tensor(x).permute(2, 0, 1)[None], size=dst, mode="bicubic",
+                                          align_corners=False)[0].permute(1, 2, 0).numpy()
+    got = np.einsum("pw,owd->opd", bicubic_matrix(src[1], dst[1]), np.einsum("oh,hwd->owd", bicubic_matrix(src[0], dst[0]), x))
+    assert np.abs(got - ref).max() <= 1e-6
+    got32 = np.asarray(resize_bicubic_hw(jnp.asarray(x, jnp.float32), dst))
+    assert np.abs(got32 - ref).max() <= 1e-5
