@@ -33,13 +33,18 @@ def _convert(state: dict, rules):
     return {"params": unflatten(flat)}
 
 
+def _saved_hf(cls, config: dict, seed: int, folder):
+    """A random HF ViT of `cls` (seeded), in eval mode, saved to folder with save_pretrained."""
+    torch.manual_seed(seed)
+    hf = cls(transformers.ViTConfig(**config)).eval()
+    hf.save_pretrained(folder)
+    return hf
+
+
 @pytest.fixture(scope="module")
 def classifier(tmp_path_factory):
-    torch.manual_seed(0)
-    hf = transformers.ViTForImageClassification(transformers.ViTConfig(**SMALL)).eval()
     folder = tmp_path_factory.mktemp("vit")
-    hf.save_pretrained(folder)
-    return hf, folder
+    return _saved_hf(transformers.ViTForImageClassification, SMALL, 0, folder), folder
 
 
 def _pixels(b=3):
@@ -191,10 +196,8 @@ INTERP = dict(SMALL, image_size=32, patch_size=8)
 
 @pytest.fixture(scope="module")
 def interp_model(tmp_path_factory):
-    torch.manual_seed(3)
-    hf = transformers.ViTModel(transformers.ViTConfig(**INTERP)).eval()
     folder = tmp_path_factory.mktemp("vit_interp")
-    hf.save_pretrained(folder)
+    hf = _saved_hf(transformers.ViTModel, INTERP, 3, folder)
     model, cfg, params = load_pretrained(folder)
     assert isinstance(model, vit.ViTModel) and cfg.grid == (4, 4)
     return hf, model, params
