@@ -97,7 +97,7 @@ class Projection(nn.Module):
         """(kernel in the compute dtype, this module's adapter entries), for a caller that folds
         the projection into a larger product instead of calling it (MemoryCrossAttention).
         Reads existing params: use it in apply, not in init."""
-        return self.get_variable("params", "kernel").astype(self.dtype), self._adapter()
+        return nn.unbox(self.get_variable("params", "kernel")).astype(self.dtype), self._adapter()
 
     def lora_down(self, x: jax.Array, a: dict) -> jax.Array:
         """dropout(x) A [..., r]: the first half of the LoRA delta (same dropout draw as __call__)."""
