@@ -169,8 +169,9 @@ def torch_gmt_steps(batches: list[dict], threads: int, warmup: int = 1) -> dict:
         losses.append(step(model, proxy, layers, opt, tb))
         times.append(time.perf_counter() - t0)
     s = statistics.median(times)
-    tokens = float(np.mean([int(tb["attention_mask"].sum()) for tb in tbs]))
-    return {"s_per_step": s, "tokens_per_s": tokens / s,
+    tokens = [int(tb["attention_mask"].sum()) for tb in tbs]
+    return {"s_per_step": s, "tokens_per_s": float(np.mean(tokens)) / s,
+            "total_s": sum(times), "total_tokens": sum(tokens),
             "trainable_params": int(sum(p.numel() for p in trainable)),
             "peak_rss_gb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1e6,
             "first_loss": losses[0], "attn": ATTN}

@@ -54,6 +54,7 @@ class MemoryCrossAttention(nn.Module):
 
     config: Any
     gate: str = "scalar"
+    fold: bool = True   # False: always the direct path (tests compare the two)
 
     @nn.compact
     def __call__(self, x_BLD: jax.Array, memory_BMD: jax.Array) -> jax.Array:
@@ -68,16 +69,61 @@ class MemoryCrossAttention(nn.Module):
         proj = lambda n, f, axes: Projection(f, axes=axes, use_bias=bias, dtype=dt, name=n)
         mem = constrain(memory_BMD.astype(dt), ("batch", "memory", "embed"))
         xn = RMSNorm(c.rms_norm_eps, dtype=dt, name="memory_layernorm")(x_BLD)
-        q = proj("q_proj", h * hd, ("embed", "heads"))(xn).reshape(b, l, h, hd)
+        q_proj = proj("q_proj", h * hd, ("embed", "heads"))
+        o_proj = proj("o_proj", c.hidden_size, ("heads", "embed"))
         k = proj("k_proj", kvh * hd, ("embed", "kv_heads"))(mem).reshape(b, m, kvh, hd)
         v = proj("v_proj", kvh * hd, ("embed", "kv_heads"))(mem).reshape(b, m, kvh, hd)
-        q = constrain(q, ("batch", "length", "heads", "head_dim"))
-        out = dot_product_attention(q, k, v, None).reshape(b, l, h * hd)
-        o = proj("o_proj", c.hidden_size, ("heads", "embed"))(out)
+        if self._folds(l, m, bias, q_proj, o_proj):
+            o = _folded_read(xn, k, v, q_proj, o_proj, h)
+        else:
+            q = constrain(q_proj(xn).reshape(b, l, h, hd), ("batch", "length", "heads", "head_dim"))
+            o = o_proj(dot_product_attention(q, k, v, None).reshape(b, l, h * hd))
         g = self.param("memory_gate", nn.with_logical_partitioning(nn.initializers.zeros_init(), ()),
                        (), jnp.float32)
         g = jnp.tanh(g) if self.gate == "tanh" else g
         return constrain(x_BLD + g.astype(o.dtype) * o, ("batch", "length", "embed"))
+
+    def _folds(self, l: int, m: int, bias: bool, q_proj: Projection, o_proj: Projection) -> bool:
+        # Folding pays when the L queries outnumber the memory: it trades q_proj and o_proj
+        # (L*D*D each) for M*D*D on the memory side plus L*D*H*M (H*M = 144 < D = 576 on
+        # SmolLM2). Decoding (L = 1) and GMT's last layer (L = the response window) go direct.
+        if not self.fold or bias or self.is_initializing() or l <= 2 * m:
+            return False
+        return all(not any(k.startswith("gift") for k in p._adapter()) for p in (q_proj, o_proj))
+
+
+def _folded_read(xn_BLD, k_BMKE, v_BMKE, q_proj: Projection, o_proj: Projection, h: int) -> jax.Array:
+    """o_proj(Attn(q_proj(xn), k, v)) [B, L, D] with both projections folded into the memory side.
+
+    Attention is linear in q and o is linear in the attention output, so per head n (kv head
+    n // G) and memory token j:
+        score[l, n, j] = xn[l] . (Wq_n k_j) / sqrt(E)      + LoRA: (drop(xn) A_q)[l] . (B_q,n k_j)
+        o[l]           = sum_{n,j} p[l, n, j] (v_j Wo_n)   + LoRA: scale * drop(out) A_o B_o
+    The same sums as the direct path in another order (equal up to float rounding); the LoRA
+    dropout draws are the projections' own, so the masks match the direct path's too.
+    """
+    b, m, kvh, e = k_BMKE.shape
+    g = h // kvh
+    dt = xn_BLD.dtype
+    wq, aq = q_proj.weights()                                   # [D, H*E]
+    wo, ao = o_proj.weights()                                   # [H*E, D]
+    d = wq.shape[0]
+    scale = e ** -0.5
+    kq_BDN = jnp.einsum("dkge,bmke->bdkgm", wq.reshape(d, kvh, g, e), k_BMKE).reshape(b, d, h * m)
+    scores = jnp.einsum("bld,bdn->bln", xn_BLD, kq_BDN)
+    if "lora_A" in aq:
+        bq = aq["lora_B"].astype(dt)
+        bk_BRN = jnp.einsum("rkge,bmke->brkgm", bq.reshape(-1, kvh, g, e), k_BMKE).reshape(b, -1, h * m)
+        scores = scores + jnp.einsum("blr,brn->bln", q_proj.lora_down(xn_BLD, aq), bk_BRN) * q_proj.lora_scale(aq)
+    l = xn_BLD.shape[1]
+    probs = jax.nn.softmax(scores.astype(jnp.float32).reshape(b, l, h, m) * scale, axis=-1)
+    probs = probs.astype(dt).reshape(b, l, h * m)
+    vo_BND = jnp.einsum("bmke,kged->bkgmd", v_BMKE, wo.reshape(kvh, g, e, -1)).reshape(b, h * m, -1)
+    o = jnp.einsum("bln,bnd->bld", probs, vo_BND)
+    if "lora_A" in ao:
+        out = jnp.einsum("blkgm,bmke->blkge", probs.reshape(b, l, kvh, g, m), v_BMKE).reshape(b, l, h * e)
+        o = o + o_proj._lora_delta(out, ao)
+    return o
 
 
 def memory_block(config: Any, gate: str = "scalar"):

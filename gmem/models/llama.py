@@ -20,6 +20,7 @@ from gmem.nn.embeddings import Embed
 from gmem.nn.norms import RMSNorm
 from gmem.nn.projection import Projection
 from gmem.nn.rope import apply_rope, inverse_frequencies, rope_cos_sin
+from gmem.nn.swiglu import swiglu
 
 
 @dataclasses.dataclass(frozen=True)
@@ -179,7 +180,7 @@ class LlamaMLP(nn.Module):
         dt = to_dtype(c.dtype)
         gate = Projection(c.intermediate_size, axes=("embed", "mlp"), use_bias=c.mlp_bias, dtype=dt, name="gate_proj")(x_BLD)
         up = Projection(c.intermediate_size, axes=("embed", "mlp"), use_bias=c.mlp_bias, dtype=dt, name="up_proj")(x_BLD)
-        h = constrain(nn.silu(gate) * up, ("batch", "length", "mlp"))
+        h = constrain(swiglu(gate, up), ("batch", "length", "mlp"))
         return Projection(c.hidden_size, axes=("mlp", "embed"), use_bias=c.mlp_bias, dtype=dt, name="down_proj")(h)
 
 

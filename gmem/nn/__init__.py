@@ -1,2 +1,3 @@
 """Small parts every model shares: projection (with the adapter hook), attention, norms,
-rotary embeddings, token embeddings, torch's bicubic resize (resize)."""
+rotary embeddings, token embeddings, torch's bicubic resize (resize), SwiGLU with a lean
+backward (swiglu)."""

@@ -93,16 +93,26 @@ class Projection(nn.Module):
             return {}
         return dict(self.variables[ADAPTER])
 
-    def _lora_delta(self, x: jax.Array, a: dict) -> jax.Array:
-        lora_a = a["lora_A"].astype(self.dtype)
-        lora_b = a["lora_B"].astype(self.dtype)
-        scale = a.get("lora_scale", jnp.ones((), self.dtype)).astype(self.dtype)
+    def weights(self) -> tuple[jax.Array, dict]:
+        """(kernel in the compute dtype, this module's adapter entries), for a caller that folds
+        the projection into a larger product instead of calling it (MemoryCrossAttention).
+        Reads existing params: use it in apply, not in init."""
+        return nn.unbox(self.get_variable("params", "kernel")).astype(self.dtype), self._adapter()
+
+    def lora_down(self, x: jax.Array, a: dict) -> jax.Array:
+        """dropout(x) A [..., r]: the first half of the LoRA delta (same dropout draw as __call__)."""
         rate = a.get("lora_dropout", None)
         # Dropout only when the caller passes a "dropout" rng (training); rate may be traced.
         if rate is not None and self.has_rng("dropout"):
             keep = jax.random.uniform(self.make_rng("dropout"), x.shape) >= rate
             x = jnp.where(keep, x / jnp.maximum(1.0 - rate, 1e-6), 0.0).astype(self.dtype)
-        return jnp.dot(jnp.dot(x, lora_a), lora_b) * scale
+        return jnp.dot(x.astype(self.dtype), a["lora_A"].astype(self.dtype))
+
+    def lora_scale(self, a: dict) -> jax.Array:
+        return a.get("lora_scale", jnp.ones((), self.dtype)).astype(self.dtype)
+
+    def _lora_delta(self, x: jax.Array, a: dict) -> jax.Array:
+        return jnp.dot(self.lora_down(x, a), a["lora_B"].astype(self.dtype)) * self.lora_scale(a)
 
     def _gift(self, x: jax.Array, k: jax.Array, a: dict) -> jax.Array:
         phi = a["gift_phi"].astype(self.dtype)            # [D_in, r]
