@@ -89,7 +89,7 @@ class MemoryCrossAttention(nn.Module):
         # SmolLM2). Decoding (L = 1) and GMT's last layer (L = the response window) go direct.
         if not self.fold or bias or self.is_initializing() or l <= 2 * m:
             return False
-        return all(not any(k.startswith("gift") for k in p._adapter()) for p in (q_proj, o_proj))
+        return all(not any(k.startswith("gift") for k in p.weights()[1]) for p in (q_proj, o_proj))
 
 
 def _folded_read(xn_BLD, k_BMKE, v_BMKE, q_proj: Projection, o_proj: Projection, h: int) -> jax.Array:
@@ -122,7 +122,7 @@ def _folded_read(xn_BLD, k_BMKE, v_BMKE, q_proj: Projection, o_proj: Projection,
     o = jnp.einsum("bln,bnd->bld", probs, vo_BND)
     if "lora_A" in ao:
         out = jnp.einsum("blkgm,bmke->blkge", probs.reshape(b, l, kvh, g, m), v_BMKE).reshape(b, l, h * e)
-        o = o + o_proj._lora_delta(out, ao)
+        o = o + o_proj.lora_delta(out, ao)
     return o
 
 

@@ -77,7 +77,7 @@ class Projection(nn.Module):
         else:
             y = jnp.dot(x, k)
         if "lora_A" in adapter:
-            y = y + self._lora_delta(x, adapter)
+            y = y + self.lora_delta(x, adapter)
         if self.use_bias:
             bias = self.param(
                 "bias",
@@ -111,7 +111,8 @@ class Projection(nn.Module):
     def lora_scale(self, a: dict) -> jax.Array:
         return a.get("lora_scale", jnp.ones((), self.dtype)).astype(self.dtype)
 
-    def _lora_delta(self, x: jax.Array, a: dict) -> jax.Array:
+    def lora_delta(self, x: jax.Array, a: dict) -> jax.Array:
+        """scale * dropout(x) A B: the LoRA term __call__ adds to x K."""
         return jnp.dot(self.lora_down(x, a), a["lora_B"].astype(self.dtype)) * self.lora_scale(a)
 
     def _gift(self, x: jax.Array, k: jax.Array, a: dict) -> jax.Array:
