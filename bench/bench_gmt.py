@@ -38,8 +38,9 @@ def clocks():
 
 
 def prepared_steps(config, overrides, steps, tokens_key="tokens"):
-    """The system, its compiled step and `steps` batches; returns (system, run, widths) where
-    run() times one pass over the batches: (wall s, CPU s, tokens) and keeps the state."""
+    """The system, its compiled step and `steps` batches; returns (system, run, widths, held)
+    where run() times one pass over the batches, (wall s, CPU s, tokens), and leaves the state
+    it reached in held["state"] (the frozen params in held["frozen"])."""
     from gmem.systems.gmt import GMTSystem
     cfg = gconfig.to_object(gconfig.load_config(os.path.join(CONFIGS, config), overrides))
     system = GMTSystem(cfg)
@@ -70,8 +71,7 @@ def prepared_steps(config, overrides, steps, tokens_key="tokens"):
         held["state"] = state
         return w1 - w0, c1 - c0, toks
 
-    run.held = held
-    return system, run, len(shapes)
+    return system, run, len(shapes), held
 
 
 def torch_side(steps: int, threads: int) -> dict:
@@ -94,7 +94,7 @@ def main(argv=None):
     a = ap.parse_args(argv)
     cores = os.cpu_count() or 1
     rows = []
-    _, run1, _ = prepared_steps("gmt_stage1.yaml", [], a.stage1_steps, "triples")
+    _, run1, _, _ = prepared_steps("gmt_stage1.yaml", [], a.stage1_steps, "triples")
     wall, cpu, _ = run1()
     rows.append(["stage 1 step (batch 128, 64 negatives)",
                  f"{wall / a.stage1_steps:.2f} s ({cpu / a.stage1_steps:.2f} CPU-s)", "-",
@@ -103,34 +103,32 @@ def main(argv=None):
     # Stage 2 in rounds, gmem and PyTorch taking turns on the same batches: this machine's speed
     # drifts by +-20% over minutes (a shared host), so alternating keeps the ratio fair and the
     # spread over rounds shows the drift.
-    system, run2, widths = prepared_steps("default.yaml", [], a.steps)
-    g_rates, t_rates, g_tot, t_tot = [], [], [0.0, 0.0, 0.0], [0.0, 0.0]
+    system, run2, widths, held = prepared_steps("default.yaml", [], a.steps)
+    g_runs, t_runs = [], []          # (wall s, CPU s, tokens) and (wall s, tokens) per round
     for r in range(a.rounds):
-        wall, cpu, toks = run2()
-        g_rates.append(toks / wall)
-        g_tot = [g_tot[0] + wall, g_tot[1] + cpu, g_tot[2] + toks]
-        line = f"round {r + 1}/{a.rounds}: gmem {toks / wall:.0f} tokens/s"
+        g_runs.append(run2())
+        line = f"round {r + 1}/{a.rounds}: gmem {g_runs[-1][2] / g_runs[-1][0]:.0f} tokens/s"
         if not a.no_torch:
             t = torch_side(a.steps, cores)
-            t_rates.append(t["total_tokens"] / t["total_s"])
-            t_tot = [t_tot[0] + t["total_s"], t_tot[1] + t["total_tokens"]]
-            line += f", PyTorch {t_rates[-1]:.0f} tokens/s"
+            t_runs.append((t["total_s"], t["total_tokens"]))
+            line += f", PyTorch {t['total_tokens'] / t['total_s']:.0f} tokens/s"
         print(line, flush=True)
     n = a.rounds * a.steps
-    spread = lambda rates: f"rounds {min(rates):.0f}-{max(rates):.0f}" if len(rates) > 1 else ""
-    gmem_rate = g_tot[2] / g_tot[0]
+    spread = lambda runs: (f"rounds {min(k / w for w, *_, k in runs):.0f}-{max(k / w for w, *_, k in runs):.0f}"
+                           if len(runs) > 1 else "")
+    g_wall, g_cpu, g_toks = map(sum, zip(*g_runs))
     torch_cell, ratio = "-", ""
-    if not a.no_torch:
-        torch_rate = t_tot[1] / t_tot[0]
-        torch_cell = f"{torch_rate:.0f} tokens/s ({t_tot[0] / n:.2f} s/step; {spread(t_rates)})"
-        ratio = f"; gmem / PyTorch {gmem_rate / torch_rate:.2f}x"
+    if t_runs:
+        t_wall, t_toks = map(sum, zip(*t_runs))
+        torch_cell = f"{t_toks / t_wall:.0f} tokens/s ({t_wall / n:.2f} s/step; {spread(t_runs)})"
+        ratio = f"; gmem / PyTorch {g_toks / g_wall / (t_toks / t_wall):.2f}x"
     rows.append([f"stage 2 step (batch 8, ~100-token prompts; each batch cut to its longest row rounded "
                  f"up to {system.p['pad_to_multiple_of']}: {widths} widths, each compiled before timing; "
                  f"{a.rounds} rounds of {a.steps} steps)",
-                 f"{gmem_rate:.0f} tokens/s ({g_tot[0] / n:.2f} s/step, {g_tot[1] / n:.1f} CPU-s; "
-                 f"{spread(g_rates)})", torch_cell, "334 tokens/s; goal >= 501" + ratio])
+                 f"{g_toks / g_wall:.0f} tokens/s ({g_wall / n:.2f} s/step, {g_cpu / n:.1f} CPU-s; "
+                 f"{spread(g_runs)})", torch_cell, "334 tokens/s; goal >= 501" + ratio])
     print(rows[-1], flush=True)
-    state, frozen = run2.held["state"], run2.held["frozen"]
+    state, frozen = held["state"], held["frozen"]
     from gmem.systems import gmt_eval as E
     recs = system.records("test")
     recs = recs[: a.prompts] if a.prompts else recs
