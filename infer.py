@@ -2,7 +2,7 @@
 """Evaluate and generate from a trained checkpoint; export adapters or the merged model.
 
     python infer.py --checkpoint runs/lm_lora                  # eval + generation
-    python infer.py --checkpoint runs/lm_lora eval.prompts='[ROMEO:, JULIET:]' eval.max_new_tokens=64
+    python infer.py --checkpoint runs/lm_lora system.prompts='[ROMEO:, JULIET:]' system.max_new_tokens=64
     python infer.py --checkpoint runs/lm_lora --prompt "HAMLET:" --out preds/
     python infer.py --checkpoint runs/lm_lora --export-peft out/peft --export-hf out/merged
 

@@ -4,6 +4,7 @@
     python train.py                                   # configs/default.yaml (the embedded job)
     python train.py --config configs/lm_lora.yaml train.steps=200 sharding.mesh.fsdp=4
     python train.py --config configs/lm_lora.yaml --override my_changes.yaml
+    python train.py --config configs/X.yaml --pass NAME   # a system's offline pass (resumable)
 
 Overrides are `key.sub=value` pairs or `--override FILE.yaml`; the resolved config is printed
 at the start and saved with every checkpoint. Running the same command again resumes from the
@@ -24,6 +25,12 @@ def main(argv) -> int:
     from gmem import config as gconfig
     from gmem.errors import GmemError
 
+    pass_name = None
+    if "--pass" in argv:
+        i = argv.index("--pass")
+        if i + 1 >= len(argv):
+            raise GmemError("--pass: expected the name of one of the system's offline passes")
+        pass_name, argv = argv[i + 1], argv[:i] + argv[i + 2:]
     path, files, pairs, rest = gconfig.parse_cli(argv)
     if rest:
         raise GmemError(f"unknown argument {rest[0]!r}; use --config FILE, --override FILE or key.sub=value")
@@ -36,6 +43,11 @@ def main(argv) -> int:
 
     maybe_initialize_distributed()
     obj = gconfig.to_object(cfg)
+    if pass_name is not None:
+        from gmem.train.passes import run_configured_pass
+        summary = run_configured_pass(obj, pass_name)
+        print(f"pass {pass_name}: {summary['done']}/{summary['total']} done in {summary['out']}", flush=True)
+        return 0
     run_dir = pathlib.Path(obj.train.run_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
     (run_dir / "config.yaml").write_text(gconfig.to_yaml(cfg))

@@ -28,10 +28,11 @@ from bench.bench_gmt import prepared_steps  # noqa: E402
 def undo(names):
     """Patch the modules the B step is traced from (A is already compiled)."""
     if "fold" in names:
-        import gmem.systems.gmt as gmt
-        from gmem.memory.cross_attention import MemoryCrossAttention
-        gmt.memory_block = lambda c, gate="scalar": functools.partial(MemoryCrossAttention, c, gate=gate,
-                                                                      fold=False)
+        import gmem.memory.cross_attention as ca
+        import gmem.systems.gmt.stage2 as stage2
+        direct = functools.partial(ca.MemoryCrossAttention, fold=False)
+        stage2.memory_hook = lambda c, layers, gate="scalar": ca.DecoderHook(
+            block=functools.partial(direct, c, gate=gate), layers=tuple(layers), name=ca.BLOCK_NAME)
     if "swiglu" in names:
         import gmem.models.llama as llama
         llama.swiglu = lambda g, u: jax.nn.silu(g) * u

@@ -41,9 +41,9 @@ def prepared_steps(config, overrides, steps, tokens_key="tokens"):
     """The system, its compiled step and `steps` batches; returns (system, run, widths, held)
     where run() times one pass over the batches, (wall s, CPU s, tokens), and leaves the state
     it reached in held["state"] (the frozen params in held["frozen"])."""
-    from gmem.systems.gmt import GMTSystem
+    from gmem.train.system import build_system
     cfg = gconfig.to_object(gconfig.load_config(os.path.join(CONFIGS, config), overrides))
-    system = GMTSystem(cfg)
+    system = build_system(cfg)
     plan = make_plan(cfg, system)
     held = {}
     with plan.context():
@@ -129,7 +129,7 @@ def main(argv=None):
                  f"{spread(g_runs)})", torch_cell, "334 tokens/s; goal >= 501" + ratio])
     print(rows[-1], flush=True)
     state, frozen = held["state"], held["frozen"]
-    from gmem.systems import gmt_eval as E
+    from gmem.systems.gmt import eval as E
     recs = system.records("test")
     recs = recs[: a.prompts] if a.prompts else recs
     E.classify(system, state.trainable, frozen, recs[: system.p["eval_batch"]])   # compile

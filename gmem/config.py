@@ -11,6 +11,7 @@ Every problem is a one-line GmemError naming the file (and line for YAML syntax)
 from __future__ import annotations
 
 import dataclasses
+import difflib
 import pathlib
 from dataclasses import dataclass, field
 from typing import Any, Dict, List, Optional, Sequence
@@ -39,6 +40,8 @@ class ModelConfig:
     remat: bool = False
     seed: int = 0
     # Only for source=random (tests, benchmarks); a real source brings its own config.json.
+    # family: llama | gpt2 | bert (None: the system's default family).
+    family: Optional[str] = None
     vocab_size: int = 260
     hidden_size: int = 32
     intermediate_size: int = 64
@@ -47,7 +50,7 @@ class ModelConfig:
     num_key_value_heads: int = 2
     head_dim: Optional[int] = None
     max_position_embeddings: int = 2048
-    tie_word_embeddings: bool = False
+    tie_word_embeddings: Optional[bool] = None    # None: the family's default (LLaMA no, GPT-2 yes)
 
 
 @dataclass
@@ -72,17 +75,12 @@ class AdapterConfig:
 
 @dataclass
 class DataConfig:
-    """Text corpus for language modelling. corpus: 'shakespeare' (embedded), a .txt file, a
-    folder of .txt files (matching `glob`), or a .json/.jsonl file with `text_field`.
-    batch_size is global (all hosts, all micro-batches of one optimizer step)."""
+    """Batching every system shares. batch_size is global (all hosts, all micro-batches of one
+    optimizer step); seq_len is the padded row length of token batches; seed orders the rows.
+    What the data is (a corpus, a KG, a labelled set) is the system's own option."""
 
-    corpus: str = "shakespeare"
-    glob: str = "*.txt"
-    text_field: str = "text"
     seq_len: int = 128
     batch_size: int = 8
-    eval_fraction: float = 0.02
-    max_chars: Optional[int] = None
     seed: int = 0
 
 
@@ -137,12 +135,11 @@ class CheckpointConfig:
 
 @dataclass
 class EvalConfig:
+    """Periodic evaluation during training: every N steps (0 = only infer.py), over up to
+    `batches` batches of held-out data (how a system counts a batch is its own)."""
+
     every: int = 0
     batches: int = 4
-    prompts: List[str] = field(default_factory=lambda: ["ROMEO:"])
-    max_new_tokens: int = 32
-    temperature: float = 0.0
-    top_k: int = 0
 
 
 @dataclass
@@ -156,16 +153,63 @@ class TrainConfig:
 
 
 @dataclass
-class SystemConfig:
-    """Which system assembles model, loss, data and eval; `params` holds its own options."""
+class SystemOptions:
+    """The `system:` section: `name` picks a registered system, whose options dataclass (a
+    subclass of this one, registered with `register_system`) types every other key. Only the
+    chosen system's options appear in a resolved config."""
 
     name: str = "lm"
-    params: Dict[str, Any] = field(default_factory=dict)
+
+
+# name -> system class; filled by @register_system in the gmem.systems packages.
+SYSTEMS: Dict[str, type] = {}
+
+
+def register_system(name: str):
+    """Class decorator for a system (`gmem.train.system.System`): registers it under `name`.
+    The class's `Options` attribute (a SystemOptions subclass whose `name` defaults to `name`)
+    is the schema of its `system:` section."""
+    def deco(cls):
+        opts = getattr(cls, "Options", None)
+        if opts is None or not issubclass(opts, SystemOptions):
+            raise TypeError(f"system {name!r}: {cls.__name__}.Options must subclass SystemOptions")
+        if opts.__dataclass_fields__["name"].default != name:
+            raise TypeError(f"system {name!r}: {opts.__name__}.name must default to {name!r}")
+        if name in SYSTEMS and SYSTEMS[name] is not cls:
+            raise TypeError(f"system {name!r} registered twice ({SYSTEMS[name].__name__}, {cls.__name__})")
+        cls.name = name
+        SYSTEMS[name] = cls
+        return cls
+    return deco
+
+
+def system_class(name: str) -> type:
+    """The system registered as `name`. Systems register when their package is imported; the
+    package gmem.systems.<name> is tried first, then every package under gmem/systems/ (one
+    package may hold several systems, as gmt holds gmt and gmt_stage1). The imports are by
+    name, at run time: gmem.train and this module never import a system statically."""
+    import importlib
+    import pkgutil
+
+    if name not in SYSTEMS:
+        try:
+            importlib.import_module(f"gmem.systems.{name}")
+        except ModuleNotFoundError as e:
+            if e.name != f"gmem.systems.{name}":
+                raise
+    if name not in SYSTEMS:
+        for mod in pkgutil.iter_modules(importlib.import_module("gmem.systems").__path__):
+            importlib.import_module(f"gmem.systems.{mod.name}")
+    if name not in SYSTEMS:
+        near = difflib.get_close_matches(name, sorted(SYSTEMS), n=1)
+        hint = f"; did you mean {near[0]!r}?" if near else ""
+        raise GmemError(f"system.name: unknown system {name!r}{hint} (known: {sorted(SYSTEMS)})")
+    return SYSTEMS[name]
 
 
 @dataclass
 class Config:
-    system: SystemConfig = field(default_factory=SystemConfig)
+    system: SystemOptions = field(default_factory=SystemOptions)
     model: ModelConfig = field(default_factory=ModelConfig)
     adapters: List[AdapterConfig] = field(default_factory=lambda: [AdapterConfig()])
     data: DataConfig = field(default_factory=DataConfig)
@@ -230,32 +274,79 @@ def _merge(cfg, layer: Any, where: str):
         raise GmemError(f"{where}: {_one_line(e)}") from None
 
 
+# Keys that moved into a system's own options (issue: each config holds only what applies).
+MOVED = {"data.corpus": "system.corpus", "data.glob": "system.glob", "data.text_field": "system.text_field",
+         "data.eval_fraction": "system.eval_fraction", "data.max_chars": "system.max_chars",
+         "eval.prompts": "system.prompts", "eval.max_new_tokens": "system.max_new_tokens",
+         "eval.temperature": "system.temperature", "eval.top_k": "system.top_k"}
+
+
+def _old_form(where: str, layer: dict) -> None:
+    """One line for a config written for the old layout (system.params, moved keys)."""
+    sysd = layer.get("system")
+    if isinstance(sysd, dict) and "params" in sysd:
+        keys = list(sysd["params"] or {}) or ["top_k"]
+        raise GmemError(f"{where}: system.params is gone: a system's options sit directly under "
+                        f"`system:` now (system.params.{keys[0]} -> system.{keys[0]})")
+    for old, new in MOVED.items():
+        sec, key = old.split(".")
+        if isinstance(layer.get(sec), dict) and key in layer[sec]:
+            raise GmemError(f"{where}: {old} is now {new} (an option of the systems that read it)")
+
+
+def _system_name(layers: list) -> str:
+    """The system the layers select: the last `system.name` given (schema default 'lm')."""
+    name = SystemOptions.name
+    for kind, where, data in layers:
+        if kind == "dict":
+            sysd = data.get("system")
+            if isinstance(sysd, dict) and sysd.get("name") is not None:
+                name = str(sysd["name"])
+        elif data[0] == "system.name":
+            name = str(_parse_value(data[1]))
+    return name
+
+
+def _parse_value(raw: str):
+    # As OmegaConf's dotlist parses values (YAML scalars and lists).
+    return OmegaConf.to_container(OmegaConf.from_dotlist([f"v={raw}"]))["v"]
+
+
 def load_config(path: str | pathlib.Path | None = None, overrides: Sequence[str] = (),
                 override_files: Sequence[str | pathlib.Path] = (), base: dict | None = None):
-    """Build the resolved config (an OmegaConf DictConfig over `Config`). `base` (a saved
-    config dict, e.g. from a checkpoint) is merged first, before the file."""
-    cfg = OmegaConf.structured(Config)
+    """Build the resolved config (an OmegaConf DictConfig over `Config`, its `system` section
+    typed by the chosen system's options). `base` (a saved config dict, e.g. from a
+    checkpoint) is merged first, before the file."""
+    layers: list = []
     if base is not None:
-        cfg = _merge(cfg, base, "saved config")
-    if path is not None:
-        for name, data in _file_layers(pathlib.Path(path)):
-            cfg = _merge(cfg, data, name)
-    for f in override_files:
-        for name, data in _file_layers(pathlib.Path(f)):
-            cfg = _merge(cfg, data, name)
+        layers.append(("dict", "saved config", base))
+    for f in ([path] if path is not None else []) + list(override_files):
+        layers += [("dict", name, data) for name, data in _file_layers(pathlib.Path(f))]
     for item in overrides:
         if "=" not in item:
             raise GmemError(f"override {item!r}: expected key.sub=value")
         key, raw = item.split("=", 1)
+        if key.startswith("system.params.") or key in MOVED:
+            new = MOVED.get(key, "system." + key[len("system.params."):])
+            raise GmemError(f"override {item!r}: {key} is now {new}")
+        layers.append(("override", f"override {item!r}", (key, raw)))
+    for kind, where, data in layers:
+        if kind == "dict":
+            _old_form(where, data)
+    options = system_class(_system_name(layers)).Options
+    cfg = OmegaConf.structured(Config(system=options()))
+    for kind, where, data in layers:
+        if kind == "dict":
+            cfg = _merge(cfg, data, where)
+            continue
+        key, raw = data
         try:
-            # Parse the value as OmegaConf's dotlist does (YAML scalars and lists), then set it by
-            # path so list indices (adapters.0.rank=4) and struct checks both work.
-            value = OmegaConf.to_container(OmegaConf.from_dotlist([f"v={raw}"]))["v"]
-            OmegaConf.update(cfg, key, value, merge=True)
+            # Set by path so list indices (adapters.0.rank=4) and struct checks both work.
+            OmegaConf.update(cfg, key, _parse_value(raw), merge=True)
         except OmegaConfBaseException as e:
-            raise GmemError(f"override {item!r}: {_one_line(e)}") from None
+            raise GmemError(f"{where}: {_one_line(e)}") from None
         except (yaml.YAMLError, TypeError, ValueError, IndexError) as e:
-            raise GmemError(f"override {item!r}: bad value for {key}: {str(e).splitlines()[0]}") from None
+            raise GmemError(f"{where}: bad value for {key}: {str(e).splitlines()[0]}") from None
     try:
         OmegaConf.resolve(cfg)
     except OmegaConfBaseException as e:
@@ -282,7 +373,7 @@ def to_dict(cfg) -> dict:
 
 def from_dict(d: dict) -> Config:
     """Rebuild a typed config from a saved dict (checkpoint metadata)."""
-    return to_object(_merge(OmegaConf.structured(Config), d, "saved config"))
+    return to_object(load_config(None, base=d))
 
 
 def parse_cli(argv: Sequence[str]) -> tuple[Optional[str], list[str], list[str], list[str]]:

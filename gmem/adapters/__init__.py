@@ -46,8 +46,8 @@ to_gift_state_dict: the original GIFT checkpoint layout).
 """
 
 from gmem.adapters.core import (AdapterSpec, adapter_collection, count_params, init_adapters,
-                                merge, module_entries, placements, unmerge)
+                                merge, module_entries, placements, specs_from_config, unmerge)
 from gmem.adapters.targets import resolve_targets
 
 __all__ = ["AdapterSpec", "init_adapters", "adapter_collection", "merge", "unmerge",
-           "count_params", "module_entries", "placements", "resolve_targets"]
+           "count_params", "module_entries", "placements", "resolve_targets", "specs_from_config"]

@@ -12,7 +12,8 @@ from gmem.adapters import gift as _gift
 from gmem.adapters import lora as _lora
 from gmem.adapters.targets import projection_paths, resolve_targets, _unbox
 from gmem.errors import GmemError, collect_errors
-from gmem.hf.keymap import Rule, flatten, unflatten
+from gmem.hf.keymap import Rule
+from gmem.tree import flatten, unflatten
 from gmem.nn.projection import GIFT_ACT_NAMES
 
 
@@ -218,3 +219,10 @@ def flatten_modules(tree: Mapping) -> dict[str, dict]:
 
 def unflatten_modules(flat: Mapping[str, dict]) -> dict:
     return unflatten({f"{m}/{k}": v for m, e in flat.items() for k, v in e.items()})
+
+
+def specs_from_config(entries) -> list[AdapterSpec]:
+    """AdapterSpecs from the config's `adapters:` entries (gmem.config.AdapterConfig: every
+    field of one is a field of the other)."""
+    names = [f.name for f in dataclasses.fields(AdapterSpec)]
+    return [AdapterSpec(**{k: getattr(a, k) for k in names if hasattr(a, k)}) for a in entries]

@@ -26,7 +26,10 @@ import re
 from typing import Iterable, Optional, Sequence
 
 from gmem.errors import GmemError
-from gmem.hf.keymap import Rule, flatten, gmem_to_hf, hf_to_gmem
+from gmem.hf.keymap import Rule, gmem_to_hf, hf_to_gmem
+
+# timm module names (GIFT's vision configs) -> regexes over HF ViT / BERT module names.
+from gmem.tree import flatten
 
 # timm module names (GIFT's vision configs) -> regexes over HF ViT / BERT module names.
 ALIASES = {

@@ -27,10 +27,10 @@ def corpus_files(corpus: str, glob: str = "*.txt") -> list[pathlib.Path]:
     if p.is_dir():
         files = sorted(p.rglob(glob))
         if not files:
-            raise GmemError(f"data.corpus: no files matching {glob!r} under {p}")
+            raise GmemError(f"system.corpus: no files matching {glob!r} under {p}")
         return files
     if not p.is_file():
-        raise GmemError(f"data.corpus: {corpus!r} is not 'shakespeare', a file or a folder")
+        raise GmemError(f"system.corpus: {corpus!r} is not 'shakespeare', a file or a folder")
     return [p]
 
 
@@ -43,7 +43,7 @@ def load_texts(corpus: str, glob: str = "*.txt", text_field: str = "text",
             import datasets
             ds = datasets.load_dataset("json", data_files=str(f), split="train")
             if text_field not in ds.column_names:
-                raise GmemError(f"{f}: no field {text_field!r} (data.text_field); fields are {ds.column_names}")
+                raise GmemError(f"{f}: no field {text_field!r} (system.text_field); fields are {ds.column_names}")
             texts += [str(t) for t in ds[text_field]]
         else:
             texts.append(f.read_text(encoding="utf-8", errors="replace"))
@@ -80,7 +80,7 @@ def split_rows(rows: np.ndarray, eval_fraction: float) -> tuple[np.ndarray, np.n
     if eval_fraction > 0:
         n_eval = max(1, n_eval)
     if n_eval >= len(rows):
-        raise GmemError(f"data.eval_fraction={eval_fraction} leaves no training rows ({len(rows)} rows)")
+        raise GmemError(f"system.eval_fraction={eval_fraction} leaves no training rows ({len(rows)} rows)")
     return rows[: len(rows) - n_eval], rows[len(rows) - n_eval:]
 
 

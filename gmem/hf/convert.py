@@ -22,7 +22,8 @@ from typing import Any
 import numpy as np
 
 from gmem.errors import GmemError, collect_errors
-from gmem.hf.keymap import apply_transform, flatten, gmem_to_hf, hf_to_gmem, unflatten
+from gmem.hf.keymap import apply_transform, gmem_to_hf, hf_to_gmem
+from gmem.tree import flatten, unflatten
 from gmem.hf.readers import TensorSource, open_weights
 
 

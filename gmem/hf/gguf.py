@@ -198,7 +198,7 @@ def convert_gguf(path, folder) -> pathlib.Path:
     that transformers and gmem.hf.convert.load_pretrained read. Returns the folder."""
     from gmem.hf.convert import load_params
     from gmem.hf.registry import family_for
-    from gmem.hf.tokenizer import tokenizer_from_gguf_reader
+    from gmem.hf.gguf_tokenizer import tokenizer_from_gguf_reader
     from gmem.hf.writer import save_pretrained
 
     path = pathlib.Path(path)

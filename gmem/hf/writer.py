@@ -22,7 +22,8 @@ import tempfile
 import numpy as np
 
 from gmem.errors import GmemError, collect_errors
-from gmem.hf.keymap import apply_transform, flatten, gmem_to_hf
+from gmem.hf.keymap import apply_transform, gmem_to_hf
+from gmem.tree import flatten
 from gmem.hf.readers import SAFE_INDEX, SAFE_SINGLE
 
 DEFAULT_MAX_SHARD_BYTES = 5 * 1024**3

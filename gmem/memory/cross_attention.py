@@ -17,10 +17,11 @@ and the MLP of chosen layers (specs/gofa-gmt.md B8).
 
 Plug into a LLaMA-family model:
 
-    block = memory_block(config)                  # functools.partial(MemoryCrossAttention, ...)
-    model = LlamaForCausalLM(config, memory_block=block, memory_layers=(22, ..., 29))
-    params = init_from_self_attention(params, memory_layers)
-    logits, cache = model.apply({"params": params, "adapter": lora}, ids, memory=mem_BMD)
+    hook = memory_hook(config, layers=(22, ..., 29))   # a gmem.models.hooks.DecoderHook
+    model = LlamaForCausalLM(config, hooks=(hook,))
+    params = init_from_self_attention(params, hook.layers)
+    logits, cache = model.apply({"params": params, "adapter": lora}, ids,
+                                hook_inputs={"memory": mem_BMD})
 """
 
 from __future__ import annotations
@@ -35,6 +36,7 @@ from jax.sharding import PartitionSpec as P
 
 from gmem.errors import GmemError
 from gmem.models.common import to_dtype
+from gmem.models.hooks import DecoderHook
 from gmem.nn.attention import constrain, dot_product_attention
 from gmem.nn.norms import RMSNorm
 from gmem.nn.projection import Projection
@@ -126,12 +128,13 @@ def _folded_read(xn_BLD, k_BMKE, v_BMKE, q_proj: Projection, o_proj: Projection,
     return o
 
 
-def memory_block(config: Any, gate: str = "scalar"):
-    """The `memory_block` argument of LlamaForCausalLM: the decoder instantiates it as
-    block(name="memory_attn")."""
+def memory_hook(config: Any, layers: Sequence[int], gate: str = "scalar") -> DecoderHook:
+    """The decoder hook that puts the memory block after self-attention in `layers`, fed by
+    hook_inputs["memory"] [B, M, D] (parameters at model/layers_i/memory_attn)."""
     if gate not in GATES:
         raise GmemError(f"memory gate: {gate!r} is not one of {GATES}")
-    return functools.partial(MemoryCrossAttention, config, gate=gate)
+    return DecoderHook(block=functools.partial(MemoryCrossAttention, config, gate=gate),
+                       layers=tuple(layers), where="post_attn", input="memory", name=BLOCK_NAME)
 
 
 def top_layers(num_hidden_layers: int, count: int = 8) -> tuple[int, ...]:

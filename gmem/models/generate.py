@@ -177,7 +177,7 @@ def generate(module, variables, input_ids_BL, attention_mask_BL=None, *, max_new
       temperature: 0 = greedy; > 0 samples from softmax(logits / temperature).
       top_k: 0 = off; top_p: 1.0 = off. Only used when sampling.
       rng: PRNG key for sampling (default PRNGKey(0)); the same key gives the same tokens.
-      model_kwargs: extra apply() keyword arrays for every step (e.g. {"memory": ...} for GMT);
+      model_kwargs: extra apply() keyword arrays for every step (e.g. {"hook_inputs": {"memory": mem_BMD}} for GMT);
       prefill_kwargs: extra apply() keyword arrays for the prompt pass only.
     Returns:
       GenerateOutput(tokens [B, max_new_tokens], lengths [B], done [B]).

@@ -22,6 +22,7 @@ import jax.numpy as jnp
 
 from gmem.errors import GmemError
 from gmem.models.common import activation, dropout, dropout_rng, hf_dict, require, to_dtype
+from gmem.models.hooks import check_hooks, layer_hooks, run_hooks
 from gmem.models.llama import default_positions
 from gmem.nn.attention import (KVCache, constrain, decoder_mask, dot_product_attention,
                                update_layer_cache, written_cache)
@@ -66,6 +67,21 @@ class GPT2Config:
     @property
     def head_size(self) -> int:
         return self.n_embd // self.n_head
+
+    # The names every family answers to (gmem.models.family).
+    model_type = "gpt2"
+
+    @property
+    def hidden_size(self) -> int:
+        return self.n_embd
+
+    @property
+    def num_hidden_layers(self) -> int:
+        return self.n_layer
+
+    @property
+    def num_attention_heads(self) -> int:
+        return self.n_head
 
     @property
     def inner_size(self) -> int:
@@ -160,24 +176,28 @@ class GPT2MLP(nn.Module):
 
 
 class GPT2Block(nn.Module):
-    """Pre-norm block: x + attn(ln_1(x)), then x + mlp(ln_2(x))."""
+    """Pre-norm block: x + attn(ln_1(x)), then x + mlp(ln_2(x)). `hooks` (gmem.models.hooks)
+    run before the block ("pre") or between attention and the MLP ("post_attn")."""
 
     config: GPT2Config
     layer_idx: int = 0
+    hooks: tuple = ()
 
     @nn.compact
-    def __call__(self, x_BLD, mask_B1LS, kv_cache=None, cache_index=None):
+    def __call__(self, x_BLD, mask_B1LS, kv_cache=None, cache_index=None, hook_inputs=None):
         c = self.config
         dt = to_dtype(c.dtype)
+        x_BLD = run_hooks(self.hooks, "pre", x_BLD, hook_inputs)
         h, new_cache = GPT2Attention(c, self.layer_idx, name="attn")(
             LayerNorm(c.layer_norm_epsilon, dtype=dt, name="ln_1")(x_BLD), mask_B1LS, kv_cache, cache_index)
-        x_BLD = x_BLD + h
+        x_BLD = run_hooks(self.hooks, "post_attn", x_BLD + h, hook_inputs)
         h = GPT2MLP(c, name="mlp")(LayerNorm(c.layer_norm_epsilon, dtype=dt, name="ln_2")(x_BLD))
         return constrain(x_BLD + h, ("batch", "length", "embed")), new_cache
 
 
 class GPT2Model(nn.Module):
     config: GPT2Config
+    hooks: tuple = ()
 
     def setup(self):
         c = self.config
@@ -186,11 +206,12 @@ class GPT2Model(nn.Module):
         # Position table rows are positions, not a shardable vocabulary.
         self.wpe = Embed(c.n_positions, c.n_embd, axes=(None, "embed"), dtype=dt, embedding_init=nn.initializers.normal(0.01))
         block = nn.remat(GPT2Block, static_argnums=()) if c.remat else GPT2Block
-        self.h = [block(c, i) for i in range(c.n_layer)]
+        check_hooks(self.hooks, c.n_layer)
+        self.h = [block(c, i, layer_hooks(self.hooks, i)) for i in range(c.n_layer)]
         self.ln_f = LayerNorm(c.layer_norm_epsilon, dtype=dt)
 
     def __call__(self, input_ids_BL=None, attention_mask_BL=None, position_ids_BL=None,
-                 cache: KVCache | None = None, inputs_embeds_BLD=None):
+                 cache: KVCache | None = None, inputs_embeds_BLD=None, hook_inputs=None):
         """Returns (hidden_BLD after ln_f, new cache or None)."""
         x = self.wte(input_ids_BL) if inputs_embeds_BLD is None else inputs_embeds_BLD.astype(to_dtype(self.config.dtype))
         b, l = x.shape[:2]
@@ -204,7 +225,7 @@ class GPT2Model(nn.Module):
         layer_kvs = []
         for i, block in enumerate(self.h):
             kv = None if cache is None else cache.layer(i)
-            x, new_kv = block(x, mask, kv, index)
+            x, new_kv = block(x, mask, kv, index, hook_inputs)
             layer_kvs.append(new_kv)
         new_cache = written_cache(cache, layer_kvs, valid, l)
         return self.ln_f(x), new_cache
@@ -214,18 +235,20 @@ class GPT2LMHeadModel(nn.Module):
     """Causal LM: __call__(input_ids [B, L], ...) -> (logits [B, L, V] fp32, cache)."""
 
     config: GPT2Config
+    hooks: tuple = ()
 
     def setup(self):
         c = self.config
-        self.transformer = GPT2Model(c)
+        self.transformer = GPT2Model(c, hooks=tuple(self.hooks))
         if not c.tie_word_embeddings:
             self.lm_head = Projection(c.vocab_size, axes=("embed", "vocab"), dtype=to_dtype(c.dtype))
 
     def __call__(self, input_ids_BL=None, attention_mask_BL=None, position_ids_BL=None,
-                 cache: KVCache | None = None, inputs_embeds_BLD=None, return_hidden: bool = False,
-                 logits_to_keep: int = 0):
+                 cache: KVCache | None = None, inputs_embeds_BLD=None, hook_inputs=None,
+                 return_hidden: bool = False, logits_to_keep: int = 0):
         """logits_to_keep > 0 (HF's argument): logits (and hidden) of the last n positions only."""
-        h, cache = self.transformer(input_ids_BL, attention_mask_BL, position_ids_BL, cache, inputs_embeds_BLD)
+        h, cache = self.transformer(input_ids_BL, attention_mask_BL, position_ids_BL, cache=cache,
+                                    inputs_embeds_BLD=inputs_embeds_BLD, hook_inputs=hook_inputs)
         if logits_to_keep:
             h = h[:, h.shape[1] - logits_to_keep:]
         logits = self.transformer.wte.attend(h) if self.config.tie_word_embeddings else self.lm_head(h)

@@ -14,6 +14,7 @@ import jax
 import jax.numpy as jnp
 
 from gmem.models.common import dropout_rng, hf_dict, require, to_dtype
+from gmem.models.hooks import check_hooks, layer_hooks, run_hooks
 from gmem.nn.attention import (KVCache, constrain, decoder_mask, dot_product_attention,
                                update_layer_cache, written_cache)
 from gmem.nn.embeddings import Embed
@@ -185,25 +186,25 @@ class LlamaMLP(nn.Module):
 
 
 class LlamaDecoderLayer(nn.Module):
-    """Pre-norm block. `memory_block`, if given, runs after self-attention and before the MLP
-    (the place GMT's memory cross-attention sits); it maps (h_BLD, memory) -> h_BLD."""
+    """Pre-norm block. `hooks` (gmem.models.hooks) run before it ("pre") or after
+    self-attention, before the MLP ("post_attn": where GMT's memory cross-attention sits)."""
 
     config: LlamaConfig
-    memory_block: Optional[Any] = None
+    hooks: tuple = ()
 
     @nn.compact
-    def __call__(self, x_BLD, cos, sin, mask_B1LS, kv_cache=None, cache_index=None, memory=None,
+    def __call__(self, x_BLD, cos, sin, mask_B1LS, kv_cache=None, cache_index=None, hook_inputs=None,
                  keep=0):
         """keep > 0: return only the last `keep` positions (their keys/values still enter the
-        cache for all L)."""
+        cache for all L). hook_inputs: {hook input name: array} for this layer's hooks."""
         c = self.config
         dt = to_dtype(c.dtype)
+        x_BLD = run_hooks(self.hooks, "pre", x_BLD, hook_inputs)
         h, new_cache = LlamaAttention(c, name="self_attn")(
             RMSNorm(c.rms_norm_eps, dtype=dt, name="input_layernorm")(x_BLD),
             cos, sin, mask_B1LS, kv_cache, cache_index, keep)
         x_BLD = (x_BLD[:, x_BLD.shape[1] - keep:] if keep else x_BLD) + h
-        if self.memory_block is not None and memory is not None:
-            x_BLD = self.memory_block(name="memory_attn")(x_BLD, memory)
+        x_BLD = run_hooks(self.hooks, "post_attn", x_BLD, hook_inputs)
         h = LlamaMLP(c, name="mlp")(RMSNorm(c.rms_norm_eps, dtype=dt, name="post_attention_layernorm")(x_BLD))
         x_BLD = constrain(x_BLD + h, ("batch", "length", "embed"))
         return x_BLD, new_cache
@@ -220,12 +221,12 @@ def default_positions(attention_mask_BL: jax.Array, cache: KVCache | None) -> ja
 
 
 class LlamaModel(nn.Module):
-    """The decoder stack. shared_prefix > 0 (with prefix_split) turns on the shared-prefix path
-    for prompt passes longer than shared_prefix: see `_shared_prefix_forward`."""
+    """The decoder stack. hooks: blocks placed inside chosen layers (gmem.models.hooks).
+    shared_prefix > 0 (with prefix_split) turns on the shared-prefix path for prompt passes
+    longer than shared_prefix: see `_shared_prefix_forward`."""
 
     config: LlamaConfig
-    memory_block: Optional[Any] = None
-    memory_layers: tuple = ()
+    hooks: tuple = ()
     shared_prefix: int = 0
     prefix_split: int = 0
 
@@ -235,12 +236,12 @@ class LlamaModel(nn.Module):
         self.embed_tokens = Embed(c.vocab_size, c.hidden_size, dtype=dt)
         # static: `keep` (argument 8 counting self) decides shapes
         layer_cls = nn.remat(LlamaDecoderLayer, static_argnums=(8,)) if c.remat else LlamaDecoderLayer
-        self.layers = [layer_cls(c, memory_block=self.memory_block if i in self.memory_layers else None)
-                       for i in range(c.num_hidden_layers)]
+        check_hooks(self.hooks, c.num_hidden_layers)
+        self.layers = [layer_cls(c, hooks=layer_hooks(self.hooks, i)) for i in range(c.num_hidden_layers)]
         self.norm = RMSNorm(c.rms_norm_eps, dtype=dt)
 
     def __call__(self, input_ids_BL=None, attention_mask_BL=None, position_ids_BL=None,
-                 cache: KVCache | None = None, inputs_embeds_BLD=None, memory=None, keep: int = 0):
+                 cache: KVCache | None = None, inputs_embeds_BLD=None, hook_inputs=None, keep: int = 0):
         """Returns (hidden_BLD after the final norm, new cache or None). keep > 0: hidden states
         of the last `keep` positions only [B, keep, D] (the last layer computes no others)."""
         c = self.config
@@ -252,7 +253,7 @@ class LlamaModel(nn.Module):
                 and inputs_embeds_BLD is None):
             if attention_mask_BL is None:
                 attention_mask_BL = jnp.ones((b, l), jnp.int32)
-            return self._shared_prefix_forward(input_ids_BL, attention_mask_BL, cache, memory, keep)
+            return self._shared_prefix_forward(input_ids_BL, attention_mask_BL, cache, hook_inputs, keep)
         x = self.embed_tokens(input_ids_BL) if inputs_embeds_BLD is None else inputs_embeds_BLD
         if attention_mask_BL is None:
             attention_mask_BL = jnp.ones((b, l), jnp.int32)
@@ -260,10 +261,10 @@ class LlamaModel(nn.Module):
             position_ids_BL = default_positions(attention_mask_BL, cache)
         x = constrain(x, ("batch", "length", "embed"))
         x, layer_kvs, valid = self._run(range(c.num_hidden_layers), x, position_ids_BL,
-                                        attention_mask_BL, cache, memory, keep)
+                                        attention_mask_BL, cache, hook_inputs, keep)
         return self.norm(x), written_cache(cache, layer_kvs, valid, l)
 
-    def _run(self, layers, x, positions_BL, attention_mask_BL, cache, memory, keep=0):
+    def _run(self, layers, x, positions_BL, attention_mask_BL, cache, hook_inputs, keep=0):
         """Layers `layers` (indices) on x against `cache` (or alone); -> (x, [(k, v)], valid).
         keep > 0: x comes back as its last `keep` positions (the model's last layer, if among
         `layers`, computes only those)."""
@@ -274,13 +275,13 @@ class LlamaModel(nn.Module):
         for i in layers:
             last = keep if i == c.num_hidden_layers - 1 else 0
             x, kv = self.layers[i](x, cos, sin, mask, None if cache is None else cache.layer(i),
-                                   index, memory, last)
+                                   index, hook_inputs, last)
             kvs.append(kv)
         if keep and x.shape[1] != keep:
             x = x[:, x.shape[1] - keep:]
         return x, kvs, valid
 
-    def _shared_prefix_forward(self, input_ids_BL, attention_mask_BL, cache, memory, keep=0):
+    def _shared_prefix_forward(self, input_ids_BL, attention_mask_BL, cache, hook_inputs, keep=0):
         """Same result as the plain forward, for rows that all begin with the same shared_prefix
         real tokens (row 0's are used), cheaper: layers below prefix_split, which hold nothing
         that differs between rows (no memory, no adapter), run on the prefix once (batch 1) and
@@ -310,7 +311,7 @@ class LlamaModel(nn.Module):
         # 3. Whole rows through the layers that differ per row.
         x = constrain(jnp.concatenate([rows(x_1PD), x_BSD], 1), ("batch", "length", "embed"))
         x, upper_kvs, valid = self._run(range(split, n), x, default_positions(attention_mask_BL, cache),
-                                        attention_mask_BL, cache, memory, keep)
+                                        attention_mask_BL, cache, hook_inputs, keep)
         return self.norm(x), written_cache(cache, lower_kvs + upper_kvs, valid, l)
 
 
@@ -321,25 +322,25 @@ class LlamaForCausalLM(nn.Module):
     only on batches whose rows all start with the same shared_prefix real tokens)."""
 
     config: LlamaConfig
-    memory_block: Optional[Any] = None
-    memory_layers: tuple = ()
+    hooks: tuple = ()
     shared_prefix: int = 0
     prefix_split: int = 0
 
     def setup(self):
         c = self.config
-        self.model = LlamaModel(c, memory_block=self.memory_block, memory_layers=tuple(self.memory_layers),
-                                shared_prefix=self.shared_prefix, prefix_split=self.prefix_split)
+        self.model = LlamaModel(c, hooks=tuple(self.hooks), shared_prefix=self.shared_prefix,
+                                prefix_split=self.prefix_split)
         if not c.tie_word_embeddings:
             self.lm_head = Projection(c.vocab_size, axes=("embed", "vocab"), dtype=to_dtype(c.dtype))
 
     def __call__(self, input_ids_BL=None, attention_mask_BL=None, position_ids_BL=None,
-                 cache: KVCache | None = None, inputs_embeds_BLD=None, memory=None,
+                 cache: KVCache | None = None, inputs_embeds_BLD=None, hook_inputs=None,
                  return_hidden: bool = False, logits_to_keep: int = 0):
         """logits_to_keep > 0 (HF's argument): logits (and hidden) of the last n positions only;
         the last decoder layer then computes only those (a prompt pass before decoding needs 1)."""
-        h, cache = self.model(input_ids_BL, attention_mask_BL, position_ids_BL, cache,
-                              inputs_embeds_BLD, memory, logits_to_keep)
+        h, cache = self.model(input_ids_BL, attention_mask_BL, position_ids_BL, cache=cache,
+                              inputs_embeds_BLD=inputs_embeds_BLD, hook_inputs=hook_inputs,
+                              keep=logits_to_keep)
         logits = self.lm_head(h) if not self.config.tie_word_embeddings else self.model.embed_tokens.attend(h)
         logits = constrain(logits.astype(jnp.float32), ("batch", "length", "vocab"))
         if return_hidden:

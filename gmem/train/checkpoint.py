@@ -18,6 +18,7 @@ from typing import Any
 
 import flax.serialization
 import jax
+import numpy as np
 import orbax.checkpoint as ocp
 from orbax.checkpoint import checkpoint_managers as policies
 
@@ -108,6 +109,13 @@ class Checkpointer:
             raise GmemError(f"{self.directory}/{step}: saved state does not fit this run: "
                             f"{str(e).splitlines()[0]}") from None
         return flax.serialization.from_state_dict(target_state, restored), meta
+
+    def restore_arrays(self, step: int | None = None) -> tuple[int, dict, dict]:
+        """(step, the saved state as a nested dict of host arrays, meta), with no target: for
+        reading another run's parameters (GMT stage 2 takes stage 1's SGM this way)."""
+        step, meta = self.read_meta(step)
+        restored = self.manager.restore(step, args=ocp.args.Composite(state=ocp.args.StandardRestore()))["state"]
+        return step, jax.tree_util.tree_map(np.asarray, restored), meta
 
     def _step(self, step: int | None) -> int:
         if step is None:

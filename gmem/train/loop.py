@@ -1,21 +1,10 @@
-"""The training loop. It knows no system: a system object hands it
-
-  structure                        dict of structural choices (checked on checkpoint restore)
-  abstract_base() -> (tree, specs) frozen weights as ShapeDtypeStructs + logical PartitionSpecs
-  load_base() -> tree              the frozen weights (host arrays)
-  abstract_trainable(abstract_base), trainable_specs(abstract_trainable, base_specs)
-  init_trainable(base, rng)        fresh trainable tree (fp32)
-  loss(trainable, frozen, batch, rng) -> (loss, aux)   pure, jit-able; rng None = evaluation
-                                                      (deterministic: no dropout)
-  batch_shapes() -> {name: ShapeDtypeStruct}           one global batch
-  batch(index, host_rows) -> {name: np.ndarray}        host-local rows of global batch `index`
-  evaluate(trainable, frozen) -> metrics dict ; predict(trainable, frozen) -> (rows, metrics)
-"""
+"""The training loop. It knows no system: it builds one by name and uses only the contract
+of gmem.train.system.System (structure, base and trainable trees with their shardings, the
+loss, batches by index, evaluation)."""
 
 from __future__ import annotations
 
 import dataclasses
-import importlib
 import math
 import os
 import pathlib
@@ -36,6 +25,7 @@ from gmem.train.metrics import MetricsWriter
 from gmem.train.optim import make_optimizer
 from gmem.train.state import TrainState, abstract_state, create_state, state_shardings
 from gmem.train.step import jit_train_step, make_train_step
+from gmem.train.system import build_system, throughput_unit
 
 # Test hook: after the checkpoint of this step is committed, print a line and stall until killed
 # (the exact-resume test SIGKILLs the process at that point).
@@ -43,15 +33,8 @@ HANG_ENV = "GMEM_HANG_AFTER_STEP"
 
 
 def load_system(cfg, **kwargs):
-    """gmem.systems.<cfg.system.name>.build(cfg)."""
-    name = cfg.system.name
-    try:
-        mod = importlib.import_module(f"gmem.systems.{name}")
-    except ModuleNotFoundError as e:
-        if e.name == f"gmem.systems.{name}":
-            raise GmemError(f"system.name: unknown system {name!r} (no gmem/systems/{name}.py)") from None
-        raise
-    return mod.build(cfg, **kwargs)
+    """The system cfg.system.name names (gmem.train.system.build_system)."""
+    return build_system(cfg, **kwargs)
 
 
 @dataclasses.dataclass
@@ -189,7 +172,7 @@ def _train(cfg, system, mesh, log, interrupted) -> dict:
             if cfg.train.progress and jax.process_index() == 0 and start < total:
                 from tqdm import tqdm
                 pbar = tqdm(total=total, initial=start, desc="train", dynamic_ncols=True)
-            t_last, losses = time.perf_counter(), []
+            t_last, losses, unit = time.perf_counter(), [], throughput_unit(system)
             for step in range(start + 1, total + 1):
                 batch = shd.global_batch(plan.mesh, system.batch(position, host), plan.rules)
                 position += 1
@@ -202,16 +185,13 @@ def _train(cfg, system, mesh, log, interrupted) -> dict:
                     raise GmemError(f"step {step}: loss is {metrics['loss']}, grad norm is "
                                     f"{metrics['grad_norm']}; training stopped (last good checkpoint: {where})")
                 now = time.perf_counter()
-                # Throughput in the unit the system counts: tokens (LMs) or triples (GMT stage 1).
-                unit = "tokens" if "tokens" in metrics or "triples" not in metrics else "triples"
                 metrics[f"{unit}_per_s"] = metrics.get(unit, 0.0) / max(now - t_last, 1e-9)
                 t_last = now
                 losses.append(metrics["loss"])
                 if step % cfg.train.log_every == 0 or step == total:
                     writer.write(step, metrics)
                 if pbar is not None:
-                    rate = ({"tok_s": f"{metrics['tokens_per_s']:.0f}"} if unit == "tokens"
-                            else {"triples_s": f"{metrics['triples_per_s']:.0f}"})
+                    rate = {("tok_s" if unit == "tokens" else f"{unit}_s"): f"{metrics[f'{unit}_per_s']:.0f}"}
                     pbar.set_postfix(loss=f"{metrics['loss']:.4f}", **rate)
                     pbar.update(1)
                 ev = None

@@ -23,7 +23,7 @@ def test_load_txt_folder_json_and_jsonl(tmp_path):
     assert load_texts(str(tmp_path / "d.json")) == ["x", "y"]
     with pytest.raises(GmemError, match=r"d\.jsonl: no field 'text' \(data\.text_field\); fields are \['body'\]"):
         load_texts(str(tmp_path / "d.jsonl"))
-    with pytest.raises(GmemError, match="data.corpus: '/no/such' is not 'shakespeare', a file or a folder"):
+    with pytest.raises(GmemError, match="system.corpus: '/no/such' is not 'shakespeare', a file or a folder"):
         load_texts("/no/such")
     with pytest.raises(GmemError, match=r"no files matching '\*\.txt\.gz'"):
         load_texts(str(tmp_path / "docs"), glob="*.txt.gz")

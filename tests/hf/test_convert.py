@@ -20,7 +20,7 @@ from gmem.errors import GmemError
 from gmem.hf.convert import abstract_params, load_pretrained
 from gmem.hf.gguf import load_gguf
 from gmem.hf.registry import FAMILIES
-from gmem.hf.tokenizer import tokenizer_from_gguf_reader
+from gmem.hf.gguf_tokenizer import tokenizer_from_gguf_reader
 from gmem.hf.writer import save_pretrained
 
 TOL = 1e-4

@@ -9,7 +9,7 @@ import pytest
 
 from gmem.errors import GmemError
 from gmem.memory.cross_attention import (init_from_self_attention, is_trainable_memory_param,
-                                         memory_block, memory_lora_spec, top_layers)
+                                         memory_hook, memory_lora_spec, top_layers)
 from gmem.models.llama import LlamaConfig, LlamaForCausalLM
 
 CFG = LlamaConfig(vocab_size=97, hidden_size=32, intermediate_size=64, num_hidden_layers=4,
@@ -21,7 +21,7 @@ B, L, M = 2, 7, 5
 @pytest.fixture(scope="module")
 def setup():
     base = LlamaForCausalLM(CFG)
-    mem_model = LlamaForCausalLM(CFG, memory_block=memory_block(CFG), memory_layers=LAYERS)
+    mem_model = LlamaForCausalLM(CFG, hooks=(memory_hook(CFG, LAYERS),))
     ids = jax.random.randint(jax.random.key(1), (B, L), 0, CFG.vocab_size)
     memory = jax.random.normal(jax.random.key(2), (B, M, CFG.hidden_size))
     base_params = nn.unbox(jax.jit(base.init)(jax.random.key(0), ids)["params"])
@@ -39,7 +39,7 @@ def _set_gate(params, value):
 
 def test_tree_matches_module_init(setup):
     base, mem_model, _, params, ids, memory = setup
-    fresh = jax.eval_shape(lambda: mem_model.init(jax.random.key(3), ids, memory=memory))["params"]
+    fresh = jax.eval_shape(lambda: mem_model.init(jax.random.key(3), ids, hook_inputs={"memory": memory}))["params"]
     boxed_params = init_from_self_attention(
         jax.eval_shape(lambda: base.init(jax.random.key(0), ids))["params"], LAYERS)
     boxed = lambda t: jax.tree.map(lambda x: type(x).__name__, t,
@@ -58,7 +58,7 @@ def test_tree_matches_module_init(setup):
 def test_zero_gate_is_base_model_exactly(setup):
     base, mem_model, base_params, params, ids, memory = setup
     want, _ = base.apply({"params": base_params}, ids)
-    got, _ = mem_model.apply({"params": params}, ids, memory=memory)
+    got, _ = mem_model.apply({"params": params}, ids, hook_inputs={"memory": memory})
     np.testing.assert_array_equal(np.asarray(got), np.asarray(want))  # tolerance 0: exact
 
 
@@ -66,28 +66,27 @@ def test_nonzero_gate_changes_logits_and_tanh_gate(setup):
     base, mem_model, base_params, params, ids, memory = setup
     want, _ = base.apply({"params": base_params}, ids)
     p = _set_gate(jax.tree.map(lambda x: x, params), 0.5)
-    got, _ = mem_model.apply({"params": p}, ids, memory=memory)
+    got, _ = mem_model.apply({"params": p}, ids, hook_inputs={"memory": memory})
     assert float(jnp.max(jnp.abs(got - want))) > 1e-3
     # Different memories give different outputs once the gate is open.
-    got2, _ = mem_model.apply({"params": p}, ids, memory=memory * 2.0)
+    got2, _ = mem_model.apply({"params": p}, ids, hook_inputs={"memory": memory * 2.0})
     assert float(jnp.max(jnp.abs(got2 - got))) > 1e-4
     # tanh gate: tanh(0.5) instead of 0.5, same tree.
-    tanh_model = LlamaForCausalLM(CFG, memory_block=memory_block(CFG, gate="tanh"),
-                                  memory_layers=LAYERS)
+    tanh_model = LlamaForCausalLM(CFG, hooks=(memory_hook(CFG, LAYERS, gate="tanh"),))
     p_t = _set_gate(jax.tree.map(lambda x: x, params), float(np.arctanh(0.5)))
-    got_t, _ = tanh_model.apply({"params": p_t}, ids, memory=memory)
+    got_t, _ = tanh_model.apply({"params": p_t}, ids, hook_inputs={"memory": memory})
     np.testing.assert_allclose(got_t, got, atol=1e-5)
     with pytest.raises(GmemError, match="gate"):
-        memory_block(CFG, gate="sigmoid")
+        memory_hook(CFG, LAYERS, gate="sigmoid")
 
 
 def test_kv_cache_decoding_equals_full_forward(setup):
     _, mem_model, _, params, ids, memory = setup
     p = _set_gate(jax.tree.map(lambda x: x, params), 0.7)
-    full, _ = mem_model.apply({"params": p}, ids, memory=memory)
+    full, _ = mem_model.apply({"params": p}, ids, hook_inputs={"memory": memory})
     cache = mem_model.init_cache(B, L)
     prefill = L - 3
-    step = jax.jit(lambda p, x, c, mem: mem_model.apply({"params": p}, x, cache=c, memory=mem))
+    step = jax.jit(lambda p, x, c, mem: mem_model.apply({"params": p}, x, cache=c, hook_inputs={"memory": mem}))
     logits, cache = step(p, ids[:, :prefill], cache, memory)
     steps = [logits]
     for i in range(prefill, L):  # one token per step; the memory is passed again each time
@@ -107,14 +106,14 @@ def test_lora_on_memory_block_only(setup):
     assert len(names) == 2 * 4 * len(LAYERS)  # A and B for q/k/v/o in every memory layer
     # B = 0 at init: still the base model; a non-zero B with an open gate moves the logits.
     p = _set_gate(jax.tree.map(lambda x: x, params), 0.5)
-    no_lora, _ = mem_model.apply({"params": p}, ids, memory=memory)
+    no_lora, _ = mem_model.apply({"params": p}, ids, hook_inputs={"memory": memory})
     coll = adapter_collection([spec], trainable, params)
-    same, _ = mem_model.apply({"params": p, "adapter": coll}, ids, memory=memory)
+    same, _ = mem_model.apply({"params": p, "adapter": coll}, ids, hook_inputs={"memory": memory})
     np.testing.assert_allclose(same, no_lora, atol=1e-6)
     bumped = jax.tree_util.tree_map_with_path(
         lambda path, x: x + 0.1 if "lora_B" in str(path[-1]) else x, trainable)
     coll = adapter_collection([spec], bumped, params)
-    moved, _ = mem_model.apply({"params": p, "adapter": coll}, ids, memory=memory)
+    moved, _ = mem_model.apply({"params": p, "adapter": coll}, ids, hook_inputs={"memory": memory})
     assert float(jnp.max(jnp.abs(moved - no_lora))) > 1e-4
 
 
@@ -122,7 +121,7 @@ def test_gradient_reaches_gate_only_at_init(setup):
     _, mem_model, _, params, ids, memory = setup
 
     def loss(p):
-        logits, _ = mem_model.apply({"params": p}, ids, memory=memory)
+        logits, _ = mem_model.apply({"params": p}, ids, hook_inputs={"memory": memory})
         return jnp.mean(jax.nn.log_softmax(logits)[..., 0])
 
     grads = jax.jit(jax.grad(loss))(params)
@@ -148,8 +147,8 @@ def test_generate_with_memory_equals_full_recompute(setup):
     _, mem_model, _, params, ids, memory = setup
     p = _set_gate(jax.tree.map(lambda x: x, params), 0.7)
     out = generate(mem_model, {"params": p}, ids, max_new_tokens=4, eos_token_id=None,
-                   model_kwargs={"memory": memory})
-    fwd = jax.jit(lambda p, x: mem_model.apply({"params": p}, x, memory=memory)[0][:, -1])
+                   model_kwargs={"hook_inputs": {"memory": memory}})
+    fwd = jax.jit(lambda p, x: mem_model.apply({"params": p}, x, hook_inputs={"memory": memory})[0][:, -1])
     seq = ids
     for _ in range(4):
         seq = jnp.concatenate([seq, jnp.argmax(fwd(p, seq), -1)[:, None].astype(seq.dtype)], 1)
@@ -180,7 +179,7 @@ def test_graph_memory_end_to_end_gradients(setup):
     def grads(enc_params, graph):
         def loss(ep):
             mem = enc.apply({"params": ep}, graph)[:B]            # drop jraph's padding graph
-            logits, _ = mem_model.apply({"params": p}, ids, memory=mem)
+            logits, _ = mem_model.apply({"params": p}, ids, hook_inputs={"memory": mem})
             return -jnp.mean(jax.nn.log_softmax(logits)[:, :-1].max(-1))
         return jax.grad(loss)(enc_params)
 
@@ -225,7 +224,7 @@ def test_folded_read_equals_direct_and_the_formula():
     l, m = 19, 3                       # 19 > 2 * 3: the folded path
     x = jax.random.normal(jax.random.key(10), (B, l, CFG.hidden_size))
     mem = jax.random.normal(jax.random.key(11), (B, m, CFG.hidden_size))
-    folded, direct = memory_block(CFG)(), memory_block(CFG)().clone(fold=False)
+    folded, direct = memory_hook(CFG, LAYERS).block(), memory_hook(CFG, LAYERS).block().clone(fold=False)
     prm = nn.unbox(folded.init(jax.random.key(12), x, mem)["params"])
     prm["memory_gate"] = jnp.asarray(0.6)
     prm["memory_layernorm"]["scale"] = 1.0 + 0.1 * jax.random.normal(jax.random.key(13), (CFG.hidden_size,))

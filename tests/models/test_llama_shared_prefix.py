@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 from gmem.adapters import AdapterSpec, adapter_collection, init_adapters
-from gmem.memory.cross_attention import init_from_self_attention, memory_block
+from gmem.memory.cross_attention import init_from_self_attention, memory_hook
 from gmem.models.generate import generate
 from gmem.models.llama import LlamaConfig, LlamaForCausalLM
 
@@ -21,7 +21,7 @@ P, S, B = 7, 6, 3
 def setup():
     c = LlamaConfig(vocab_size=101, hidden_size=32, intermediate_size=48, num_hidden_layers=4,
                     num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=64)
-    kw = dict(memory_block=memory_block(c), memory_layers=(2, 3))
+    kw = dict(hooks=(memory_hook(c, (2, 3)),))
     plain = LlamaForCausalLM(c, **kw)
     rng = np.random.default_rng(0)
     ids = np.zeros((B, P + S), np.int32)
@@ -31,7 +31,7 @@ def setup():
         ids[i, :P], att[i, :P] = prefix, 1
         ids[i, P + S - n:], att[i, P + S - n:] = rng.integers(1, 101, n), 1
     mem = jnp.asarray(rng.normal(size=(B, 5, 32)), jnp.float32)
-    params = plain.init(jax.random.PRNGKey(0), ids, att, memory=mem)["params"]
+    params = plain.init(jax.random.PRNGKey(0), ids, att, hook_inputs={"memory": mem})["params"]
     params = jax.tree_util.tree_map(jnp.asarray, init_from_self_attention(
         jax.tree_util.tree_map(np.asarray, params), (2, 3)))
     for i in (2, 3):
@@ -57,8 +57,8 @@ def variables(s, params=None, lora=None):
 @pytest.mark.parametrize("split", [0, 2])
 def test_logits_equal_plain_forward(setup, split):
     s = setup
-    want, _ = s["plain"].apply(variables(s), s["ids"], s["att"], memory=s["mem"])
-    got, _ = shared(s, split).apply(variables(s), s["ids"], s["att"], memory=s["mem"])
+    want, _ = s["plain"].apply(variables(s), s["ids"], s["att"], hook_inputs={"memory": s["mem"]})
+    got, _ = shared(s, split).apply(variables(s), s["ids"], s["att"], hook_inputs={"memory": s["mem"]})
     real = s["att"].astype(bool)
     np.testing.assert_allclose(np.asarray(got)[real], np.asarray(want)[real], atol=ATOL)
 
@@ -68,8 +68,8 @@ def test_rows_with_another_prefix_break_the_contract(setup):
     s = setup
     ids = s["ids"].copy()
     ids[1, 0] = (ids[1, 0] + 1) % 101
-    want, _ = s["plain"].apply(variables(s), ids, s["att"], memory=s["mem"])
-    got, _ = shared(s).apply(variables(s), ids, s["att"], memory=s["mem"])
+    want, _ = s["plain"].apply(variables(s), ids, s["att"], hook_inputs={"memory": s["mem"]})
+    got, _ = shared(s).apply(variables(s), ids, s["att"], hook_inputs={"memory": s["mem"]})
     assert np.abs(np.asarray(got - want)[1, -1]).max() > 1e-3
     np.testing.assert_allclose(np.asarray(got)[0, -1], np.asarray(want)[0, -1], atol=ATOL)
 
@@ -77,8 +77,8 @@ def test_rows_with_another_prefix_break_the_contract(setup):
 def test_prompt_pass_fills_the_cache_like_the_plain_forward(setup):
     s = setup
     cache = s["plain"].init_cache(B, P + S + 4)
-    _, want = s["plain"].apply(variables(s), s["ids"], s["att"], cache=cache, memory=s["mem"])
-    _, got = shared(s).apply(variables(s), s["ids"], s["att"], cache=cache, memory=s["mem"])
+    _, want = s["plain"].apply(variables(s), s["ids"], s["att"], cache=cache, hook_inputs={"memory": s["mem"]})
+    _, got = shared(s).apply(variables(s), s["ids"], s["att"], cache=cache, hook_inputs={"memory": s["mem"]})
     for a, b in zip(want.keys + want.values, got.keys + got.values):
         np.testing.assert_allclose(np.asarray(b), np.asarray(a), atol=ATOL)
     np.testing.assert_array_equal(np.asarray(got.valid_BS), np.asarray(want.valid_BS))
@@ -103,7 +103,7 @@ def test_gradients_of_the_trained_parts_equal(setup):
             layer = dict(params["model"][f"layers_{i}"])
             layer["memory_attn"] = dict(layer["memory_attn"], memory_gate=g)
             params["model"][f"layers_{i}"] = layer
-        logits, _ = module.apply(variables(s, params, lora), s["ids"], s["att"], memory=s["mem"])
+        logits, _ = module.apply(variables(s, params, lora), s["ids"], s["att"], hook_inputs={"memory": s["mem"]})
         return -jax.nn.log_softmax(logits[:, -2])[jnp.arange(B), tgt].sum()
 
     gates = (jnp.asarray(0.6), jnp.asarray(0.6))

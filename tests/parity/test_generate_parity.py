@@ -1,12 +1,9 @@
 """gmem generate vs transformers generate on tiny random models (greedy, left-padded batches),
 and gmem's top-k / top-p filter vs HF's logits warpers.
 
-Families: LLaMA and GPT-2 (skipped if gmem.models.gpt2 is absent). Weights go HF -> gmem
-through gmem.hf.convert.load_pretrained (or the GPT-2 key map directly while GPT-2 has no
-registry entry).
+Families: LLaMA and GPT-2. Weights go HF -> gmem through an HF folder and
+gmem.hf.convert.load_pretrained, as a user's checkpoint would.
 """
-
-import importlib.util
 
 import jax.numpy as jnp
 import numpy as np
@@ -14,10 +11,7 @@ import pytest
 import torch
 import transformers
 
-from gmem.errors import GmemError
 from gmem.hf.convert import load_pretrained
-from gmem.hf.keymap import apply_transform, hf_to_gmem, unflatten
-from gmem.hf.registry import family_for
 from gmem.models.generate import filter_logits, generate
 
 NEW = 32
@@ -25,23 +19,7 @@ PAD = 0
 
 
 def to_gmem(hf_model, folder):
-    """HF torch model -> (gmem module, variables): saved as an HF folder and read back with
-    gmem.hf.convert.load_pretrained when the registry knows the family, else mapped directly
-    with the family's key map (GPT-2 before its registry entry lands)."""
-    cfg = hf_model.config.to_dict()
-    try:
-        family_for(cfg)
-    except GmemError:
-        from gmem.hf.keymaps import gpt2 as gpt2_keys
-        from gmem.models import gpt2
-
-        config = gpt2.GPT2Config.from_hf(cfg)
-        flat = {}
-        for key, t in hf_model.state_dict().items():
-            hit = hf_to_gmem(key, gpt2_keys.RULES)
-            if hit is not None and not (config.tie_word_embeddings and key == "lm_head.weight"):
-                flat[hit[0]] = jnp.asarray(apply_transform(t.detach().numpy(), hit[1]))
-        return gpt2.GPT2LMHeadModel(config), {"params": unflatten(flat)}
+    """HF torch model -> (gmem module, variables): saved as an HF folder and read back."""
     hf_model.save_pretrained(folder)
     module, _, params = load_pretrained(folder)
     return module, {"params": params}
@@ -57,8 +35,6 @@ def tiny_llama():
 
 
 def tiny_gpt2():
-    if importlib.util.find_spec("gmem.models.gpt2") is None:
-        pytest.skip("gmem.models.gpt2 not written yet (helper A)")
     torch.manual_seed(0)
     cfg = transformers.GPT2Config(vocab_size=96, n_embd=64, n_layer=2, n_head=4, n_positions=128,
                                   initializer_range=0.3, pad_token_id=PAD, bos_token_id=1,

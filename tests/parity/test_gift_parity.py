@@ -21,7 +21,8 @@ from gmem.adapters import AdapterSpec, adapter_collection, merge  # noqa: E402
 from gmem.adapters.gift import (from_gift_state_dict, load_gift_checkpoint,  # noqa: E402
                                 to_gift_state_dict)
 from gmem.errors import GmemError  # noqa: E402
-from gmem.hf.keymap import apply_transform, hf_to_gmem, unflatten  # noqa: E402
+from gmem.hf.keymap import apply_transform, hf_to_gmem  # noqa: E402
+from gmem.tree import unflatten  # noqa: E402
 from gmem.hf.keymaps.llama import RULES as LLAMA_RULES  # noqa: E402
 from gmem.models.llama import LlamaConfig, LlamaForCausalLM  # noqa: E402
 

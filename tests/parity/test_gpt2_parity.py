@@ -9,7 +9,8 @@ torch = pytest.importorskip("torch")
 transformers = pytest.importorskip("transformers")
 
 from gmem.hf.convert import load_pretrained  # noqa: E402
-from gmem.hf.keymap import apply_transform, flatten, gmem_to_hf, hf_to_gmem  # noqa: E402
+from gmem.hf.keymap import apply_transform, gmem_to_hf, hf_to_gmem  # noqa: E402
+from gmem.tree import flatten  # noqa: E402
 from gmem.hf.keymaps.gpt2 import RULES  # noqa: E402
 from gmem.hf.writer import save_pretrained  # noqa: E402
 from gmem.models.gpt2 import GPT2Config, GPT2LMHeadModel  # noqa: E402

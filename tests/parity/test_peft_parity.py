@@ -20,7 +20,8 @@ peft = pytest.importorskip("peft")
 from gmem.adapters import AdapterSpec, adapter_collection, init_adapters, merge  # noqa: E402
 from gmem.adapters.peft_io import load_peft, save_peft  # noqa: E402
 from gmem.errors import GmemError  # noqa: E402
-from gmem.hf.keymap import apply_transform, hf_to_gmem, unflatten  # noqa: E402
+from gmem.hf.keymap import apply_transform, hf_to_gmem  # noqa: E402
+from gmem.tree import unflatten  # noqa: E402
 from gmem.hf.keymaps.llama import RULES as LLAMA_RULES  # noqa: E402
 from gmem.models.llama import LlamaConfig, LlamaForCausalLM  # noqa: E402
 

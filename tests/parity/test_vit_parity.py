@@ -13,7 +13,8 @@ transformers = pytest.importorskip("transformers")
 from safetensors.numpy import load_file  # noqa: E402
 
 from gmem.hf.convert import load_pretrained  # noqa: E402
-from gmem.hf.keymap import apply_transform, flatten, gmem_to_hf, hf_to_gmem, unflatten  # noqa: E402
+from gmem.hf.keymap import apply_transform, gmem_to_hf, hf_to_gmem  # noqa: E402
+from gmem.tree import flatten, unflatten  # noqa: E402
 from gmem.hf.writer import save_pretrained  # noqa: E402
 from gmem.hf.keymaps import vit as keys  # noqa: E402
 from gmem.models import vit  # noqa: E402

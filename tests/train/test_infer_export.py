@@ -18,7 +18,7 @@ from train_helpers import tiny_cfg
 def test_infer_and_exports(tmp_path):
     cfg = tiny_cfg(tmp_path, "train.steps=3", "checkpoint.every=3", "optim.lr=5e-2")
     train(cfg, log=lambda *_: None)
-    res = run_inference(tmp_path / "run", tmp_path / "out", ["eval.max_new_tokens=5"],
+    res = run_inference(tmp_path / "run", tmp_path / "out", ["system.max_new_tokens=5"],
                         prompts=["to be", "or not"])
     rows = [json.loads(l) for l in (tmp_path / "out" / "predictions.jsonl").read_text().splitlines()]
     assert [r["prompt"] for r in rows] == ["to be", "or not"] and all("generation" in r for r in rows)

@@ -18,7 +18,7 @@ from train_helpers import ROOT, TINY, write_corpus
 
 def cmd(tmp, run, *extra):
     return [sys.executable, str(ROOT / "train.py"), "--config", str(TINY),
-            f"data.corpus={tmp / 'corpus.txt'}", f"train.run_dir={tmp / run}", "train.steps=20",
+            f"system.corpus={tmp / 'corpus.txt'}", f"train.run_dir={tmp / run}", "train.steps=20",
             "checkpoint.every=10", *extra]
 
 

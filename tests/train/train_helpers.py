@@ -22,6 +22,6 @@ def write_corpus(path: pathlib.Path, lines: int = 300) -> pathlib.Path:
 
 def tiny_cfg(tmp: pathlib.Path, *overrides: str):
     corpus = write_corpus(tmp / "corpus.txt")
-    return to_object(load_config(TINY, [f"data.corpus={corpus}", f"train.run_dir={tmp / 'run'}",
+    return to_object(load_config(TINY, [f"system.corpus={corpus}", f"train.run_dir={tmp / 'run'}",
                                         *overrides]))
 

@@ -9,8 +9,8 @@ from hypothesis import given, settings, strategies as st
 
 from gmem.errors import GmemError
 from gmem.graph.kg import KG, NeighbourIndex, extract_subgraph
-from gmem.systems import gmt_data as D
-from gmem.systems import gmt_graph as G
+from gmem.systems.gmt import data as D
+from gmem.systems.gmt import graph as G
 
 
 def tiny_kg(n_ent=12, n_rel=3, n=40, seed=0, add_inverse=False):

@@ -1,18 +1,14 @@
-"""Sequence classification with adapters as a gmem.train system (`system.name: gift`).
+"""GIFT's sequence-classification use as a gmem.train system (`system.name: gift`).
 
 A BERT-family encoder (default: the embedded all-MiniLM-L6-v2) with a trainable classifier and
-any adapters: GIFT from system.params (the GIFT paper's use), and/or the `adapters:` section
-(LoRA, GIFT, with every AdapterSpec field). With neither it is a linear probe: only the
+the adapters of the `adapters:` section (GIFT, the paper's use: `{kind: gift, name: gift,
+targets: [query, value], rank: 16}`; LoRA; or both). With none it is a linear probe: only the
 classifier trains, on the frozen encoder's pooled features. The embedded data set is the 10,033
 Wikipedia lead summaries with their topic (12 topics, "Uncategorized" included); any
 .json/.jsonl file with text and label fields works too. Rows split train/val/test by a seeded
-hash of their title (or text), data.eval_fraction each for val and test (0.1: 80/10/10), so a
-row's split never depends on the other rows. The causal-LM use needs no system of its own:
+hash of their title (or text), eval_fraction each for val and test (0.1: 80/10/10), so a row's
+split never depends on the other rows. The causal-LM use needs no system of its own:
 `system.name: lm` with `adapters: [{kind: gift, targets: [q_proj, v_proj]}]`.
-
-system.params (all optional): use, rank, targets, share_projections, gift_act,
-in_projection_bias, out_projection_bias (a GIFT AdapterSpec named "gift"; any of them turns it
-on), dataset ("wiki-topics" or a file), text_field, label_field, title_field, max_examples.
 Trainable tree: {adapter name: tree, ..., "head": {"classifier": ...}}.
 """
 
@@ -22,22 +18,41 @@ import dataclasses
 import hashlib
 import json
 import pathlib
+from dataclasses import dataclass
+from typing import Optional
 
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
+from jax.sharding import PartitionSpec as P
 
-from gmem.adapters import adapter_collection, count_params, init_adapters
+from gmem.adapters import adapter_collection, count_params, init_adapters, specs_from_config
+from gmem.config import SystemOptions, register_system
+from gmem.data.text import ByteTokenizer
 from gmem.errors import GmemError
+from gmem.hf.sources import load_source, resolve_source
 from gmem.models.bert import BertConfig, BertForSequenceClassification
-from gmem.systems import gift
-from gmem.systems.lm import adapter_specs
+from gmem.models.family import tiny_config
+from gmem.systems.lm import json_safe
 
-_SPEC_KEYS = ("rank", "targets", "share_projections", "gift_act", "in_projection_bias",
-              "out_projection_bias")
-_OWN_KEYS = _SPEC_KEYS + ("use", "dataset", "text_field", "label_field", "title_field", "max_examples")
+
+@dataclass
+class GiftOptions(SystemOptions):
+    """dataset: 'wiki-topics' (embedded) or a .json/.jsonl file of rows with text_field and
+    label_field (title_field, when present, decides the split); max_examples: use at most this
+    many rows (None: all); eval_fraction: held out for val and again for test, in (0, 0.5)."""
+
+    name: str = "gift"
+    dataset: str = "wiki-topics"
+    text_field: str = "text"
+    label_field: str = "label"
+    title_field: str = "title"
+    max_examples: Optional[int] = None
+    eval_fraction: float = 0.1
+
+
 HEAD = ("classifier",)
 
 
@@ -54,7 +69,7 @@ def load_examples(dataset: str, text_field: str = "text", label_field: str = "la
     else:
         p = pathlib.Path(dataset)
         if not p.is_file():
-            raise GmemError(f"system.params.dataset: {dataset!r} is not 'wiki-topics' or a .json/.jsonl file")
+            raise GmemError(f"system.dataset: {dataset!r} is not 'wiki-topics' or a .json/.jsonl file")
         text = p.read_text()
         rows = [json.loads(line) for line in text.splitlines() if line.strip()] if p.suffix == ".jsonl" else json.loads(text)
         bad = [i for i, r in enumerate(rows) if text_field not in r or label_field not in r]
@@ -73,58 +88,38 @@ def split_of(key: str, seed: int, eval_fraction: float) -> str:
     return "test" if u < eval_fraction else "val" if u < 2 * eval_fraction else "train"
 
 
+@register_system("gift")
 class GiftSeqClsSystem:
-    name = "gift"
+    Options = GiftOptions
 
     def __init__(self, cfg, load_data: bool = True):
-        self.cfg = cfg
-        p = dict(cfg.system.params or {})
-        unknown = sorted(set(p) - set(_OWN_KEYS))
-        if unknown:
-            raise GmemError(f"system.params: unknown keys {unknown} for the gift system; known: {list(_OWN_KEYS)}")
-        if p.get("use", "sequence_classification") != "sequence_classification":
-            raise GmemError("system.params.use: the gift train system does sequence_classification; "
-                            "for a causal LM use system.name=lm with an adapter of kind gift")
-        self.specs = adapter_specs(cfg)
-        self.use = None
-        if any(k in p for k in _SPEC_KEYS + ("use",)):
-            spec_kw = {k: (tuple(p[k]) if k == "targets" else p[k]) for k in _SPEC_KEYS if k in p}
-            self.use = gift.GiftUse.make("sequence_classification", **spec_kw)
-            self.specs = [self.use.spec] + self.specs
-        bad = [s.name for s in self.specs if s.name == "head"]
-        if bad:
+        self.cfg, self.opts = cfg, cfg.system
+        o = self.opts
+        self.specs = specs_from_config(cfg.adapters)
+        if any(s.name == "head" for s in self.specs):
             raise GmemError("adapters: the name 'head' is taken by the classifier; rename the adapter")
+        if not 0.0 < o.eval_fraction < 0.5:
+            raise GmemError(f"system.eval_fraction={o.eval_fraction}: the gift system holds out that "
+                            "fraction for val and again for test, so it must be in (0, 0.5)")
         self.texts, self.labels, self.label_names, keys = load_examples(
-            p.get("dataset", "wiki-topics"), p.get("text_field", "text"), p.get("label_field", "label"),
-            p.get("max_examples"), cfg.data.seed, p.get("title_field", "title"))
-        f = cfg.data.eval_fraction
-        if not 0.0 < f < 0.5:
-            raise GmemError(f"data.eval_fraction={f}: the gift system holds out that fraction for val "
-                            "and again for test, so it must be in (0, 0.5)")
-        self.split = np.asarray([split_of(k, cfg.data.seed, f) for k in keys])
+            o.dataset, o.text_field, o.label_field, o.max_examples, cfg.data.seed, o.title_field)
+        self.split = np.asarray([split_of(k, cfg.data.seed, o.eval_fraction) for k in keys])
         m = cfg.model
-        self.path = None
-        if m.source == "random":
-            from gmem.data.text import ByteTokenizer
+        self.kind, self.path = resolve_source(m.source)
+        self._encoder = None
+        if self.kind == "random":
             self.tokenizer = ByteTokenizer()
-            base = BertConfig(vocab_size=260, hidden_size=m.hidden_size, num_hidden_layers=m.num_hidden_layers,
-                              num_attention_heads=m.num_attention_heads, intermediate_size=m.intermediate_size,
-                              max_position_embeddings=max(cfg.data.seq_len + 2, 64), pad_token_id=258)
-            self._encoder = None
+            base = tiny_config(m.family or "bert", vocab_size=m.vocab_size, hidden_size=m.hidden_size,
+                               intermediate_size=m.intermediate_size, num_hidden_layers=m.num_hidden_layers,
+                               num_attention_heads=m.num_attention_heads,
+                               max_position_embeddings=max(cfg.data.seq_len + 2, 64),
+                               pad_token_id=ByteTokenizer.pad_token_id)
         else:
-            import gmem.assets
-            from gmem.hf.convert import load_pretrained
-            from gmem.hf.tokenizer import load_tokenizer
-            src = "all-minilm-l6-v2" if m.source == "minilm" else m.source
-            if src in gmem.assets.ASSETS:
-                src = gmem.assets.path(src)
-            self.path = pathlib.Path(src)
-            _, base, enc = load_pretrained(self.path)
-            if not isinstance(base, BertConfig):
-                raise GmemError(f"model.source: {src} is a {type(base).__name__}; the gift system needs BERT/RoBERTa")
-            self._encoder = nn.unbox(enc)
-            self._encoder = self._encoder.get("bert", self._encoder.get("roberta", self._encoder))
-            self.tokenizer = load_tokenizer(self.path)
+            base, enc, self.tokenizer = load_source(self.kind, self.path)
+            self._encoder = enc.get("bert", enc.get("roberta", enc))
+        if not isinstance(base, BertConfig):
+            raise GmemError(f"model.source: {m.source} is a {type(base).__name__}; the gift system needs "
+                            "BERT/RoBERTa (model.family: bert for a random one)")
         self.model_config = dataclasses.replace(
             base, num_labels=len(self.label_names), labels=self.label_names, hidden_dropout_prob=0.0,
             attention_probs_dropout_prob=0.0,
@@ -137,7 +132,7 @@ class GiftSeqClsSystem:
         self.train_rows, self.eval_rows = self.rows["train"], self.rows["val"]
         empty = [n for n, r in self.rows.items() if len(r[0]) == 0]
         if empty:
-            raise GmemError(f"system.params.max_examples: the {empty} split(s) got no examples; use more")
+            raise GmemError(f"system.max_examples: the {empty} split(s) got no examples; use more")
         if len(self.train_rows[0]) < cfg.data.batch_size:
             raise GmemError(f"data.batch_size={cfg.data.batch_size} exceeds the {len(self.train_rows[0])} training examples")
 
@@ -158,8 +153,7 @@ class GiftSeqClsSystem:
         return {"system": self.name, "family": c.model_type, "labels": list(self.label_names),
                 "model": {"hidden_size": c.hidden_size, "num_hidden_layers": c.num_hidden_layers,
                           "vocab_size": c.vocab_size},
-                "adapters": [{k: (list(v) if isinstance(v, tuple) else v)
-                              for k, v in dataclasses.asdict(s).items()} for s in self.specs],
+                "adapters": [json_safe(dataclasses.asdict(s)) for s in self.specs],
                 "memory_layers": []}
 
     # ---- weights ------------------------------------------------------------------------
@@ -192,7 +186,6 @@ class GiftSeqClsSystem:
                 "params/head": count_params(trainable["head"])}
 
     def trainable_specs(self, abstract_trainable, base_specs):
-        from jax.sharding import PartitionSpec as P
         return jax.tree_util.tree_map(lambda x: P(*([None] * len(x.shape))), abstract_trainable)
 
     # ---- loss, data, eval ---------------------------------------------------------------

@@ -14,13 +14,13 @@ from gmem import config as gconfig
 from gmem.graph.batching import pad_graphs
 from gmem.graph.kg import extract_subgraph
 from gmem.graph.layers import GraphMemoryEncoder
-from gmem.systems import gmt_eval as E
-from gmem.systems.gmt import GMTSystem
+from gmem.systems.gmt import eval as E
+from gmem.systems.gmt import GMTStage1System, GMTSystem
 from gmem.train import sharding as shd
 from gmem.errors import GmemError
 from gmem.train.loop import make_plan
 
-CONFIGS = pathlib.Path(__file__).resolve().parents[2] / "configs"
+CONFIGS = pathlib.Path(__file__).resolve().parents[3] / "configs"
 
 
 @pytest.fixture(scope="module")
@@ -37,8 +37,8 @@ def kg_dir(tmp_path_factory):
 
 def make(kg_dir, *over):
     cfg = gconfig.load_config(CONFIGS / "gmt_tiny.yaml",
-                              [f"system.params.kg={kg_dir}", "system.params.max_train=16",
-                               "data.seq_len=300", "system.params.graph_dropout=0.0", *over])
+                              [f"system.kg={kg_dir}", "system.max_train=16",
+                               "data.seq_len=300", "system.graph_dropout=0.0", *over])
     return GMTSystem(gconfig.to_object(cfg))
 
 
@@ -55,7 +55,7 @@ def setup(system):
 def brute_loss(system, trainable, frozen, b, mask_key="loss_mask"):
     mem = system.memory(trainable, frozen, b)
     logits, _ = system.module.apply(system.variables(trainable, frozen), b["input_ids"],
-                                    b["attention_mask"], memory=mem)
+                                    b["attention_mask"], hook_inputs={"memory": mem})
     ce = optax.softmax_cross_entropy_with_integer_labels(logits[:, :-1], b["input_ids"][:, 1:])
     m = b[mask_key][:, 1:]
     return float((ce * m).sum() / m.sum())
@@ -63,7 +63,7 @@ def brute_loss(system, trainable, frozen, b, mask_key="loss_mask"):
 
 @pytest.mark.parametrize("toi", [False, True])
 def test_loss_response_only_vs_train_on_inputs(kg_dir, toi):
-    s = make(kg_dir, f"system.params.train_on_inputs={str(toi).lower()}")
+    s = make(kg_dir, f"system.train_on_inputs={str(toi).lower()}")
     t, f = setup(s)
     b = {k: jnp.asarray(v) for k, v in s.batch(0).items()}
     loss, aux = s.loss(t, f, b, jax.random.PRNGKey(0))
@@ -76,7 +76,7 @@ def test_loss_response_only_vs_train_on_inputs(kg_dir, toi):
 
 
 def test_dense_memory_equals_jraph_encoder(kg_dir):
-    s = make(kg_dir, "system.params.mask_query=false")
+    s = make(kg_dir, "system.mask_query=false")
     t, f = setup(s)
     trip = np.asarray(s.splits["test"][:4])
     mem = s.memory(t, f, {k: jnp.asarray(v) for k, v in s.edges(trip).items()})
@@ -88,7 +88,7 @@ def test_dense_memory_equals_jraph_encoder(kg_dir):
 
 
 def test_candidate_scoring_equals_brute_force(kg_dir):
-    s = make(kg_dir, "system.params.lp_batch=8")
+    s = make(kg_dir, "system.lp_batch=8")
     t, f = setup(s)
     h, r, tt = (int(x) for x in s.splits["test"][0])
     rows, m = E.link_prediction_scoring(s, t, f, [[h, r, tt]])
@@ -134,26 +134,26 @@ def test_stage2_steps_reduce_loss(kg_dir):
 
 def test_stage1_steps_reduce_loss(kg_dir):
     cfg = gconfig.load_config(CONFIGS / "gmt_stage1.yaml",
-                              [f"system.params.kg={kg_dir}", "system.params.rel_semantics=random",
-                               "system.params.graph_dim=16", "system.params.sgm_heads=2",
-                               "system.params.num_negatives=8", "system.params.graph_dropout=0.0",
+                              [f"system.kg={kg_dir}", "system.rel_semantics=random",
+                               "system.graph_dim=16", "system.sgm_heads=2",
+                               "system.num_negatives=8", "system.graph_dropout=0.0",
                                "data.batch_size=16", "optim.lr=0.01"])
-    s = GMTSystem(gconfig.to_object(cfg))
+    s = GMTStage1System(gconfig.to_object(cfg))
     b = s.batch(0)
     assert b["pos"].shape == (16, 3) and b["neg"].shape == (16, 8, 3)
     np.testing.assert_array_equal(b["neg"], s.batch(0)["neg"])        # seeded by step
     _steps_reduce_loss(s)
-    sf = GMTSystem(gconfig.to_object(gconfig.load_config(None, ["system.params.filtered_negatives=true"], base=gconfig.to_dict(cfg))))
+    sf = GMTStage1System(gconfig.to_object(gconfig.load_config(None, ["system.filtered_negatives=true"], base=gconfig.to_dict(cfg))))
     keys = {tuple(x) for x in sf.known.tolist()}
     assert not any(tuple(x) in keys for x in sf.batch(0)["neg"].reshape(-1, 3).tolist())
 
 
 def test_classification_eval_and_modes(kg_dir):
-    s = make(kg_dir, "system.params.max_eval=4", "system.params.max_new_tokens=2")
+    s = make(kg_dir, "system.max_eval=4", "system.max_new_tokens=2")
     t, f = setup(s)
     rows, m = E.predict(s, t, f)
     assert m["tc/n"] == 4 and 0 <= m["tc/accuracy"] <= 1 and len(rows) == 4
-    base = make(kg_dir, "system.params.mode=base", "adapters=[]")
+    base = make(kg_dir, "system.mode=base", "adapters=[]")
     fb = base.load_base()
     tb = base.init_trainable(fb, jax.random.PRNGKey(0))
     assert jax.tree_util.tree_leaves(tb) == [] and "sgm" not in fb
@@ -163,12 +163,12 @@ def test_classification_eval_and_modes(kg_dir):
 
 def test_stage2_reads_stage1_checkpoint(kg_dir, tmp_path):
     from gmem.train.loop import train
-    over = [f"system.params.kg={kg_dir}", "system.params.rel_semantics=random", "system.params.graph_dim=16",
-            "system.params.sgm_heads=2", "system.params.num_negatives=4", "data.batch_size=8",
+    over = [f"system.kg={kg_dir}", "system.rel_semantics=random", "system.graph_dim=16",
+            "system.sgm_heads=2", "system.num_negatives=4", "data.batch_size=8",
             "train.steps=2", "train.progress=false", "eval.every=0", f"train.run_dir={tmp_path / 's1'}"]
     cfg1 = gconfig.to_object(gconfig.load_config(CONFIGS / "gmt_stage1.yaml", over))
     train(cfg1, log=lambda *a: None)
-    s2 = make(kg_dir, f"system.params.sgm_ckpt={tmp_path / 's1'}")
+    s2 = make(kg_dir, f"system.sgm_ckpt={tmp_path / 's1'}")
     from gmem.train.infer import restore_run
     _, _, _, state, _, _ = restore_run(tmp_path / "s1")
     assert s2._stage1 is not None              # read at construction, never inside a trace
@@ -200,7 +200,7 @@ def test_shared_prefix_packing_is_exact(kg_dir):
 
 def test_pad_to_multiple_of_cuts_batches_and_keeps_the_loss(kg_dir):
     s = make(kg_dir, "data.seq_len=512")
-    cut = make(kg_dir, "data.seq_len=512", "system.params.pad_to_multiple_of=8")
+    cut = make(kg_dir, "data.seq_len=512", "system.pad_to_multiple_of=8")
     t, f = setup(s)
     for i in range(2):
         full, short = s.batch(i), cut.batch(i)
@@ -212,7 +212,7 @@ def test_pad_to_multiple_of_cuts_batches_and_keeps_the_loss(kg_dir):
         np.testing.assert_allclose(float(cut.loss(t, f, j(short), rng)[0]), float(s.loss(t, f, j(full), rng)[0]),
                                    rtol=1e-5)
     with pytest.raises(GmemError, match="pad_to_multiple_of"):
-        make(kg_dir, "system.params.pad_to_multiple_of=-8")
+        make(kg_dir, "system.pad_to_multiple_of=-8")
 
 
 def test_memory_ablation_diagnostics(kg_dir):
@@ -225,20 +225,20 @@ def test_memory_ablation_diagnostics(kg_dir):
     base = np.asarray(s.token_logprobs(closed, f, b))
     live = np.asarray(s.token_logprobs(t, f, b))
     assert np.abs(live - base).max() > 1e-4
-    s.p["memory_ablation"] = "shuffle"                  # row i reads row i-1's subgraph
+    s.p.memory_ablation = "shuffle"                  # row i reads row i-1's subgraph
     np.testing.assert_array_equal(np.asarray(s.memory(t, f, b)), np.roll(mem, 1, axis=0))
-    s.p["memory_ablation"] = "zero"                     # zero keys/values: the block adds 0
+    s.p.memory_ablation = "zero"                     # zero keys/values: the block adds 0
     np.testing.assert_allclose(np.asarray(s.token_logprobs(t, f, b)), base, atol=1e-5)
-    s.p["memory_ablation"] = ""
+    s.p.memory_ablation = "none"
     with pytest.raises(Exception, match="memory_ablation"):
-        make(kg_dir, "system.params.memory_ablation=bogus")
+        make(kg_dir, "system.memory_ablation=bogus")
 
 
 def test_memory_norm_rms_normalises_each_memory_token(kg_dir):
     """memory_norm: each memory token (dense path and jraph encoder) is the unnormalised token
     divided by its RMS (eps 1e-5, no scale); the eval loss (rng None) stays finite."""
-    plain, normed = make(kg_dir, "system.params.mask_query=false"), make(
-        kg_dir, "system.params.mask_query=false", "system.params.memory_norm=true")
+    plain, normed = make(kg_dir, "system.mask_query=false"), make(
+        kg_dir, "system.mask_query=false", "system.memory_norm=true")
     t, f = setup(plain)
     trip = np.asarray(plain.splits["test"][:4])
     edges = {k: jnp.asarray(v) for k, v in plain.edges(trip).items()}
@@ -253,13 +253,13 @@ def test_memory_norm_rms_normalises_each_memory_token(kg_dir):
     b = {k: jnp.asarray(v) for k, v in normed.batch(0).items()}
     assert np.isfinite(float(normed.loss(t, f, b, None)[0]))
     with pytest.raises(GmemError, match="memory_norm"):
-        make(kg_dir, "system.params.memory_norm=3")
+        make(kg_dir, "system.memory_norm=3")
 
 
 def test_evaluation_loss_is_deterministic(kg_dir):
     """loss(..., rng=None), the training loop's evaluation: no LoRA or graph dropout, so it
     equals the explicit forward; a training rng gives another value (dropout 0.01 on LoRA)."""
-    s = make(kg_dir, "system.params.graph_dropout=0.1")
+    s = make(kg_dir, "system.graph_dropout=0.1")
     t, f = setup(s)
     b = {k: jnp.asarray(v) for k, v in s.batch(0).items()}
     ev = float(s.loss(t, f, b, None)[0])

@@ -1,73 +1,26 @@
 """VardaGPT evaluation: generation with the memory, the perplexity table (backbone alone, memory
 wiped every segment, memory carried) and the long-context fact probe (specs/gift-varda-regrad.md
-§2). `python -m gmem.systems.varda RUN_DIR` prints the table and the probe."""
+§2). `python infer.py --checkpoint RUN` reports both (VardaSystem.predict, system.report)."""
 
 from __future__ import annotations
 
 import dataclasses
 import functools
-from typing import Optional
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
 
-from gmem.errors import GmemError
-from gmem.models.generate import encode_text, next_token
-from gmem.systems.varda import VardaModel, VardaSystem
-
-
-def generate_with_memory(system: VardaSystem, trainable, frozen, prompts_ids: list[list[int]],
-                         max_new_tokens: int, temperature: float = 0.0, top_k: int = 0,
-                         eos_token_id: Optional[int] = None, rng=None) -> list[list[int]]:
-    """New token ids per prompt. Every step runs the segments over prompt + tokens so far with a
-    fresh memory, and reads the logits at each row's last token. Rows are right-padded to one
-    width (a multiple of segment_len), so this compiles once: a token in segment t reads the
-    memory written by segments < t and attends causally, so the pads after it change nothing
-    it sees. There is no KV cache: memory writes between segments change what later segments
-    read, so each step recomputes (cost: max_new_tokens forwards of the padded width)."""
-    if not prompts_ids or any(len(p) == 0 for p in prompts_ids):
-        raise GmemError("varda generate: every prompt needs at least one token")
-    b = len(prompts_ids)
-    seg = system.varda_cfg.segment_len
-    width = -(-(max(map(len, prompts_ids)) + max_new_tokens) // seg) * seg
-    ids = np.zeros((b, width), np.int32)
-    for i, p in enumerate(prompts_ids):
-        ids[i, :len(p)] = p
-    length = np.asarray([len(p) for p in prompts_ids])
-    done = np.zeros(b, bool)
-    do_sample = temperature > 0
-    rng = jax.random.PRNGKey(0) if rng is None else rng
-
-    @jax.jit
-    def step(trainable, frozen, ids_BT, last_B, key):
-        logits, _, _ = system.forward(trainable, frozen, system.model.init_memory(b), ids_BT)
-        last = jnp.take_along_axis(logits, last_B[:, None, None], axis=1)[:, 0]
-        return next_token(last, key, jnp.float32(max(temperature, 1e-6)), top_k, 1.0,
-                          do_sample=do_sample, use_top_k=do_sample and top_k > 0, use_top_p=False)
-
-    out = [[] for _ in range(b)]
-    for n in range(max_new_tokens):
-        tok = np.asarray(step(trainable, frozen, jnp.asarray(ids), jnp.asarray(length - 1), jax.random.fold_in(rng, n)))
-        for i in np.flatnonzero(~done):
-            t = int(tok[i])
-            if t == eos_token_id:          # the row ends; eos itself is not returned
-                done[i] = True
-                continue
-            out[i].append(t)
-            ids[i, length[i]] = t
-            length[i] += 1
-        if done.all():
-            break
-    return out
+from gmem.models.generate import encode_text
+from gmem.systems.varda.model import VardaModel
 
 
 def _ce(logits, targets):
     return float(optax.softmax_cross_entropy_with_integer_labels(logits, targets).mean())
 
 
-def perplexity_table(system: VardaSystem, trainable, frozen, batches: int = 8) -> dict:
+def perplexity_table(system, trainable, frozen, batches: int = 8) -> dict:
     """Held-out loss of three variants on the same rows and segments: the backbone alone (no
     memory path), the trained model with its memory wiped before every segment, and VardaGPT."""
     rows = system.data()[1]
@@ -97,7 +50,7 @@ NAMES = ("Antonio", "Beatrice", "Claudio", "Desdemona", "Emilia", "Ferdinand", "
          "Isabella", "Lysander")
 
 
-def fact_probe(system: VardaSystem, trainable, frozen, trials: int = 10, gap: int = 2) -> dict:
+def fact_probe(system, trainable, frozen, trials: int = 10, gap: int = 2) -> dict:
     """A fact in segment 0 ("the keeper of the key is NAME"), `gap` segments of held-out text,
     then the question at the end of the last segment; the model picks NAME among 10 by summed
     log-probability. 'in window' puts the fact inside the last segment (what the backbone can
@@ -134,28 +87,3 @@ def fact_probe(system: VardaSystem, trainable, frozen, trials: int = 10, gap: in
             scores = [sum(logp[i, p - 1, ids[i, p]] for p in range(a, b)) for i, (a, b) in enumerate(spans)]
             hits[variant] += int(np.argmax(scores) == NAMES.index(name))
     return {k: v / trials for k, v in hits.items()} | {"trials": trials, "gap_segments": gap}
-
-
-def main(argv=None):
-    """python -m gmem.systems.varda RUN_DIR (or -m gmem.systems.varda_eval): the perplexity table
-    and the fact probe, markdown."""
-    import sys
-    from gmem.train.infer import restore_run
-    argv = sys.argv[1:] if argv is None else argv
-    cfg, system, plan, state, frozen, step = restore_run(argv[0])
-    with plan.context():
-        table = perplexity_table(system, state.trainable, frozen, cfg.eval.batches)
-        rows = table.pop("rows")
-        print(f"| model ({step} steps, {rows} held-out rows of {cfg.data.seq_len} tokens, "
-              f"{system.varda_cfg.segment_len}-token segments) | loss | perplexity |\n|---|---|---|")
-        for k, (loss, ppl) in table.items():
-            print(f"| {k} | {loss:.3f} | {ppl:.2f} |")
-        probe = fact_probe(system, state.trainable, frozen)
-        print(f"\nfact probe ({probe.pop('trials')} trials, fact {probe.pop('gap_segments') + 1} segments "
-              "before the question; chance 10%):")
-        for k, v in probe.items():
-            print(f"- {k}: {v:.0%}")
-
-
-if __name__ == "__main__":
-    main()

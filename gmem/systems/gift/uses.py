@@ -27,7 +27,10 @@ from gmem.adapters import AdapterSpec, adapter_collection, count_params, init_ad
 from gmem.adapters.gift import load_gift_checkpoint
 from gmem.adapters.targets import hf_names, layer_index
 from gmem.errors import GmemError, collect_errors
-from gmem.hf.keymap import Rule, apply_transform, flatten, hf_to_gmem, unflatten
+from gmem.hf.keymap import Rule, apply_transform, hf_to_gmem
+
+# Defaults from the paper's configs (spec section 1.9).
+from gmem.tree import flatten, unflatten
 
 # Defaults from the paper's configs (spec section 1.9).
 USES = {
@@ -190,9 +193,3 @@ def _target_of(use, base_params, path, rules) -> str:
         if path in ps:
             return t
     raise GmemError(f"{path}: not a GIFT target")  # unreachable: path came from placements
-
-
-def build(cfg, load_data: bool = True):
-    """gmem.train entry point (`system.name: gift`): GIFT sequence classification."""
-    from gmem.systems.gift_seqcls import GiftSeqClsSystem
-    return GiftSeqClsSystem(cfg, load_data=load_data)

@@ -8,7 +8,7 @@
   rank is filtered (other known true tails removed), ties counted half (realistic rank).
 - Link prediction as GMT does it: a generated ranked list over a candidate list in the prompt,
   parsed; unparsable answers are misses (rank inf), not skipped as in the reference.
-- Stage 1: DistMult filtered tail ranking over all entities on the validation triples.
+- Stage 1 (gmt_stage1): DistMult filtered tail ranking over all entities (stage1_ranking).
 """
 
 from __future__ import annotations
@@ -19,7 +19,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from gmem.systems import gmt_data as D
+from gmem.systems.gmt import data as D
 
 LP_INSTRUCTION = ("Given a head entity and a relation from a knowledge graph, rank the candidate tail "
                   "entities from the most to the least likely. Answer with the candidate names, one per line.")
@@ -54,7 +54,7 @@ def _jitted(system, name, fn):
 def generate_answers(system, trainable, frozen, records, max_new_tokens) -> list[str]:
     """Greedy responses for records (prompt only), in batches of eval_batch."""
     from gmem.models.generate import generate
-    bsz = system.p["eval_batch"]
+    bsz = system.p.eval_batch
     prompts = [dict(r, output="") for r in records]
     mem_fn = _jitted(system, "memory", lambda t, f, b: system.memory(t, f, b))
     variables = system.variables(trainable, frozen)
@@ -64,7 +64,7 @@ def generate_answers(system, trainable, frozen, records, max_new_tokens) -> list
         chunk = prompts[i:i + bsz]
         b = _pad_rows(system.encode(chunk), bsz)
         mem = mem_fn(trainable, frozen, {k: jnp.asarray(v) for k, v in b.items()})
-        kw = {"memory": mem} if mem is not None else {}
+        kw = {"hook_inputs": {"memory": mem}} if mem is not None else {}
         module = system.module_for(system.shared_len(b), variables["params"])
         g = generate(module, variables, b["input_ids"], b["attention_mask"],
                      max_new_tokens=max_new_tokens, eos_token_id=eos, pad_token_id=system.pad_id,
@@ -76,7 +76,7 @@ def generate_answers(system, trainable, frozen, records, max_new_tokens) -> list
 
 
 def classify(system, trainable, frozen, records) -> tuple[list[dict], dict]:
-    texts = generate_answers(system, trainable, frozen, records, system.p["max_new_tokens"])
+    texts = generate_answers(system, trainable, frozen, records, system.p.max_new_tokens)
     pred = [D.parse_classification(t) for t in texts]
     gold = [D.parse_classification(r["output"]) for r in records]
     rows = [{"prompt": r["input"].strip(), "output": r["output"], "generation": t, "pred": p}
@@ -88,7 +88,7 @@ def true_scores(system, trainable, frozen, triples, batch_size=None) -> np.ndarr
     """log p("True" | classification prompt of (h, r, t), memory(h, r, t)) per triple [n]."""
     triples = np.asarray(triples, np.int64).reshape(-1, 3)
     recs = D.classification_records(system.kg, triples, np.ones(len(triples), np.int32))
-    return _record_scores(system, trainable, frozen, recs, batch_size or system.p["lp_batch"])
+    return _record_scores(system, trainable, frozen, recs, batch_size or system.p.lp_batch)
 
 
 def _score_batch(system, trainable, frozen, b, win) -> np.ndarray:
@@ -154,7 +154,7 @@ def lp_records(system, queries, k: int, seed: int = 0) -> list[dict]:
 
 
 def link_prediction_generated(system, trainable, frozen, queries) -> tuple[list[dict], dict]:
-    recs = lp_records(system, queries, system.p["lp_candidates"])
+    recs = lp_records(system, queries, system.p.lp_candidates)
     texts = generate_answers(system, trainable, frozen, recs, 48)
     rows, ranks = [], []
     for rec, txt in zip(recs, texts):
@@ -167,17 +167,15 @@ def link_prediction_generated(system, trainable, frozen, queries) -> tuple[list[
 
 def _split_records(system, split):
     recs = system.records(split)
-    n = system.p["max_eval"]
+    n = system.p.max_eval
     return recs[:n] if n else recs
 
 
 def evaluate(system, trainable, frozen) -> dict:
-    """Periodic eval during training: stage 1 filtered MRR (DistMult); stage 2 response loss and
-    accuracy by likelihood (True vs False) on up to eval.batches batches of the valid split."""
-    if system.p["stage"] == 1:
-        return stage1_ranking(system, trainable, frozen, "valid")
-    split = "valid" if ("valid" in system.splits or system.p["valid_json"]) else system.p["eval_split"]
-    recs = system.records(split)[: system.cfg.eval.batches * system.p["eval_batch"]]
+    """Periodic eval during training (stage 2): response loss and accuracy by likelihood (True
+    vs False) on up to eval.batches batches of the valid split."""
+    split = "valid" if ("valid" in system.splits or system.p.valid_json) else system.p.eval_split
+    recs = system.records(split)[: system.cfg.eval.batches * system.p.eval_batch]
     if not recs:
         return {}
     s_true = _record_scores(system, trainable, frozen, [dict(r, output="True") for r in recs])
@@ -189,7 +187,7 @@ def evaluate(system, trainable, frozen) -> dict:
 
 def _record_scores(system, trainable, frozen, recs, bsz=None) -> np.ndarray:
     """Summed log-probs of each record's response [n], in batches of bsz (eval_batch)."""
-    bsz = bsz or system.p["eval_batch"]
+    bsz = bsz or system.p.eval_batch
     win = system.resp_window
     out = []
     for i in range(0, len(recs), bsz):
@@ -201,7 +199,7 @@ def _record_scores(system, trainable, frozen, recs, bsz=None) -> np.ndarray:
 
 def stage1_ranking(system, trainable, frozen, split) -> dict:
     from gmem.graph.layers import SemanticGraphModule, distmult
-    from gmem.systems import gmt_graph as G
+    from gmem.systems.gmt import graph as G
     if split not in system.splits:
         return {}
     sgm = dict(trainable)
@@ -224,22 +222,20 @@ def predict(system, trainable, frozen) -> tuple[list[dict], dict]:
     """infer.py: classification on eval_split (max_eval records), then link prediction by scoring
     (lp_queries test positives) and by generated lists (lp_generate_queries), when asked."""
     p = system.p
-    if p["stage"] == 1:
-        return [], {k.replace("eval/", "test/"): v for k, v in stage1_ranking(system, trainable, frozen, "test").items()}
-    recs = _split_records(system, p["eval_split"])
+    recs = _split_records(system, p.eval_split)
     t0 = time.perf_counter()
     rows, m = classify(system, trainable, frozen, recs)
     metrics = {f"tc/{k}": v for k, v in m.items()}
     metrics["tc/seconds"] = time.perf_counter() - t0        # includes compilation
     pos = np.asarray([r["embedding_ids"] for r in recs if D.parse_classification(r["output"])])
-    if p["lp_queries"] and len(pos):
+    if p.lp_queries and len(pos):
         t0 = time.perf_counter()
-        lrows, lm = link_prediction_scoring(system, trainable, frozen, pos[:p["lp_queries"]])
+        lrows, lm = link_prediction_scoring(system, trainable, frozen, pos[:p.lp_queries])
         metrics.update({f"lp_score/{k}": v for k, v in lm.items()})
         metrics["lp_score/seconds"] = time.perf_counter() - t0
         rows += lrows
-    if p["lp_generate_queries"] and len(pos):
-        grows, gm = link_prediction_generated(system, trainable, frozen, pos[:p["lp_generate_queries"]])
+    if p.lp_generate_queries and len(pos):
+        grows, gm = link_prediction_generated(system, trainable, frozen, pos[:p.lp_generate_queries])
         metrics.update({f"lp_gen/{k}": v for k, v in gm.items()})
         rows += grows
     return rows, metrics

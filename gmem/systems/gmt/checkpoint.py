@@ -175,7 +175,7 @@ def apply_to_system(ck: dict, system, trainable: dict, frozen: dict) -> tuple[di
     import jax
     import jax.numpy as jnp
 
-    from gmem.systems import gmt_graph as G
+    from gmem.systems.gmt import graph as G
 
     def fit(new, old, where):
         n, o = jax.tree_util.tree_structure(new), jax.tree_util.tree_structure(old)

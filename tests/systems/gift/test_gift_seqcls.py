@@ -1,4 +1,4 @@
-"""gmem.systems.gift_seqcls (`system.name: gift`): sequence classification with GIFT / LoRA /
+"""gmem.systems.gift.seqcls (`system.name: gift`): sequence classification with GIFT / LoRA /
 no adapters (linear probe) on a tiny random BERT, the hashed train/val/test split, and the
 `adapters:` config fields reaching AdapterSpec. fp32; exact checks unless stated."""
 
@@ -9,10 +9,10 @@ import pytest
 from gmem import config as gconfig
 from gmem.adapters import AdapterSpec
 from gmem.errors import GmemError
-from gmem.systems.gift_seqcls import GiftSeqClsSystem, split_of
-from gmem.systems.lm import adapter_specs
+from gmem.systems.gift.seqcls import GiftSeqClsSystem, split_of
+from gmem.adapters import specs_from_config
 
-TINY = ["system.params.max_examples=120", "data.batch_size=4"]
+TINY = ["system.max_examples=120", "data.batch_size=4"]
 
 
 def _cfg(name, extra=()):
@@ -24,7 +24,7 @@ def test_adapter_config_fields_reach_the_spec():
         "adapters=[{kind: lora, name: a, targets: [q_proj], rank: 4, alpha: 8.0, use_rslora: true, "
         "layers_to_transform: [1]}, {kind: gift, name: g, targets: [q_proj, v_proj], rank: 2, "
         "share_projections: true, gift_act: gelu, in_projection_bias: true, out_projection_bias: true}]"])
-    a, g = adapter_specs(cfg)
+    a, g = specs_from_config(cfg.adapters)
     assert a == AdapterSpec(kind="lora", name="a", targets=("q_proj",), rank=4, alpha=8.0,
                             use_rslora=True, layers_to_transform=(1,))
     assert a.scale == pytest.approx(8.0 / 2.0)                      # alpha / sqrt(r)
@@ -33,9 +33,9 @@ def test_adapter_config_fields_reach_the_spec():
                             out_projection_bias=True)
     # The typed view round-trips too (checkpoint metadata goes through from_dict).
     typed = gconfig.from_dict(gconfig.to_dict(cfg))
-    assert adapter_specs(typed) == [a, g]
+    assert specs_from_config(typed.adapters) == [a, g]
     with pytest.raises(GmemError, match="gift_act"):
-        adapter_specs(_cfg("tiny_lm.yaml", ["adapters=[{kind: gift, gift_act: nope}]"]))
+        specs_from_config(_cfg("tiny_lm.yaml", ["adapters=[{kind: gift, gift_act: nope}]"]).adapters)
 
 
 def test_split_is_a_seeded_hash_of_the_key():
@@ -62,7 +62,7 @@ def _train_a_little(system, steps=6):
 def test_lora_and_gift_and_probe_on_tiny_bert():
     lora = GiftSeqClsSystem(_cfg("lora_minilm.yaml", TINY + ["model.source=random", "data.seq_len=32"]))
     assert len(lora.label_names) == 12 and "Uncategorized" in lora.label_names
-    assert [s.kind for s in lora.specs] == ["lora"] and lora.use is None
+    assert [s.kind for s in lora.specs] == ["lora"]
     assert sum(len(r[0]) for r in lora.rows.values()) == 120 and min(len(r[0]) for r in lora.rows.values()) > 0
     base, tr, g, l0, l1 = _train_a_little(lora)
     assert set(tr) == {"lora", "head"} and l1 < l0
@@ -74,13 +74,13 @@ def test_lora_and_gift_and_probe_on_tiny_bert():
     assert ev["params/adapters"] == 2 * 2 * 2 * 32 * 8 and ev["params/head"] == 32 * 12 + 12
 
     gift = GiftSeqClsSystem(_cfg("gift_tiny.yaml", TINY))
-    assert gift.use is not None and [s.kind for s in gift.specs] == ["gift"]
+    assert [(s.kind, s.name, s.rank) for s in gift.specs] == [("gift", "gift", 4)]
     _, tr, g, l0, l1 = _train_a_little(gift)
     assert set(tr) == {"gift", "head"} and l1 < l0
     assert float(jnp.abs(g["gift"]["query"]["psi"]).max()) > 0
 
     probe = GiftSeqClsSystem(_cfg("probe_minilm.yaml", TINY + ["model.source=random", "data.seq_len=32"]))
-    assert probe.specs == [] and probe.use is None
+    assert probe.specs == []
     base, tr, g, l0, l1 = _train_a_little(probe)
     assert set(tr) == {"head"} and l1 < l0
     # Only the head moved: the encoder's features are the frozen base's.
@@ -89,7 +89,7 @@ def test_lora_and_gift_and_probe_on_tiny_bert():
 
 def test_config_errors():
     with pytest.raises(GmemError, match="eval_fraction"):
-        GiftSeqClsSystem(_cfg("gift_tiny.yaml", TINY + ["data.eval_fraction=0.5"]))
+        GiftSeqClsSystem(_cfg("gift_tiny.yaml", TINY + ["system.eval_fraction=0.5"]))
     with pytest.raises(GmemError, match="'head'"):
         GiftSeqClsSystem(_cfg("probe_minilm.yaml", TINY + ["model.source=random",
                                                            "adapters=[{kind: lora, name: head, targets: [query]}]"]))

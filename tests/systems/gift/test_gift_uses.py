@@ -12,7 +12,7 @@ from gmem.errors import GmemError
 from gmem.hf.keymaps import bert as bert_keys
 from gmem.hf.keymaps import vit as vit_keys
 from gmem.models import bert, vit
-from gmem.systems import gift
+from gmem.systems.gift import uses as gift
 
 VIT_RULES = vit_keys.VIT_IMAGE_CLASSIFICATION
 
@@ -131,11 +131,11 @@ def test_cluster_maps(tiny_vit):
 
 def test_train_system_from_tiny_config():
     from gmem import config as gconfig
-    from gmem.systems.gift import build
+    from gmem.train.system import build_system as build
     cfg = gconfig.load_config(gconfig.CONFIG_DIR / "gift_tiny.yaml",
-                              ["system.params.max_examples=80", "data.batch_size=4"])
+                              ["system.max_examples=80", "data.batch_size=4"])
     system = build(cfg)
-    assert len(system.label_names) == 12 and system.use.spec.targets == ("query", "value")
+    assert len(system.label_names) == 12 and system.specs[0].targets == ("query", "value")
     base = system.load_base()
     tr = system.init_trainable(base, jax.random.PRNGKey(0))
     batch = {k: jnp.asarray(v) for k, v in system.batch(0).items()}
@@ -145,5 +145,5 @@ def test_train_system_from_tiny_config():
     assert np.abs(np.asarray(g["gift"]["query"]["psi"])).max() > 0
     ev = system.evaluate(tr, base)
     assert 0.0 <= ev["eval/accuracy"] <= 1.0 and np.isfinite(ev["eval/loss"])
-    with pytest.raises(GmemError, match="unknown keys"):
-        build(gconfig.load_config(gconfig.CONFIG_DIR / "gift_tiny.yaml", ["system.params.rnak=4"]))
+    with pytest.raises(GmemError, match=r"system\.rnak: Key 'rnak' not in 'GiftOptions'"):
+        gconfig.load_config(gconfig.CONFIG_DIR / "gift_tiny.yaml", ["system.rnak=4"])

@@ -13,9 +13,9 @@ import torch
 
 from gmem.errors import GmemError
 from gmem.graph.layers import GraphMemoryConfig, RelationContextLayer
-from gmem.hf import gmt_checkpoint as C
+from gmem.systems.gmt import checkpoint as C
 from gmem.nn.projection import Projection
-from gmem.systems.gmt_graph import DenseMemoryTokenizer
+from gmem.systems.gmt.graph import DenseMemoryTokenizer
 
 D_G, H, M, R, D_REL, D_LLM = 16, 2, 4, 5, 12, 32
 
@@ -111,13 +111,13 @@ def test_import_into_system(tmp_path, ref):
 
     from gmem import config as gconfig
     from gmem.systems.gmt import GMTSystem
-    configs = pathlib.Path(__file__).resolve().parents[2] / "configs"
+    configs = pathlib.Path(__file__).resolve().parents[3] / "configs"
     kgd = tmp_path / "kg"
     kgd.mkdir()
     rows = [(f"e{h}", f"r{r}", f"e{t}") for h, r, t in np.random.default_rng(0).integers(0, 6, (30, 3)) % [6, 2, 6]]
     for n in ("train", "valid", "test"):
         (kgd / f"{n}.txt").write_text("".join("\t".join(x) + "\n" for x in rows[:20 if n == "train" else 25]))
-    over = [f"system.params.kg={kgd}", "system.params.max_train=8", "data.seq_len=300"]
+    over = [f"system.kg={kgd}", "system.max_train=8", "data.seq_len=300"]
     system = GMTSystem(gconfig.to_object(gconfig.load_config(configs / "gmt_tiny.yaml", over)))
     frozen = system.load_base()
     trainable = system.init_trainable(frozen, jax.random.PRNGKey(0))

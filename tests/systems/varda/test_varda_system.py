@@ -13,7 +13,7 @@ from gmem.config import load_config, to_object
 from gmem.errors import GmemError
 from gmem.systems.varda import VardaSystem
 
-ROOT = pathlib.Path(__file__).resolve().parents[2]
+ROOT = pathlib.Path(__file__).resolve().parents[3]
 B, T, SEG = 2, 24, 8
 
 
@@ -23,7 +23,7 @@ def _cfg(tmp, *overrides):
     corpus = tmp / "corpus.txt"
     corpus.write_text("\n".join(" ".join(rng.choice(words) for _ in range(12)) for _ in range(120)))
     return to_object(load_config(ROOT / "configs" / "varda_tiny.yaml",
-                                 [f"data.corpus={corpus}", f"train.run_dir={tmp / 'run'}", *overrides]))
+                                 [f"system.corpus={corpus}", f"train.run_dir={tmp / 'run'}", *overrides]))
 
 
 @pytest.fixture(scope="module")
@@ -42,7 +42,7 @@ def _setup(tmp, *overrides):
 @pytest.mark.parametrize("backbone", ["llama", "gpt2"])
 def test_shapes_and_step0_equals_backbone(tmp, backbone):
     targets = "[c_attn]" if backbone == "gpt2" else "[q_proj,v_proj]"
-    system, frozen, trainable, ids = _setup(tmp, f"system.params.backbone={backbone}", f"adapters.0.targets={targets}")
+    system, frozen, trainable, ids = _setup(tmp, f"model.family={backbone}", f"adapters.0.targets={targets}")
     fwd = jax.jit(system.forward)
     logits, state, stats = fwd(trainable, frozen, system.model.init_memory(B), ids)
     assert logits.shape == (B, T, system.cfg.model.vocab_size)
@@ -55,7 +55,7 @@ def test_shapes_and_step0_equals_backbone(tmp, backbone):
 
 
 def test_memory_state_carries_across_calls(tmp):
-    system, frozen, trainable, ids = _setup(tmp, "system.params.fusion=original")
+    system, frozen, trainable, ids = _setup(tmp, "system.fusion=original")
     fwd = jax.jit(system.forward)
     fresh = system.model.init_memory(B)
     _, s1, _ = fwd(trainable, frozen, fresh, ids)
@@ -72,7 +72,7 @@ def test_memory_state_carries_across_calls(tmp):
 
 
 def test_gradients_reach_fusion_and_decision_layers(tmp, gate="straight_through"):
-    system, frozen, trainable, ids = _setup(tmp, "system.params.fusion=original", f"system.params.gate={gate}")
+    system, frozen, trainable, ids = _setup(tmp, "system.fusion=original", f"system.gate={gate}")
     batch = {"input_ids": jnp.concatenate([ids, ids[:, :1]], 1)}
     grads = jax.jit(jax.grad(lambda t: system.loss(t, frozen, batch, jax.random.PRNGKey(0))[0]))(trainable)
     g = grads["varda"]
@@ -85,13 +85,13 @@ def test_gradients_reach_fusion_and_decision_layers(tmp, gate="straight_through"
 
 def test_bad_configs_are_clear_errors(tmp):
     with pytest.raises(GmemError, match="memory_dim=48 must equal the backbone hidden size 32"):
-        VardaSystem(_cfg(tmp, "system.params.memory_dim=48"), load_data=False)
+        VardaSystem(_cfg(tmp, "system.memory_dim=48"), load_data=False)
     with pytest.raises(GmemError, match="num_search_results=65"):
-        VardaSystem(_cfg(tmp, "system.params.num_search_results=65"), load_data=False)
+        VardaSystem(_cfg(tmp, "system.num_search_results=65"), load_data=False)
     with pytest.raises(GmemError, match="unknown key"):
-        VardaSystem(_cfg(tmp, "system.params.memry_size=3"), load_data=False)
+        VardaSystem(_cfg(tmp, "system.memry_size=3"), load_data=False)
     with pytest.raises(GmemError, match="segment_len"):
-        VardaSystem(_cfg(tmp, "system.params.segment_len=7"), load_data=False)
+        VardaSystem(_cfg(tmp, "system.segment_len=7"), load_data=False)
 
 
 def test_train_loop_runs_and_lowers_loss(tmp):
@@ -104,8 +104,8 @@ def test_train_loop_runs_and_lowers_loss(tmp):
 
 
 def test_perplexity_table_and_fact_probe_run(tmp):
-    from gmem.systems.varda_eval import fact_probe, perplexity_table
-    cfg = _cfg(tmp, "system.params.segment_len=160", "data.seq_len=160", "data.eval_fraction=0.5")
+    from gmem.systems.varda.eval import fact_probe, perplexity_table
+    cfg = _cfg(tmp, "system.segment_len=160", "data.seq_len=160", "system.eval_fraction=0.5")
     system = VardaSystem(cfg)
     frozen = system.load_base()
     trainable = system.init_trainable(frozen, jax.random.PRNGKey(1))
@@ -123,8 +123,8 @@ def test_generation_with_memory_equals_step_by_step_recompute(tmp):
     # fusion=original: the memory changes the logits from the start. Prompts of 3 and 13 tokens
     # (two segments), greedy. Reference: every step runs the exact sequence so far, padded only
     # to its own next multiple of segment_len; generate_with_memory pads all rows to one width.
-    from gmem.systems.varda_eval import generate_with_memory
-    system, frozen, trainable, _ = _setup(tmp, "system.params.fusion=original")
+    from gmem.systems.varda.eval import generate_with_memory
+    system, frozen, trainable, _ = _setup(tmp, "system.fusion=original")
     prompts = [[5, 9, 11], list(range(20, 33))]
     got = generate_with_memory(system, trainable, frozen, prompts, max_new_tokens=6)
     fwd = jax.jit(system.forward)
@@ -137,7 +137,7 @@ def test_generation_with_memory_equals_step_by_step_recompute(tmp):
             seq.append(int(jnp.argmax(logits[0, len(seq) - 1])))
         assert new == seq[len(prompt):]
     # The memory matters for these tokens: the backbone alone (no memory path) differs somewhere.
-    a_sys, a_frozen, a_trainable, _ = _setup(tmp, "system.params.use_memory=false")
+    a_sys, a_frozen, a_trainable, _ = _setup(tmp, "system.use_memory=false")
     alone = generate_with_memory(a_sys, a_trainable, a_frozen, prompts, max_new_tokens=6)
     assert alone != got
     # Sampling and eos: a sampled run is reproducible from its key; eos stops a row.
@@ -153,7 +153,7 @@ def test_generation_with_memory_equals_step_by_step_recompute(tmp):
 
 
 def test_predict_writes_generations(tmp):
-    system, frozen, trainable, _ = _setup(tmp, "system.params.fusion=original", "eval.max_new_tokens=4")
+    system, frozen, trainable, _ = _setup(tmp, "system.fusion=original", "system.max_new_tokens=4")
     rows, metrics = system.predict(trainable, frozen, ["to be or", "the question"])
     assert [r["prompt"] for r in rows] == ["to be or", "the question"] and metrics == {}
     assert all(isinstance(r["generation"], str) and r["generation"] for r in rows)

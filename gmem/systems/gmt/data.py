@@ -48,7 +48,7 @@ def load_kg(source: str, add_inverse: bool = False):
         sub = os.path.join(root, source)
         return gkg.load_label_tsv(sub if os.path.isdir(sub) else str(root), add_inverse=add_inverse)
     if not os.path.isdir(source):
-        raise GmemError(f"system.params.kg: {source!r} is not an embedded KG {EMBEDDED_KGS} or a folder")
+        raise GmemError(f"system.kg: {source!r} is not an embedded KG {EMBEDDED_KGS} or a folder")
     if os.path.isfile(os.path.join(source, "entity2id.txt")):
         kg = gkg.load_openke(source, add_inverse=add_inverse)
         splits = {}
@@ -214,6 +214,14 @@ def pack(encoded, seq_len: int, pad_id: int, train_on_inputs: bool, prefix_len: 
         # The first real token has no context, so it is never a target (as in HF's shift).
         lm[i, s + (1 if train_on_inputs else plen):] = 1.0
     return ids, att, lm
+
+
+def epoch_rows(n: int, batch_size: int, index: int, seed: int) -> np.ndarray:
+    """Row ids [batch_size] of global batch `index` over n examples: a seeded permutation per
+    epoch, read in order, so every example is seen once per epoch and none is dropped."""
+    pos = index * batch_size + np.arange(batch_size)
+    epoch, within = pos // n, pos % n
+    return np.asarray([np.random.default_rng([seed, int(e)]).permutation(n)[w] for e, w in zip(epoch, within)])
 
 
 def trim_width(arrays: dict, multiple: int, prefix_len: int = 0) -> dict:

@@ -38,20 +38,17 @@ from typing import Optional
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
-import optax
 
 from gmem.errors import GmemError
 from gmem.memory import AssociativeMemory, MemoryState
-from gmem.models.generate import encode_text
 from gmem.nn.projection import Projection
-from gmem.systems.lm import LMSystem, _unbox
 
 _GATES = ("straight_through", "soft")
 
 
 @dataclasses.dataclass(frozen=True)
 class VardaConfig:
-    """Memory and fusion options (config key `system.params`).
+    """Memory and fusion options (the memory fields of the `system:` section, VardaOptions).
 
     memory_dim must equal the backbone's hidden size (queries are input embeddings); None = it.
     """
@@ -70,16 +67,12 @@ class VardaConfig:
     forgetfulness: float = 0.0
     use_memory: bool = True
     fusion: str = "gated"
-    backbone: str = "llama"  # family used with model.source=random: llama | gpt2
     tokenizer: str = "auto"  # auto (the source's own / bytes for random) | gpt2 (embedded BPE)
 
     @classmethod
-    def from_params(cls, params: dict) -> "VardaConfig":
-        names = {f.name for f in dataclasses.fields(cls)}
-        bad = sorted(set(params) - names)
-        if bad:
-            raise GmemError(f"system.params: unknown key(s) {bad} for varda; known: {sorted(names)}")
-        return cls(**params)
+    def from_options(cls, opts) -> "VardaConfig":
+        """The memory fields of a VardaOptions."""
+        return cls(**{f.name: getattr(opts, f.name) for f in dataclasses.fields(cls)})
 
     def check(self, hidden: int) -> AssociativeMemory:
         """Validate against the backbone; returns the memory. One GmemError lists every problem."""
@@ -98,11 +91,11 @@ class VardaConfig:
         if self.segment_len <= 0:
             errors.append(f"segment_len={self.segment_len} must be positive")
         if errors:
-            raise GmemError("system.params: " + "; ".join(errors))
+            raise GmemError("system: " + "; ".join(errors))
         try:
             return AssociativeMemory(self.memory_size, dim, self.metric, self.nlist, self.nprobe)
         except GmemError as e:
-            raise GmemError(f"system.params: {e}") from None
+            raise GmemError(f"system: {e}") from None
 
 
 class VardaHeads(nn.Module):
@@ -160,7 +153,7 @@ class VardaModel:
     def init_heads(self, rng) -> dict:
         k, d = self.cfg.num_search_results, self.hidden
         z = jnp.zeros((1, 1, d))
-        return _unbox(self.heads.init(rng, z, jnp.zeros((1, 1, k, d)), z)["params"])
+        return nn.unbox(self.heads.init(rng, z, jnp.zeros((1, 1, k, d)), z)["params"])
 
     def init_memory(self, batch: int) -> MemoryState:
         return self.memory.init(batch)
@@ -225,103 +218,3 @@ class VardaModel:
             state = jax.vmap(mem.forget, (0, None, 0))(state, c.forgetfulness, jax.random.split(rng, b))
         return state, {"memory/store_rate": mask.mean(dtype=jnp.float32), "memory/delete_rate": deleted,
                        "memory/count": state.count.mean(dtype=jnp.float32)}
-
-
-class VardaSystem(LMSystem):
-    """VardaGPT for gmem.train: frozen backbone (+ optional LoRA) and trainable memory layers.
-
-    Trainable tree: {"adapters": LoRA sets (may be empty), "varda": memory layers}.
-    """
-
-    name = "varda"
-
-    def __init__(self, cfg, load_data: bool = True):
-        self.varda_cfg = VardaConfig.from_params(dict(cfg.system.params or {}))
-        super().__init__(cfg, load_data=False)
-        mc = self.model_config
-        if self.kind == "random" and self.varda_cfg.backbone == "gpt2":
-            from gmem.models.gpt2 import GPT2Config, GPT2LMHeadModel
-            m = cfg.model
-            self.model_config = GPT2Config(vocab_size=m.vocab_size, n_positions=m.max_position_embeddings,
-                                           n_embd=m.hidden_size, n_layer=m.num_hidden_layers,
-                                           n_head=m.num_attention_heads, n_inner=m.intermediate_size,
-                                           resid_pdrop=0.0, embd_pdrop=0.0, attn_pdrop=0.0, dtype=m.dtype,
-                                           remat=m.remat)
-            self.module = GPT2LMHeadModel(self.model_config)
-        elif type(mc).__name__ == "GPT2Config":
-            from gmem.models.gpt2 import GPT2LMHeadModel
-            self.module = GPT2LMHeadModel(mc)
-        if self.varda_cfg.tokenizer == "gpt2":
-            import gmem.assets
-            from gmem.hf.tokenizer import load_tokenizer
-            self.tokenizer = load_tokenizer(gmem.assets.path("gpt2-bpe"))
-        hidden = getattr(self.model_config, "hidden_size", None) or self.model_config.n_embd
-        self.model = VardaModel(self.varda_cfg, self.module, hidden)
-        if cfg.data.seq_len % min(self.varda_cfg.segment_len, cfg.data.seq_len):
-            raise GmemError(f"data.seq_len={cfg.data.seq_len} must be a multiple of "
-                            f"system.params.segment_len={self.varda_cfg.segment_len}")
-        if load_data:
-            self.data()
-
-    def _load_real(self):
-        from gmem.systems.lm import load_source
-        return load_source(self.kind, self.path)  # LLaMA family or GPT-2
-
-    @property
-    def structure(self) -> dict:
-        s = dict(super().structure) if hasattr(self.model_config, "hidden_size") else {"system": self.name}
-        s["system"] = self.name
-        s["varda"] = dataclasses.asdict(self.varda_cfg)
-        return s
-
-    def init_trainable(self, base, rng):
-        return {"adapters": super().init_trainable(base, rng),
-                "varda": self.model.init_heads(jax.random.fold_in(rng, 1))}
-
-    def abstract_trainable(self, abstract_base):
-        return jax.eval_shape(lambda b: self.init_trainable(b, jax.random.PRNGKey(0)), abstract_base)
-
-    def trainable_specs(self, abstract_trainable, base_specs):
-        from gmem.train.sharding import adapter_logical_specs
-        d, k = self.model.hidden, self.varda_cfg.num_search_results
-        z = jnp.zeros((1, 1, d))
-        boxed = jax.eval_shape(lambda: self.model.heads.init(jax.random.PRNGKey(0), z, jnp.zeros((1, 1, k, d)), z))
-        return {"adapters": adapter_logical_specs(abstract_trainable["adapters"], base_specs),
-                "varda": nn.get_partition_spec(boxed)["params"]}
-
-    def forward(self, trainable, frozen, state, ids_BT, rng=None):
-        backbone_vars = self.variables(trainable["adapters"], frozen)
-        return self.model(trainable["varda"], backbone_vars, state, ids_BT, rng)
-
-    def loss(self, trainable, frozen, batch: dict, rng):
-        """Next-token CE over rows [B, L+1], memory fresh per row; aux: tokens, memory stats."""
-        ids = batch["input_ids"]
-        inputs, targets = ids[:, :-1], ids[:, 1:]
-        mask = batch.get("mask")
-        mask = jnp.ones(targets.shape, jnp.float32) if mask is None else mask[:, 1:].astype(jnp.float32)
-        state = self.model.init_memory(ids.shape[0])
-        logits, _, stats = self.forward(trainable, frozen, state, inputs, rng)
-        ce = optax.softmax_cross_entropy_with_integer_labels(logits, targets)
-        n = jnp.maximum(mask.sum(), 1.0)
-        return (ce * mask).sum() / n, {"tokens": mask.sum(), **stats}
-
-    def predict(self, trainable, frozen, prompts=None) -> tuple[list[dict], dict]:
-        """Generate from eval.prompts (greedy, or sampled with eval.temperature / top_k), reading
-        and writing a fresh memory per prompt as in training."""
-        from gmem.systems.varda_eval import generate_with_memory
-        e = self.cfg.eval
-        prompts = list(prompts or e.prompts)
-        eos = getattr(self.tokenizer, "eos_token_id", None)
-        new = generate_with_memory(self, trainable, frozen, [encode_text(self.tokenizer, p) for p in prompts],
-                                   e.max_new_tokens, e.temperature, e.top_k, eos, jax.random.PRNGKey(self.cfg.train.seed))
-        texts = [self.tokenizer.decode(t, skip_special_tokens=True) for t in new]
-        return [{"prompt": p, "generation": t} for p, t in zip(prompts, texts)], {}
-
-
-def build(cfg, load_data: bool = True) -> VardaSystem:
-    return VardaSystem(cfg, load_data=load_data)
-
-
-if __name__ == "__main__":   # python -m gmem.systems.varda RUN_DIR
-    from gmem.systems.varda_eval import main
-    main()

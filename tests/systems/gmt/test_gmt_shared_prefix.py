@@ -5,7 +5,7 @@ import types
 
 import numpy as np
 
-from gmem.systems.shared_prefix import SharedPrefix
+from gmem.systems.gmt.shared_prefix import SharedPrefix
 
 
 class _System(SharedPrefix):
