@@ -121,10 +121,14 @@ def read_dpr_tsv(path: str | pathlib.Path) -> Iterator[Passage]:
                     raise GmemError(f"{path}, line 1: header is {header!r}, expected "
                                     f"'id<TAB>text<TAB>title' (DPR psgs_w100.tsv layout)")
                 continue
+            if not line:
+                raise GmemError(f"{path}, line {lineno}: empty line, expected "
+                                f"id<TAB>text<TAB>title")
             try:
                 fields = next(csv.reader([line], delimiter="\t", strict=True), [])
             except csv.Error as e:
-                raise GmemError(f"{path}, line {lineno}: cannot parse ({e})") from None
+                raise GmemError(f"{path}, line {lineno}: cannot parse ({e}; an unclosed "
+                                f"double quote?)") from None
             if len(fields) != 3:
                 raise GmemError(f"{path}, line {lineno}: {len(fields)} tab-separated fields, "
                                 f"expected 3 (id, text, title)")

@@ -144,7 +144,9 @@ class ElasticRetriever:
         where = f"elasticsearch {url or ''} index {index!r}".replace("  ", " ")
         if not client.indices.exists(index=index):
             raise GmemError(f"{where}: no such index; build it first")
-        mappings = next(iter(dict(client.indices.get_mapping(index=index)).values()))["mappings"]
+        resp = client.indices.get_mapping(index=index)
+        body = getattr(resp, "body", resp)  # the client's ObjectApiResponse wraps a dict
+        mappings = next(iter(body.values()))["mappings"]  # keyed by the concrete index name
         meta = mappings.get("_meta") or {}
         count = int(client.count(index=index)["count"])
         if "gmem_complete" in meta:
