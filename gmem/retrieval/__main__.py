@@ -26,7 +26,8 @@ def _parser() -> argparse.ArgumentParser:
     b.add_argument("--backend", choices=["bm25s", "elasticsearch"], default="bm25s")
     b.add_argument("--url", default="http://localhost:9200", help="elasticsearch only")
     b.add_argument("--index", default="wiki", help="elasticsearch index name")
-    b.add_argument("--replace", action="store_true", help="elasticsearch: rebuild an existing index")
+    b.add_argument("--replace", action="store_true",
+                   help="elasticsearch: rebuild an existing index")
     s = sub.add_parser("search", help="search a saved retriever")
     s.add_argument("directory")
     s.add_argument("queries", nargs="+")

@@ -250,6 +250,7 @@ def _read_passages(path: pathlib.Path) -> list[Passage]:
             try:
                 pid, title, text = json.loads(line)
             except (ValueError, TypeError) as e:
-                raise GmemError(f"{path}, line {lineno}: not an [id, title, text] row ({e})") from None
+                raise GmemError(f"{path}, line {lineno}: not an [id, title, text] row "
+                                f"({e})") from None
             out.append(Passage(pid, title, text))
     return out

@@ -78,7 +78,8 @@ class ElasticRetriever:
                  max_query_tokens: int | None = MAX_QUERY_TOKENS, query_tokenizer: Any = None,
                  batch_size: int = 64):
         self.client, self.index, self.url = client, index, url
-        self.corpus_name, self.fingerprint, self.num_passages = corpus_name, fingerprint, num_passages
+        self.corpus_name, self.fingerprint = corpus_name, fingerprint
+        self.num_passages = num_passages
         self.max_query_tokens, self.query_tokenizer = max_query_tokens, query_tokenizer
         self.batch_size = batch_size
 
@@ -197,7 +198,8 @@ class ElasticRetriever:
                     err = resp["error"]
                     reason = err.get("reason", err) if isinstance(err, dict) else err
                     raise GmemError(f"{self.where}: search failed for query {q[:60]!r}: {reason}")
-                rows.append([(h["_id"], float(h["_score"]), (h.get("_source") or {}).get("txt", ""))
+                rows.append([(h["_id"], float(h["_score"]),
+                              (h.get("_source") or {}).get("txt", ""))
                              for h in resp["hits"]["hits"]])
         return pack_hits(rows, k)
 
