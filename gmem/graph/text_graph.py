@@ -15,7 +15,7 @@ import numpy as np
 from gmem.errors import GmemError
 
 
-@dataclasses.dataclass(frozen=True)
+@dataclasses.dataclass(frozen=True, eq=False)
 class TextGraph:
     """node_texts [N]; senders, receivers int64 [E]; edge_texts [E] (one text per edge)."""
 
@@ -23,6 +23,14 @@ class TextGraph:
     senders: np.ndarray
     receivers: np.ndarray
     edge_texts: tuple[str, ...]
+
+    def __eq__(self, other) -> bool:
+        return (isinstance(other, TextGraph) and self.node_texts == other.node_texts
+                and self.edge_texts == other.edge_texts
+                and np.array_equal(self.senders, other.senders)
+                and np.array_equal(self.receivers, other.receivers))
+
+    __hash__ = None
 
     @staticmethod
     def build(node_texts: Sequence[str], edges: Sequence[tuple[int, int]] | np.ndarray,
