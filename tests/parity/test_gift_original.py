@@ -54,7 +54,7 @@ if not _had_loralib:
 
 from gmem.adapters import adapter_collection, merge  # noqa: E402
 from gmem.adapters.gift import (gift_spec_from_checkpoint, load_gift_checkpoint,  # noqa: E402
-                                original_act)
+                                original_act, read_gift_file)
 from gmem.errors import GmemError  # noqa: E402
 from gmem.hf.keymap import apply_transform, hf_to_gmem, unflatten  # noqa: E402
 from gmem.hf.keymaps import bert as bert_keys  # noqa: E402
@@ -232,6 +232,57 @@ def test_timm_vit_image_classification(tmp_path, gift):
     _check(case, module.apply(gsys.variables(use, tr, params, rules), jnp.asarray(x)), want)
     merged = merge([spec], dict(params, **tr["head"]), tr["gift"], rules)
     _check(case + " (merged)", module.apply({"params": merged}, jnp.asarray(x)), want)
+
+
+# ---- the released checkpoints (artifacts/*/gift/final/final/last.pth.tar) ----------------
+
+RELEASED = sorted(d for d in ("CUB", "OxfordFlowers", "StanfordCars", "StanfordDogs", "nabirds")
+                  if os.path.isfile(os.path.join(ROOT, "artifacts", d, "gift", "final", "final",
+                                                 "last.pth.tar")))
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("dataset", RELEASED or ["none"])
+def test_released_checkpoint_on_the_papers_backbone(dataset):
+    """A released file as it is (timm training checkpoint, args of the hypernet_* era) on
+    timm's vit_base_patch16_224.augreg_in21k with random backbone weights (the pretrained ones
+    are not reachable offline): the original wrapper with the file loaded its way against gmem
+    with the settings read from the file."""
+    if dataset == "none":
+        pytest.skip(f"no artifacts/*/gift/final/final/last.pth.tar under {ROOT}")
+    path = os.path.join(ROOT, "artifacts", dataset, "gift", "final", "final", "last.pth.tar")
+    spec = gift_spec_from_checkpoint(path)
+    gf = read_gift_file(path)
+    name, classes = gf.backbone, gf.state["backbone.head.weight"].shape[0]
+    torch.manual_seed(0)
+    backbone = timm.create_model(name, pretrained=False, num_classes=classes).eval()
+    base_state = {k: v.clone() for k, v in backbone.state_dict().items()}
+    wrapper = _build_gift_from_file(path, backbone)
+    x = np.random.RandomState(0).randn(2, 3, 224, 224).astype(np.float32)
+    with torch.no_grad():
+        want = wrapper(torch.tensor(x)).numpy()
+    module, _, params = load_timm_vit(base_state, model_name=name)
+    use = gsys.GiftUse(spec, ("classifier",))
+    rules = vit_keys.VIT_IMAGE_CLASSIFICATION
+    tr = gsys.load_original(path, use, params, rules)
+    _check(f"released {dataset} on {name}", module.apply(gsys.variables(use, tr, params, rules),
+                                                          jnp.asarray(x)), want)
+
+
+def _build_gift_from_file(path, backbone):
+    """The original's wrapper with a released file loaded the original's way (its train.py
+    --gift_checkpoint path: build_gift from the file's args, then load_state_dict)."""
+    with torch.serialization.safe_globals([argparse.Namespace]):
+        ck = torch.load(path, map_location="cpu", weights_only=True)
+    a = vars(ck["args"])
+    args = _vision_args(gift_rank=a["hypernet_embed_dim"], gift_target_modules=a["hypernet_target_modules"],
+                        gift_in_projection_bias=a["hypernet_in_projection_bias"],
+                        gift_out_projection_bias=a["hypernet_out_projection_bias"],
+                        gift_block_block_type=a["hypernet_block_block_type"])
+    wrapper = build_gift(backbone, args).eval()
+    missing, unexpected = wrapper.load_state_dict(ck["state_dict"], strict=False)
+    assert not unexpected and all(k.startswith("backbone.") and "head" not in k for k in missing)
+    return wrapper
 
 
 # ---- activation names: the original's SimpleBlock itself ---------------------------------
