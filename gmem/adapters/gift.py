@@ -12,6 +12,10 @@ out_projections[t].weight transposed (B^T). The hypernet is the original's defau
 'simple_block': an elementwise activation on C = W phi (identity by default), no parameters.
 `adapter_collection` broadcasts each pair to every module of its type; gradients from all
 layers sum into the one shared pair.
+
+Original files (bottom of this module): read_gift_file reads a checkpoint and the GIFT settings
+stored with it, gift_spec_from_checkpoint turns them into an AdapterSpec, load_gift_checkpoint
+refuses a spec that contradicts them; original_act says what an activation name meant there.
 """
 
 from __future__ import annotations
