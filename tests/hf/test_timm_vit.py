@@ -127,3 +127,39 @@ def test_head_count_is_required(timm):
         load_timm_vit(_vit(timm).state_dict())
     with pytest.raises(GmemError, match="not a timm ViT name"):
         load_timm_vit(_vit(timm).state_dict(), model_name="resnet50")
+
+
+@pytest.mark.parametrize("target, module", [("attn:proj", "attn.proj"), ("qkv", "attn.qkv")])
+def test_gift_checkpoint_of_a_timm_vit_runs_in_gmem(timm, tmp_path, target, module):
+    """A GIFT vision checkpoint (timm training file with args) on a timm-loaded backbone, against
+    timm with the checkpoint applied in torch: W' = W + W A^T B^T on every targeted timm Linear
+    (the fused [3D, D] qkv weight as one matrix) and timm's head replaced by the file's."""
+    import argparse
+    from gmem.adapters.gift import gift_spec_from_checkpoint
+    from gmem.hf.keymaps.vit import VIT_IMAGE_CLASSIFICATION as RULES
+    from gmem.systems import gift
+    m = _vit(timm)
+    module_, _, params = load_timm_vit(m.state_dict(), num_heads=4)
+    g = torch.Generator().manual_seed(3)
+    a, b = torch.rand(4, 32, generator=g) * 0.4 - 0.2, 0.3 * torch.randn(32, 4, generator=g)
+    head_w, head_b = torch.randn(5, 32, generator=g) * 0.5, torch.randn(5, generator=g)
+    path = tmp_path / "last.pth.tar"
+    torch.save({"epoch": 9, "state_dict": {f"in_projections.{target}.weight": a,
+                                           f"out_projections.{target}.weight": b,
+                                           "backbone.head.weight": head_w, "backbone.head.bias": head_b},
+                "args": argparse.Namespace(method="gift", model="tiny", rank=0, gift_rank=4,
+                                           gift_target_modules=[target])}, path)
+    use = gift.GiftUse(gift_spec_from_checkpoint(str(path)), ("classifier",))
+    tr = gift.load_original(str(path), use, params, RULES)
+    x = _pixels()
+    got = np.asarray(module_.apply(gift.variables(use, tr, params, RULES), jnp.asarray(x)))
+    with torch.no_grad():
+        m.head.weight.copy_(head_w)
+        m.head.bias.copy_(head_b)
+        head_only = m(torch.tensor(x)).numpy()
+        for blk in m.blocks:
+            lin = blk.attn.proj if module == "attn.proj" else blk.attn.qkv
+            lin.weight.add_(lin.weight @ a.T @ b.T)
+        want = m(torch.tensor(x)).numpy()
+    assert np.abs(want - head_only).max() > 1e-2      # the residual matters at this tolerance
+    np.testing.assert_allclose(got, want, atol=TOL, rtol=0)
