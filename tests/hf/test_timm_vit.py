@@ -1,6 +1,7 @@
 """timm VisionTransformer weights in gmem's ViT (gmem.hf.timm) against timm itself, on random
 tiny models built offline (weights perturbed so norms and biases are not at their init).
-Tolerance: logits within 1e-4 absolute, fp32 (logits are O(1); measured about 1e-7)."""
+Tolerance: logits within 1e-4 absolute, fp32 (logits are O(1); measured up to 1.9e-6 on the
+tiny models, 3.3e-6 on the ViT-B/16 architecture)."""
 
 import numpy as np
 import jax.numpy as jnp
