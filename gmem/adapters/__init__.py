@@ -42,7 +42,8 @@ Trainable tree layouts: LoRA mirrors module paths ({"model": {"layers_0": {"self
 
 Interop: gmem.adapters.peft_io (save_peft / load_peft: PEFT's adapter_config.json +
 adapter_model.safetensors), gmem.adapters.gift (from_gift_state_dict / load_gift_checkpoint /
-to_gift_state_dict: the original GIFT checkpoint layout).
+to_gift_state_dict: the original GIFT checkpoint layout; read_gift_file /
+gift_spec_from_checkpoint: the settings the original stores with its checkpoints).
 """
 
 from gmem.adapters.core import (AdapterSpec, adapter_collection, count_params, init_adapters,

@@ -61,7 +61,9 @@ class AdapterSpec:
             errors.append(f"rank={self.rank!r} (a positive int)")
         if not 0.0 <= float(self.dropout) < 1.0:
             errors.append(f"dropout={self.dropout!r} (in [0, 1))")
-        if self.gift_act not in GIFT_ACT_NAMES:
+        if self.gift_act == "softmax":
+            errors.append(f"gift_act='softmax': {_gift.SOFTMAX_NOTE}")
+        elif self.gift_act not in GIFT_ACT_NAMES:
             errors.append(f"gift_act={self.gift_act!r} (one of {list(GIFT_ACT_NAMES)})")
         if self.block_type != "simple_block":
             errors.append(f"block_type={self.block_type!r}: gmem builds GIFT's default "

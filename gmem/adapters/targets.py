@@ -10,8 +10,8 @@ when any of its spellings does, matched as PEFT and GIFT match them:
   "q_proj", "self_attn.q_proj", "attention.self.query"   the name ends with "." + target
                                                           (or equals it), as in PEFT
   "attn:proj"      GIFT's notation: ':' stands for '.' (ModuleDict keys cannot hold dots).
-                   timm names (attn:proj, mlp:fc1, mlp:fc2) also match HF ViT/BERT modules
-                   through ALIASES, since gmem models carry HF names
+                   timm names (attn:proj, qkv / attn:qkv, mlp:fc1, mlp:fc2) also match HF
+                   ViT/BERT modules through ALIASES, since gmem models carry HF names
   "re:<regex>"     the regex must match the whole HF-style name (re.fullmatch)
   a bare string    (AdapterSpec.targets="...") is one regex, as PEFT treats a str
   "all-linear"     every projection except the output head (lm_head, classifier, head)
@@ -32,9 +32,13 @@ from gmem.hf.keymap import Rule, gmem_to_hf, hf_to_gmem
 from gmem.tree import flatten
 
 # timm module names (GIFT's vision configs) -> regexes over HF ViT / BERT module names.
+# timm's fused attn.qkv (GIFT target "qkv" or "attn:qkv") is gmem's three q, k, v projections:
+# one GIFT pair on them computes the fused layer's residual, since dW = W phi psi acts row-wise.
+_QKV = r".*\.attention\.(attention|self)\.(query|key|value)|.*\.attention\.[qkv]_proj"
 ALIASES = {
     "attn.proj": r".*\.attention\.(output\.dense|o_proj)",
-    "attn.qkv": r".*\.attention\.(attention|self)\.(query|key|value)|.*\.attention\.[qkv]_proj",
+    "attn.qkv": _QKV,
+    "qkv": _QKV,
     "mlp.fc1": r".*\.intermediate\.dense",
     "mlp.fc2": r".*\.layer\.\d+\.output\.dense",
 }

@@ -13,8 +13,10 @@ Untrusted files: safetensors first; torch pickles only with weights_only=True.
 
 from __future__ import annotations
 
+import argparse
 import json
 import pathlib
+import re
 from typing import Iterable, Protocol
 
 import numpy as np
@@ -115,6 +117,35 @@ class TorchSource:
 
     def close(self) -> None:
         self._tensors.clear()
+
+
+# What torch_load_checkpoint lets a pickle hold beyond tensors and plain containers: the one
+# class timm's training checkpoints add (their `args`, an argparse.Namespace of the command
+# line; the original GIFT's released vision checkpoints are such files).
+SAFE_GLOBALS = (argparse.Namespace,)
+
+
+def torch_load_checkpoint(path) -> object:
+    """torch.load(path, weights_only=True) with SAFE_GLOBALS allowed, nothing else; a refused
+    or unreadable file is one GmemError line naming the file (and the class it pickles)."""
+    import pickle
+
+    import torch
+
+    try:
+        with torch.serialization.safe_globals(list(SAFE_GLOBALS)):
+            return torch.load(str(path), map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as e:
+        # torch words it "Unsupported global: GLOBAL a.B ..." or "... unsupported GLOBAL a.b
+        # whose module a is blocked"
+        m = re.search(r"unsupported (?:global: )?GLOBAL ([\w.]+)", str(e), re.IGNORECASE)
+        what = m.group(1) if m else " ".join(str(e).split())[:200]
+        raise GmemError(f"{path}: refused by torch.load(weights_only=True): it pickles {what}; "
+                        "gmem allows tensors, plain containers and argparse.Namespace (timm "
+                        "training checkpoints' args), nothing else") from None
+    except Exception as e:  # noqa: BLE001 - truncated zip, not a torch file, ...
+        first = (str(e).strip().splitlines() or [""])[0]
+        raise GmemError(f"{path}: not a readable torch checkpoint ({type(e).__name__}: {first})") from None
 
 
 def open_weights(folder: str | pathlib.Path) -> TensorSource:

@@ -13,6 +13,7 @@ from gmem.hf.keymap import Rule
 from gmem.hf.keymaps import bert as bert_keys
 from gmem.hf.keymaps import gpt2 as gpt2_keys
 from gmem.hf.keymaps import llama as llama_keys
+from gmem.hf.keymaps import timm_vit as timm_vit_keys
 from gmem.hf.keymaps import vit as vit_keys
 from gmem.models import bert, gpt2, llama, vit
 
@@ -57,7 +58,23 @@ FAMILIES: list[Family] = [
     Family("vit-image-classification", (), ("ViTForImageClassification",), vit.ViTConfig,
            vit.ViTForImageClassification, vit_keys.VIT_IMAGE_CLASSIFICATION, ignore=vit_keys.IGNORE,
            auto_class="AutoModelForImageClassification", example_inputs=vit.example_inputs),
+    # timm's VisionTransformer state dicts (GIFT's vision backbone). Not reached from an HF
+    # config.json (no architectures listed): gmem.hf.timm.load_timm_vit picks these by name.
+    # Exports go out through the HF ViT families above (same gmem module, same params).
+    Family("timm-vit", (), (), vit.ViTConfig, vit.ViTForImageClassification,
+           timm_vit_keys.TIMM_VIT_IMAGE_CLASSIFICATION,
+           auto_class="AutoModelForImageClassification", example_inputs=vit.example_inputs),
+    Family("timm-vit-model", (), (), vit.ViTConfig, vit.ViTModel, timm_vit_keys.TIMM_VIT_MODEL,
+           auto_class="AutoModel", example_inputs=vit.example_inputs),
 ]
+
+
+def family_named(name: str) -> Family:
+    """The family called `name` ("llama", "timm-vit", ...)."""
+    for fam in FAMILIES:
+        if fam.name == name:
+            return fam
+    raise GmemError(f"family {name!r} is not known; gmem knows {[f.name for f in FAMILIES]}")
 
 
 def family_by_architecture(architecture: str) -> Family:

@@ -33,10 +33,16 @@ import jax.numpy as jnp
 
 ADAPTER = "adapter"
 
-# Names as in GIFT's simple_block act_layer; torch's nn.GELU is the exact (erf) form.
-GIFT_ACT_NAMES = ("identity", "gelu", "gelu_tanh", "relu", "tanh", "silu", "sigmoid")
+# simple_block activations. The original knows identity (its default for any name it does not
+# know), gelu (torch's nn.GELU: the exact erf form), sigmoid, standard_sigmoid (the same
+# function) and hsigmoid (relu6(h + 3) / 6); gelu_tanh, relu, tanh and silu are gmem's own
+# (the original would run identity under those names: gmem.adapters.gift.original_act).
+# Codes are positions in this tuple: append, never reorder.
+GIFT_ACT_NAMES = ("identity", "gelu", "gelu_tanh", "relu", "tanh", "silu", "sigmoid",
+                  "standard_sigmoid", "hsigmoid")
 _GIFT_ACTS = (lambda h: h, lambda h: nn.gelu(h, approximate=False),
-              lambda h: nn.gelu(h, approximate=True), nn.relu, jnp.tanh, nn.silu, nn.sigmoid)
+              lambda h: nn.gelu(h, approximate=True), nn.relu, jnp.tanh, nn.silu, nn.sigmoid,
+              nn.sigmoid, nn.hard_sigmoid)
 
 
 def _gift_activation(h: jax.Array, code: jax.Array) -> jax.Array:

@@ -84,24 +84,50 @@ def test_load_original_vit_checkpoint_with_timm_head(tiny_vit, tmp_path):
 
 
 def test_load_original_roberta_checkpoint_with_classifier(tmp_path):
-    cfg = bert.BertConfig(vocab_size=61, hidden_size=32, num_hidden_layers=2, num_attention_heads=4,
-                          intermediate_size=48, max_position_embeddings=40, num_labels=2,
-                          model_type="roberta", pad_token_id=1)
-    model = bert.RobertaForSequenceClassification(cfg)
-    ids = jnp.asarray(np.random.RandomState(0).randint(3, 61, size=(2, 7)))
-    params = nn.unbox(model.init(jax.random.PRNGKey(0), ids)["params"])
+    """The loaded checkpoint computes what it says: logits against torch's RoBERTa with the
+    checkpoint applied in torch, W' = W (I + phi psi) = W + W A^T B^T on every query and value
+    weight and the classifier replaced by the file's, independently of gmem's GIFT code."""
+    torch = pytest.importorskip("torch")
+    transformers = pytest.importorskip("transformers")
+    from gmem.hf.keymap import apply_transform, hf_to_gmem, unflatten
+    torch.manual_seed(0)
+    hf_cfg = transformers.RobertaConfig(vocab_size=61, hidden_size=32, num_hidden_layers=2,
+                                        num_attention_heads=4, intermediate_size=48,
+                                        max_position_embeddings=40, num_labels=2,
+                                        attn_implementation="eager")
+    ref = transformers.RobertaForSequenceClassification(hf_cfg).eval()
     rules = bert_keys.ROBERTA_SEQUENCE_CLASSIFICATION
+    flat = {}
+    for k, v in ref.state_dict().items():
+        hit = hf_to_gmem(k, rules)
+        if hit is not None:
+            flat[hit[0]] = jnp.asarray(apply_transform(v.numpy(), hit[1]))
+    params = unflatten(flat)
+    model = bert.RobertaForSequenceClassification(bert.BertConfig.from_hf(hf_cfg))
+    ids = np.random.RandomState(0).randint(3, 61, size=(2, 7))
     use = gift.GiftUse.make("sequence_classification", rank=2)
     rng = np.random.RandomState(1)
-    state = {f"{side}_projections.{t}.weight": rng.randn(*shape).astype(np.float32) * 0.1
+    state = {f"{side}_projections.{t}.weight": rng.randn(*shape).astype(np.float32) * 0.3
              for t in ("query", "value") for side, shape in (("in", (2, 32)), ("out", (32, 2)))}
-    state.update({"backbone.classifier.dense.weight": rng.randn(32, 32), "backbone.classifier.dense.bias": rng.randn(32),
-                  "backbone.classifier.out_proj.weight": rng.randn(2, 32), "backbone.classifier.out_proj.bias": rng.randn(2)})
+    state.update({"backbone.classifier.dense.weight": rng.randn(32, 32) * 0.3,
+                  "backbone.classifier.dense.bias": rng.randn(32),
+                  "backbone.classifier.out_proj.weight": rng.randn(2, 32),
+                  "backbone.classifier.out_proj.bias": rng.randn(2)})
     tr = gift.load_original(_torch_style_checkpoint(tmp_path, state), use, params, rules)
-    np.testing.assert_allclose(np.asarray(tr["head"]["classifier"]["out_proj"]["kernel"]),
-                               np.asarray(state["backbone.classifier.out_proj.weight"], np.float32).T)
-    out = model.apply(gift.variables(use, tr, params, rules), ids)
-    assert out.shape == (2, 2) and np.isfinite(np.asarray(out)).all()
+    got = np.asarray(model.apply(gift.variables(use, tr, params, rules), jnp.asarray(ids)))
+    with torch.no_grad():
+        base = ref(input_ids=torch.tensor(ids)).logits.numpy()
+        for layer in ref.roberta.encoder.layer:
+            for t in ("query", "value"):
+                lin = getattr(layer.attention.self, t)
+                a = torch.tensor(state[f"in_projections.{t}.weight"])
+                b = torch.tensor(state[f"out_projections.{t}.weight"])
+                lin.weight.add_(lin.weight @ a.T @ b.T)
+        for name, p in ref.classifier.named_parameters():
+            p.copy_(torch.tensor(np.asarray(state[f"backbone.classifier.{name}"], np.float32)))
+        want = ref(input_ids=torch.tensor(ids)).logits.numpy()
+    assert np.abs(want - base).max() > 0.1 and np.abs(want).max() > 0.5
+    np.testing.assert_allclose(got, want, atol=1e-4, rtol=0)
     bad = dict(state, **{"backbone.classifier.out_proj.weight": np.zeros((5, 32))})
     with pytest.raises(GmemError, match="shape"):
         gift.load_original(_torch_style_checkpoint(tmp_path, bad), use, params, rules)
