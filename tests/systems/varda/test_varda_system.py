@@ -88,8 +88,8 @@ def test_bad_configs_are_clear_errors(tmp):
         VardaSystem(_cfg(tmp, "system.memory_dim=48"), load_data=False)
     with pytest.raises(GmemError, match="num_search_results=65"):
         VardaSystem(_cfg(tmp, "system.num_search_results=65"), load_data=False)
-    with pytest.raises(GmemError, match="unknown key"):
-        VardaSystem(_cfg(tmp, "system.memry_size=3"), load_data=False)
+    with pytest.raises(GmemError, match=r"system\.memry_size: Key 'memry_size' not in 'VardaOptions'\. Did you mean"):
+        _cfg(tmp, "system.memry_size=3")
     with pytest.raises(GmemError, match="segment_len"):
         VardaSystem(_cfg(tmp, "system.segment_len=7"), load_data=False)
 
@@ -123,7 +123,7 @@ def test_generation_with_memory_equals_step_by_step_recompute(tmp):
     # fusion=original: the memory changes the logits from the start. Prompts of 3 and 13 tokens
     # (two segments), greedy. Reference: every step runs the exact sequence so far, padded only
     # to its own next multiple of segment_len; generate_with_memory pads all rows to one width.
-    from gmem.systems.varda.eval import generate_with_memory
+    from gmem.systems.varda.generate import generate_with_memory
     system, frozen, trainable, _ = _setup(tmp, "system.fusion=original")
     prompts = [[5, 9, 11], list(range(20, 33))]
     got = generate_with_memory(system, trainable, frozen, prompts, max_new_tokens=6)
@@ -153,7 +153,7 @@ def test_generation_with_memory_equals_step_by_step_recompute(tmp):
 
 
 def test_predict_writes_generations(tmp):
-    system, frozen, trainable, _ = _setup(tmp, "system.fusion=original", "system.max_new_tokens=4")
+    system, frozen, trainable, _ = _setup(tmp, "system.fusion=original", "system.max_new_tokens=4", "system.report=false")
     rows, metrics = system.predict(trainable, frozen, ["to be or", "the question"])
     assert [r["prompt"] for r in rows] == ["to be or", "the question"] and metrics == {}
     assert all(isinstance(r["generation"], str) and r["generation"] for r in rows)
