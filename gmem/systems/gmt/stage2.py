@@ -303,7 +303,7 @@ class GMTSystem(KGSystemBase, SharedPrefix, LMSystem):
             out = D.trim_width(out, self.p.pad_to_multiple_of, self.train_prefix)
         return {k: v[host] for k, v in out.items()}
 
-    # ---- evaluation (gmt_eval) ------------------------------------------------------------------
+    # ---- evaluation (gmt.eval) -------------------------------------------------------------------
     def evaluate(self, trainable, frozen, eval_fn=None) -> dict:
         from gmem.systems.gmt.eval import evaluate
         return evaluate(self, trainable, frozen)
