@@ -25,7 +25,7 @@ from gmem.train.metrics import MetricsWriter
 from gmem.train.optim import make_optimizer
 from gmem.train.state import TrainState, abstract_state, create_state, state_shardings
 from gmem.train.step import jit_train_step, make_train_step
-from gmem.train.system import build_system, throughput_unit
+from gmem.train.system import build_system, checked_loss, throughput_unit
 
 # Test hook: after the checkpoint of this step is committed, print a line and stall until killed
 # (the exact-resume test SIGKILLs the process at that point).
@@ -104,7 +104,7 @@ def make_plan(cfg, system, mesh=None) -> Plan:
             raise GmemError(f"data.batch_size={s.shape[0]} must divide by data*fsdp={n_batch} "
                             f"times optim.grad_accum={cfg.optim.grad_accum}")
     batch_sh = {k: shd.batch_sharding(mesh, rules, len(s.shape)) for k, s in shapes.items()}
-    step = jit_train_step(make_train_step(system.loss, optimizer, schedule, cfg.optim.grad_accum),
+    step = jit_train_step(make_train_step(checked_loss(system), optimizer, schedule, cfg.optim.grad_accum),
                           st_sh, frozen_sh, batch_sh)
     return Plan(mesh, rules, optimizer, schedule, abs_frozen, frozen_sh, abs_train, train_sh,
                 abs_state, st_sh, batch_sh, step)

@@ -117,10 +117,18 @@ def offline_passes(system) -> dict[str, OfflinePass]:
 
 
 def check_batch(system, batch: Mapping[str, Any]) -> None:
-    """Trace-time check that a batch matches system.batch_shapes() in keys, ranks and trailing
-    dims (the leading dim may be a host's or a micro-batch's share)."""
+    """Trace-time check that a batch has system.batch_shapes()'s keys and ranks (sizes may
+    differ: a host's or a micro-batch's share of rows; GMT cuts each batch to its longest row)."""
     want = system.batch_shapes()
     chex.assert_equal(sorted(batch), sorted(want))
     for k, s in want.items():
         chex.assert_rank(batch[k], len(s.shape))
-        chex.assert_shape(batch[k], (None,) + tuple(s.shape[1:]))
+
+
+def checked_loss(system) -> Callable:
+    """system.loss with check_batch in front: shapes are checked once per trace, at no cost
+    per step."""
+    def loss(trainable, frozen, batch, rng):
+        check_batch(system, batch)
+        return system.loss(trainable, frozen, batch, rng)
+    return loss
