@@ -41,7 +41,7 @@ Trainable tree layouts: LoRA mirrors module paths ({"model": {"layers_0": {"self
 [D_in, r], "psi": [r, D_in], "phi_bias"?: [r], "psi_bias"?: [D_in]}}.
 
 Interop: gmem.adapters.peft_io (save_peft / load_peft: PEFT's adapter_config.json +
-adapter_model.safetensors), gmem.adapters.gift (from_gift_state_dict / load_gift_checkpoint /
+adapter_model.safetensors), gmem.adapters.gift_io (from_gift_state_dict / load_gift_checkpoint /
 to_gift_state_dict: the original GIFT checkpoint layout; read_gift_file /
 gift_spec_from_checkpoint: the settings the original stores with its checkpoints).
 """

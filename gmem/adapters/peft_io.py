@@ -95,7 +95,7 @@ def save_peft(directory: str, spec: AdapterSpec, tree: dict, rules: Sequence[Rul
     from safetensors.numpy import save_file
     if spec.kind != "lora":
         raise GmemError(f"adapter {spec.name!r}: PEFT export is for LoRA; GIFT checkpoints "
-                        "use gmem.adapters.gift.to_gift_state_dict")
+                        "use gmem.adapters.gift_io.to_gift_state_dict")
     os.makedirs(directory, exist_ok=True)
     with open(os.path.join(directory, CONFIG), "w") as f:
         json.dump(peft_config(spec, tree, rules, base_model_name_or_path, task_type, base_params),

@@ -36,7 +36,7 @@ ADAPTER = "adapter"
 # simple_block activations. The original knows identity (its default for any name it does not
 # know), gelu (torch's nn.GELU: the exact erf form), sigmoid, standard_sigmoid (the same
 # function) and hsigmoid (relu6(h + 3) / 6); gelu_tanh, relu, tanh and silu are gmem's own
-# (the original would run identity under those names: gmem.adapters.gift.original_act).
+# (the original would run identity under those names: gmem.adapters.gift_io.original_act).
 # Codes are positions in this tuple: append, never reorder.
 GIFT_ACT_NAMES = ("identity", "gelu", "gelu_tanh", "relu", "tanh", "silu", "sigmoid",
                   "standard_sigmoid", "hsigmoid")

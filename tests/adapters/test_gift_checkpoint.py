@@ -17,8 +17,9 @@ import pytest
 torch = pytest.importorskip("torch")
 
 from gmem.adapters import AdapterSpec, adapter_collection, placements  # noqa: E402
-from gmem.adapters.gift import (ORIGINAL_ACTS, _NP_ACTS, gift_spec_from_checkpoint,  # noqa: E402
-                                load_gift_checkpoint, original_act, read_gift_file)
+from gmem.adapters.gift import _NP_ACTS  # noqa: E402
+from gmem.adapters.gift_io import (ORIGINAL_ACTS, gift_spec_from_checkpoint,  # noqa: E402
+                                   load_gift_checkpoint, original_act, read_gift_file)
 from gmem.errors import GmemError  # noqa: E402
 from gmem.nn.projection import _GIFT_ACTS, GIFT_ACT_NAMES  # noqa: E402
 

@@ -136,9 +136,9 @@ def test_gift_checkpoint_of_a_timm_vit_runs_in_gmem(timm, tmp_path, target, modu
     timm with the checkpoint applied in torch: W' = W + W A^T B^T on every targeted timm Linear
     (the fused [3D, D] qkv weight as one matrix) and timm's head replaced by the file's."""
     import argparse
-    from gmem.adapters.gift import gift_spec_from_checkpoint
+    from gmem.adapters.gift_io import gift_spec_from_checkpoint
     from gmem.hf.keymaps.vit import VIT_IMAGE_CLASSIFICATION as RULES
-    from gmem.systems import gift
+    from gmem.systems.gift import uses as gift
     m = _vit(timm)
     module_, _, params = load_timm_vit(m.state_dict(), num_heads=4)
     g = torch.Generator().manual_seed(3)

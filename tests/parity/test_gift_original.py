@@ -53,7 +53,7 @@ if not _had_loralib:
     del sys.modules["loralib"]
 
 from gmem.adapters import adapter_collection, merge  # noqa: E402
-from gmem.adapters.gift import (gift_spec_from_checkpoint, load_gift_checkpoint,  # noqa: E402
+from gmem.adapters.gift_io import (gift_spec_from_checkpoint, load_gift_checkpoint,  # noqa: E402
                                 original_act, read_gift_file)
 from gmem.errors import GmemError  # noqa: E402
 from gmem.hf.keymap import apply_transform, hf_to_gmem, unflatten  # noqa: E402
@@ -63,7 +63,7 @@ from gmem.hf.keymaps import vit as vit_keys  # noqa: E402
 from gmem.hf.timm import load_timm_vit  # noqa: E402
 from gmem.models import bert  # noqa: E402
 from gmem.models.llama import LlamaConfig, LlamaForCausalLM  # noqa: E402
-from gmem.systems import gift as gsys  # noqa: E402
+from gmem.systems.gift import uses as gsys  # noqa: E402
 
 pytestmark = pytest.mark.original
 TOL = 1e-4

@@ -18,7 +18,7 @@ torch = pytest.importorskip("torch")
 transformers = pytest.importorskip("transformers")
 
 from gmem.adapters import AdapterSpec, adapter_collection, merge  # noqa: E402
-from gmem.adapters.gift import (from_gift_state_dict, load_gift_checkpoint,  # noqa: E402
+from gmem.adapters.gift_io import (from_gift_state_dict, load_gift_checkpoint,  # noqa: E402
                                 to_gift_state_dict)
 from gmem.errors import GmemError  # noqa: E402
 from gmem.hf.keymap import apply_transform, hf_to_gmem  # noqa: E402

@@ -24,7 +24,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from gmem.adapters import AdapterSpec, adapter_collection, count_params, init_adapters, placements
-from gmem.adapters.gift import load_gift_checkpoint
+from gmem.adapters.gift_io import load_gift_checkpoint
 from gmem.adapters.targets import hf_names, layer_index
 from gmem.errors import GmemError, collect_errors
 from gmem.hf.keymap import Rule, apply_transform, hf_to_gmem

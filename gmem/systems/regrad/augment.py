@@ -67,7 +67,7 @@ def load_records(dataset: str, data_path: str | None, split: str, seed: int = 0)
     from gmem.systems.regrad import raw
 
     if dataset == "wiki":
-        from gmem.systems.regrad.wiki_qa import default_qa
+        from gmem.systems.regrad.fanout import default_qa
         sets = default_qa(seed)
         if split not in ("train", "dev"):
             raise GmemError(f"--split: the wiki set has splits train and dev, not {split!r}")

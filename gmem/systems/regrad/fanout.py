@@ -18,7 +18,7 @@ import pathlib
 
 from gmem.systems.regrad.metrics import normalize_answer
 from gmem.systems.regrad.qa import load_json
-from gmem.systems.regrad.wiki_qa import article_passages, contains
+from gmem.systems.regrad.wiki_qa import N_DEV, article_passages, contains, wiki_qa_splits
 
 
 def _answer_text(a) -> str | None:
@@ -63,3 +63,10 @@ def fanout_dev(path: str | pathlib.Path | None = None) -> list[dict]:
         out.append({"test_id": len(out), "question": sub["question"], "answer": [ans],
                     "evidence_id": hit.id, "title": title, "fanout_id": sub.get("id")})
     return out
+
+
+def default_qa(seed: int = 0, n_dev: int = N_DEV) -> dict[str, list[dict]]:
+    """{"train", "dev", "fanout_dev"}: the embedded QA sets, no article shared between any two."""
+    fan = fanout_dev()
+    splits = wiki_qa_splits(seed, n_dev, exclude_titles={r["title"] for r in fan})
+    return {**splits, "fanout_dev": fan}

@@ -28,7 +28,7 @@ About 7,000 articles pass. The split is by article: a seeded permutation
 passage belongs to both. Retrieval over the whole corpus may of course return any passage.
 
 Records follow gmem.systems.regrad.qa with two extra keys, `evidence_id` (the passage id in
-gmem.retrieval.wiki_corpus()) and `title`. `default_qa` adds the FanOutQA dev sub-questions
+gmem.retrieval.wiki_corpus()) and `title`. `fanout.default_qa` adds the FanOutQA dev sub-questions
 (gmem.systems.regrad.fanout) as a second dev set and keeps their evidence articles out of
 the template train and dev sets.
 """
@@ -138,12 +138,3 @@ def wiki_qa_splits(seed: int = 0, n_dev: int = N_DEV, exclude_titles: Iterable[s
     order = np.random.default_rng(seed).permutation(len(cands))
     return {"train": _numbered([cands[i] for i in order[n_dev:]]),
             "dev": _numbered([cands[i] for i in order[:n_dev]])}
-
-
-def default_qa(seed: int = 0, n_dev: int = N_DEV) -> dict[str, list[dict]]:
-    """{"train", "dev", "fanout_dev"}: the embedded QA sets, no article shared between any two."""
-    from gmem.systems.regrad.fanout import fanout_dev
-
-    fan = fanout_dev()
-    splits = wiki_qa_splits(seed, n_dev, exclude_titles={r["title"] for r in fan})
-    return {**splits, "fanout_dev": fan}

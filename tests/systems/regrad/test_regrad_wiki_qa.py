@@ -7,7 +7,8 @@ import pytest
 from gmem.retrieval import wiki_corpus
 from gmem.systems.regrad.fanout import fanout_dev
 from gmem.systems.regrad.metrics import normalize_answer
-from gmem.systems.regrad.wiki_qa import default_qa, question_for, wiki_qa_splits
+from gmem.systems.regrad.fanout import default_qa
+from gmem.systems.regrad.wiki_qa import question_for, wiki_qa_splits
 
 
 @pytest.fixture(scope="module")
