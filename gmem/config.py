@@ -153,6 +153,9 @@ class TrainConfig:
     run_dir: str = "runs/default"
     resume: bool = True
     progress: bool = True
+    # Continue from a checkpoint (resume or infer.py) although the base weights loaded now differ
+    # from the ones it was trained on (the checkpoint records them); off: such a start is refused.
+    allow_base_change: bool = False
 
 
 @dataclass
