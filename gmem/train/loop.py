@@ -191,7 +191,7 @@ def check_base(where: str, meta: dict, identity: dict, cfg, log=print) -> None:
         return
     saved_model = (meta.get("config") or {}).get("model")
     now_model = gconfig.to_dict(cfg).get("model")
-    hints = (describe_mismatch(saved_model, now_model, "model.")
+    hints = ([h for h in describe_mismatch(saved_model, now_model, "model.") if '"<absent>"' not in h]
              if isinstance(saved_model, dict) and isinstance(now_model, dict) else [])
     if moved and not any(h.startswith("model.source:") for h in hints):
         hints.insert(0, f"source: checkpoint has {saved.get('source')!r}, this run has {identity.get('source')!r}")
