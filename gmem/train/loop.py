@@ -246,17 +246,18 @@ def _train(cfg, system, mesh, log, interrupted) -> dict:
     system = system or load_system(cfg)
     plan = make_plan(cfg, system, mesh)
     run_dir = pathlib.Path(cfg.train.run_dir)
-    ckpt = Checkpointer(checkpoint_dir(cfg), cfg.checkpoint)
-    writer = None
+    ckpt = writer = None
     config_dict = gconfig.to_dict(cfg)
     host = shd.host_rows(cfg.data.batch_size)
     total = cfg.train.steps
     unit = getattr(system, "throughput_unit", "tokens")
-    summary: dict = {"run_dir": str(run_dir), "checkpoint_dir": str(ckpt.directory)}
+    summary: dict = {"run_dir": str(run_dir)}
     try:
         with plan.context():
             start, position = 0, 0
             frozen, identity = plan.load_frozen(system, base_source(cfg))
+            ckpt = Checkpointer(checkpoint_dir(cfg), cfg.checkpoint)
+            summary["checkpoint_dir"] = str(ckpt.directory)
             existing = ckpt.all_steps()
             if existing and not cfg.train.resume:
                 raise GmemError(f"train.resume=false, but {ckpt.directory} holds checkpoints (steps "
@@ -339,7 +340,8 @@ def _train(cfg, system, mesh, log, interrupted) -> dict:
                 pbar.close()
             summary.update(step=int(state.step), losses=losses, last_checkpoint=last_saved)
     finally:
-        ckpt.close()
+        if ckpt is not None:
+            ckpt.close()
         if writer is not None:
             writer.close()
     return summary

@@ -277,3 +277,33 @@ def test_run_config_ranges(tmp_path, override, message):
     with pytest.raises(GmemError, match=f"^{message}$"):
         train(toy_cfg(tmp_path, override), ToySystem(), log=lambda *_: None)
     assert not (tmp_path / "run").exists()
+
+
+# ---- a disk that fills up -------------------------------------------------------------------
+
+
+def test_disk_full_during_async_save(tmp_path, monkeypatch):
+    """The background commit of step 4 fails with tensorstore's ENOSPC error (as on a full
+    tmpfs): one GmemError naming the step and the newest intact checkpoint, which restores."""
+    from orbax.checkpoint._src.serialization import ocdbt_utils
+
+    real, calls = ocdbt_utils.merge_ocdbt_per_process_files, []
+
+    async def merge(*args, **kwargs):
+        calls.append(1)
+        if len(calls) == 2:
+            raise ValueError('RESOURCE_EXHAUSTED: Failed writing: "/x/d/abc": Failed to write 11406 bytes '
+                             "to file 11: No space left on device [os_error_code='28']")
+        return await real(*args, **kwargs)
+
+    monkeypatch.setattr(ocdbt_utils, "merge_ocdbt_per_process_files", merge)
+    cfg = to_object(load_config(None, [f"train.run_dir={tmp_path / 'run'}", "train.progress=false",
+                                       "train.steps=8", "checkpoint.every=2", "optim.warmup_steps=0"]))
+    with pytest.raises(GmemError) as e:
+        train(cfg, ToySystem(), log=lambda *_: None)
+    msg = str(e.value)
+    assert "\n" not in msg
+    assert msg.startswith(f"{tmp_path / 'run' / 'checkpoints'}/4: checkpoint could not be written "
+                          "(no space left on device); training stopped; newest intact checkpoint: step 2.")
+    ck = Checkpointer(tmp_path / "run" / "checkpoints", cfg.checkpoint, read_only=True)
+    assert ck.all_steps() == [2]
