@@ -84,16 +84,19 @@ def torch_refusal(path, e: BaseException) -> str:
     spreads over several lines (and suggests weights_only=False, which gmem never does)."""
     text = str(e)
     lines = [ln.strip() for ln in text.splitlines() if ln.strip()]
-    blocked = [ln for ln in lines if "GLOBAL" in ln or "Unsupported" in ln or "unsupported" in ln]
-    if text.startswith("Weights only load failed") and blocked:
-        reason = blocked[0].rstrip(".")
-        return (f"{path}: refused: the file's pickle needs more than tensors ({reason}); gmem loads "
-                "torch files only with weights_only=True and never runs their code. Convert it to "
-                "safetensors where you trust it")
+    if text.startswith("Weights only load failed"):
+        detail = [ln for ln in lines[1:] if not ln.startswith(("Check the documentation", "Please file an issue"))]
+        detail = [ln for ln in lines if "GLOBAL" in ln] or detail or lines[-1:]
+        reason = detail[0].removeprefix("WeightsUnpickler error: ").rstrip(".")
+        if "GLOBAL" in reason:  # a pickle that would call something: the refusal gmem promises
+            return (f"{path}: refused: the file's pickle needs more than tensors ({reason}); gmem loads "
+                    "torch files only with weights_only=True and never runs their code. Convert it to "
+                    "safetensors where you trust it")
+        return f"{path}: cannot read as a torch file (weights-only unpickler: {reason[:200]})"
     first = lines[0] if lines else type(e).__name__
     if len(first) > 200:
         first = first[:197] + "..."
-    return f"{path}: not readable as a torch file with weights_only=True ({type(e).__name__}: {first})"
+    return f"{path}: cannot read as a torch file ({type(e).__name__}: {first})"
 
 
 def torch_load(path, mmap: bool = True):
