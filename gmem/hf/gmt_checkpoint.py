@@ -40,7 +40,10 @@ def read_state_dict(path: str) -> dict[str, np.ndarray]:
     if not os.path.isfile(path):
         raise GmemError(f"{path}: checkpoint file not found")
     from gmem.hf.readers import torch_load
-    sd = torch_load(path, mmap=False)  # one-line refusal with its reason (was cut at 80 characters)
+    try:
+        sd = torch_load(path, mmap=False)  # one line, with the reason (was cut at 80 characters)
+    except GmemError as e:
+        raise GmemError(f"{path}: not a readable torch state dict: {str(e).removeprefix(f'{path}: ')}") from None
     if isinstance(sd, dict) and "state_dict" in sd and isinstance(sd["state_dict"], dict):
         sd = sd["state_dict"]
     return {k: _np(v) for k, v in sd.items()}
