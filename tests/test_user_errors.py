@@ -13,7 +13,6 @@ import runpy
 import numpy as np
 import pytest
 
-
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 TRAIN = runpy.run_path(str(ROOT / "train.py"))["main"]
 TINY = str(ROOT / "configs" / "tiny_lm.yaml")

@@ -163,7 +163,7 @@ _FLOAT_FIELDS = {"rms_norm_eps", "layer_norm_eps", "layer_norm_epsilon", "rope_t
 
 
 def _json_line(text: str, key: str) -> int | None:
-    m = re.search(r'"%s"\s*:' % re.escape(key), text)
+    m = re.search(rf'"{re.escape(key)}"\s*:', text)
     return text.count("\n", 0, m.start()) + 1 if m else None
 
 

@@ -26,7 +26,8 @@ import logging
 import pathlib
 import sys
 import traceback
-from typing import Any, Callable, Sequence
+from collections.abc import Callable, Sequence
+from typing import Any
 
 import flax.serialization
 import jax
@@ -218,7 +219,7 @@ class Checkpointer:
         step = self._step(step)
         meta = self.manager.restore(step, args=ocp.args.Composite(meta=ocp.args.JsonRestore()))["meta"]
         if not isinstance(meta, dict):
-            raise ValueError(f"meta is a {type(meta).__name__}, not an object")
+            raise TypeError(f"meta is a {type(meta).__name__}, not an object")
         return step, meta
 
     def candidates(self, step: int | None = None) -> list[int]:

@@ -49,6 +49,7 @@ from gmem.train.optim import make_optimizer
 from gmem.train.state import TrainState, abstract_state, create_state, state_shardings
 from gmem.train.step import jit_train_step, make_train_step
 
+
 def load_system(cfg, **kwargs):
     """gmem.systems.<cfg.system.name>.build(cfg)."""
     name = cfg.system.name

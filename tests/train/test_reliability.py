@@ -213,8 +213,8 @@ def test_base_identity_compare():
     saved = {"base": a, "config": to_dict(load_config(None, ["model.source=/models/a"]))}
     lines = []
     check_base("ck/3", saved, bf16, cfg, quiet(lines))
-    assert lines == ["note: the base weights now come from '/models/b' (the checkpoint's came from "
-                     "'/models/a'); their values match"]
+    assert lines == [("note: the base weights now come from '/models/b' (the checkpoint's came from "
+                      "'/models/a'); their values match")]
     with pytest.raises(GmemError, match=r"^ck/3: the base weights differ from the ones this checkpoint was "
                                         r"trained on: model.source: checkpoint has \"/models/a\", this run has "
                                         r"\"/models/b\"; 1 of 2 tensors hold other values"):
@@ -231,8 +231,8 @@ def test_old_checkpoint_without_base_record_loads_with_a_note(trained, tmp_path)
     lines = []
     res = run_inference(run, prompts=["to be"], overrides=["eval.max_new_tokens=2"], log=quiet(lines))
     assert res["metrics"]["step"] == 4
-    assert lines == [f"note: {run / 'checkpoints'}/4 does not record its base weights (written by an older "
-                     "gmem); they are not checked"]
+    assert lines == [(f"note: {run / 'checkpoints'}/4 does not record its base weights (written by an older "
+                      "gmem); they are not checked")]
 
 
 # ---- 4. a refused start leaves config.yaml alone --------------------------------------------
