@@ -15,8 +15,8 @@
 
 What a run guarantees (README, "Training and inference"):
   - a checkpoint is written only from a state whose trainable parameters are all finite and
-    whose loss (without dropout, on the batch of the step that produced it) is finite; a NaN/inf
-    stop names the newest such checkpoint;
+    whose loss (without dropout, on the first micro-batch of the step that produced it) is
+    finite; a NaN/inf stop names the newest such checkpoint;
   - a resume takes the newest checkpoint that restores, skipping damaged ones with a line each
     (moved aside, never deleted), and refuses one from another model or other base weights
     (train.allow_base_change=true overrides the latter);
@@ -279,7 +279,15 @@ def _train(cfg, system, mesh, log, interrupted) -> dict:
             writer = MetricsWriter(run_dir)
             last_saved = start if start else None
             eval_fn = jax.jit(lambda t, f, x: system.loss(t, f, x, None)[0])   # no dropout
-            finite_fn = jax.jit(_all_finite)
+            n_micro = cfg.optim.grad_accum
+
+            @jax.jit
+            def health(t, f, x):
+                """(all trainable leaves finite, loss without dropout) of the state to be saved, on
+                the first micro-batch of the step's batch (rows 0, n, 2n, ...: no more memory than
+                a training micro-step)."""
+                micro = jax.tree_util.tree_map(lambda a: a[::n_micro], x) if n_micro > 1 else x
+                return _all_finite(t), system.loss(t, f, micro, None)[0]
 
             def stop(step, what):
                 ckpt.wait()
@@ -290,9 +298,10 @@ def _train(cfg, system, mesh, log, interrupted) -> dict:
             def save(step, batch, metrics=None):
                 # Only a healthy state is written: finite parameters, and a finite loss of those
                 # parameters (the loss the next step would start from) on this step's batch.
-                if not bool(finite_fn(state.trainable)):
+                ok, loss = health(state.trainable, frozen, batch)
+                if not bool(ok):
                     stop(step, "the update made some trainable parameters non-finite, so they were not saved")
-                loss = float(eval_fn(state.trainable, frozen, batch))
+                loss = float(loss)
                 if not _finite(loss):
                     stop(step, f"the updated parameters give a loss of {loss} on this step's batch, "
                                "so they were not saved")

@@ -84,6 +84,16 @@ def test_non_finite_parameters_are_never_saved(tmp_path):
     assert ck.all_steps() == [1, 2, 3, 4]
 
 
+def test_health_check_with_gradient_accumulation(tmp_path):
+    """With optim.grad_accum=2 the pre-save check runs on the first micro-batch (4 rows on a
+    4-device data axis) and the run saves as usual."""
+    from gmem.train import sharding as shd
+    cfg = toy_cfg(tmp_path, "optim.grad_accum=2", "checkpoint.async_save=false")
+    out = train(cfg, ToySystem(), mesh=shd.make_mesh(devices=jax.devices()[:4]), log=lambda *_: None)
+    assert out["step"] == 6
+    assert Checkpointer(tmp_path / "run" / "checkpoints", cfg.checkpoint, read_only=True).all_steps() == [4, 6]
+
+
 # ---- 2. a damaged newest checkpoint ------------------------------------------------------------
 
 
