@@ -6,9 +6,13 @@
     python infer.py --checkpoint runs/lm_lora --prompt "HAMLET:" --out preds/
     python infer.py --checkpoint runs/lm_lora --export-peft out/peft --export-hf out/merged
 
---checkpoint takes a run folder or its checkpoints/ folder (latest step, or --step N).
-Writes OUT/predictions.jsonl and OUT/metrics.json (OUT defaults to RUN_DIR/infer).
+--checkpoint takes a run folder, its checkpoints/ folder (newest step that restores, or --step N)
+or one step folder (RUN/checkpoints/10). A damaged newest step is skipped with a line saying why.
+Writes OUT/predictions.jsonl and OUT/metrics.json; OUT defaults to RUN/infer for the run given
+(CHECKPOINT_DIR/infer for a checkpoint folder outside a run), not the saved train.run_dir.
 The saved config is used; key.sub=value pairs override parts that do not change the model.
+Base weights other than the ones the checkpoint was trained on are refused
+(train.allow_base_change=true uses them anyway).
 """
 
 import sys

@@ -7,8 +7,12 @@
     python train.py --config configs/X.yaml --pass NAME   # a system's offline pass (resumable)
 
 Overrides are `key.sub=value` pairs or `--override FILE.yaml`; the resolved config is printed
-at the start and saved with every checkpoint. Running the same command again resumes from the
-latest checkpoint in RUN_DIR/checkpoints; Ctrl-C saves a checkpoint and exits cleanly.
+at the start, written to RUN_DIR/config.yaml once the run is accepted and saved with every
+checkpoint. Running the same command again resumes from the newest checkpoint in
+RUN_DIR/checkpoints that restores (a damaged one is skipped with a line saying why, and moved
+aside to STEP.unrestorable); a checkpoint of another model or of other base weights is refused
+(train.allow_base_change=true continues on new base weights anyway). Ctrl-C saves a checkpoint
+and exits cleanly. A NaN/inf loss stops the run naming the last good checkpoint.
 Bad input (unknown key, wrong type, missing file, ...) prints one line and exits with code 2.
 """
 
@@ -36,8 +40,6 @@ def main(argv) -> int:
         raise GmemError(f"unknown argument {rest[0]!r}; use --config FILE, --override FILE or key.sub=value")
     cfg = gconfig.load_config(path or gconfig.DEFAULT_CONFIG, pairs, files)
     print("# resolved config\n" + gconfig.to_yaml(cfg), flush=True)
-    import pathlib
-
     from gmem.train.loop import train
     from gmem.train.sharding import maybe_initialize_distributed
 
@@ -48,9 +50,7 @@ def main(argv) -> int:
         summary = run_configured_pass(obj, pass_name)
         print(f"pass {pass_name}: {summary['done']}/{summary['total']} done in {summary['out']}", flush=True)
         return 0
-    run_dir = pathlib.Path(obj.train.run_dir)
-    run_dir.mkdir(parents=True, exist_ok=True)
-    (run_dir / "config.yaml").write_text(gconfig.to_yaml(cfg))
+    # The loop writes RUN_DIR/config.yaml once the run is accepted (after the resume checks).
     summary = train(obj)
     if summary.get("interrupted"):
         print(f"stopped at step {summary['step']} (interrupted); run the same command to resume", flush=True)

@@ -20,7 +20,7 @@ import yaml
 from omegaconf import OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
-from gmem.errors import GmemError
+from gmem.errors import GmemError, read_utf8
 
 CONFIG_DIR = pathlib.Path(__file__).resolve().parent.parent / "configs"
 DEFAULT_CONFIG = CONFIG_DIR / "default.yaml"
@@ -150,6 +150,9 @@ class TrainConfig:
     run_dir: str = "runs/default"
     resume: bool = True
     progress: bool = True
+    # Continue from a checkpoint (resume or infer.py) although the base weights loaded now differ
+    # from the ones it was trained on (the checkpoint records them); off: such a start is refused.
+    allow_base_change: bool = False
 
 
 @dataclass
@@ -227,12 +230,14 @@ def _one_line(e: OmegaConfBaseException) -> str:
 
 
 def read_yaml(path: str | pathlib.Path) -> dict:
-    """safe_load a YAML mapping; syntax errors name the file and line."""
+    """safe_load a YAML mapping; syntax errors name the file and line, other encodings than
+    UTF-8 the line and byte."""
     p = pathlib.Path(path)
     if not p.is_file():
         raise GmemError(f"{p}: config file not found")
+    text = read_utf8(p, "a YAML config")
     try:
-        data = yaml.safe_load(p.read_text())
+        data = yaml.safe_load(text)
     except yaml.MarkedYAMLError as e:
         mark = e.problem_mark or e.context_mark
         where = f"{p}:{mark.line + 1}" if mark else str(p)
@@ -244,6 +249,54 @@ def read_yaml(path: str | pathlib.Path) -> dict:
     if not isinstance(data, dict):
         raise GmemError(f"{p}: a config file must be a mapping of sections, got {type(data).__name__}")
     return data
+
+
+def yaml_key_lines(text: str) -> dict[str, tuple[int, str | None]]:
+    """Every key path of a YAML document ('train.steps', 'adapters[0].rank') -> (its 1-based
+    line, its scalar value's text or None). Composed, never constructed: nothing in the file runs."""
+    try:
+        root = yaml.compose(text, Loader=yaml.SafeLoader)
+    except yaml.YAMLError:
+        return {}
+    out: dict[str, tuple[int, str | None]] = {}
+
+    def walk(node, prefix):
+        if isinstance(node, yaml.MappingNode):
+            for k, v in node.value:
+                if isinstance(k, yaml.ScalarNode):
+                    path = f"{prefix}.{k.value}" if prefix else str(k.value)
+                    out.setdefault(path, (k.start_mark.line + 1,
+                                          v.value if isinstance(v, yaml.ScalarNode) else None))
+                    walk(v, path)
+        elif isinstance(node, yaml.SequenceNode):
+            for i, v in enumerate(node.value):
+                path = f"{prefix}[{i}]"
+                out.setdefault(path, (v.start_mark.line + 1, v.value if isinstance(v, yaml.ScalarNode) else None))
+                walk(v, path)
+
+    walk(root, "")
+    return out
+
+
+def _locate_in_file(where: str, key: str | None, value: Any = None) -> tuple[str, str | None]:
+    """('FILE:LINE', full key path) of `key` (OmegaConf's full_key; inside a list it is only the
+    last part, e.g. 'rank' for adapters[1].rank, and `value`, the rejected value, picks the
+    entry) in the YAML file `where`; (where, key) when the file or the key is not found."""
+    p = pathlib.Path(where)
+    if not key or not p.is_file():
+        return where, key
+    try:
+        lines = yaml_key_lines(p.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError):
+        return where, key
+    if key in lines:
+        return f"{where}:{lines[key][0]}", key
+    tails = [k for k in lines if k.endswith("." + key)]
+    if value is not None:
+        tails = [k for k in tails if lines[k][1] == str(value)] or tails
+    if tails:
+        return f"{where}:{lines[tails[0]][0]}", tails[0]
+    return where, key
 
 
 def _file_layers(path: pathlib.Path, seen: tuple = ()) -> list[tuple[str, dict]]:
@@ -271,7 +324,51 @@ def _merge(cfg, layer: Any, where: str):
     try:
         return OmegaConf.merge(cfg, layer)
     except OmegaConfBaseException as e:
-        raise GmemError(f"{where}: {_one_line(e)}") from None
+        key = getattr(e, "full_key", None)
+        at, path = _locate_in_file(where, key, getattr(e, "value", None))
+        msg = _one_line(e)
+        if path and key and path != key and msg.startswith(f"{key}: "):
+            msg = f"{path}: " + msg[len(key) + 2:]
+        raise GmemError(f"{at}: {msg}") from None
+
+
+def _check_list_index(cfg, item: str, key: str) -> None:
+    """`adapters.3.rank=4` on a one-entry list: say which entries exist and how to add one
+    (OmegaConf would report 'Invalid type assigned: dict is not a subclass of AdapterConfig')."""
+    from omegaconf import DictConfig, ListConfig
+    node, done = cfg, []
+    for part in key.split("."):
+        if isinstance(node, ListConfig):
+            if not part.lstrip("-").isdigit():
+                return
+            i = int(part)
+            if not 0 <= i < len(node):
+                name = ".".join(done)
+                have = (f"{len(node)} entr{'y' if len(node) == 1 else 'ies'} ({name}.0"
+                        + (f" to {name}.{len(node) - 1})" if len(node) > 1 else ")")) if len(node) else "no entries"
+                raise GmemError(f"override {item!r}: {name} has {have}, so there is no {name}.{part}; "
+                                f"an override changes an existing entry: add entries in a YAML file "
+                                f"(an `{name}:` list) or replace the whole list, {name}='[{{...}}, {{...}}]'")
+            node = node[i]
+        elif isinstance(node, DictConfig):
+            if part not in node:
+                return
+            node = node[part]
+        else:
+            return
+        done.append(part)
+
+
+def _check_dtypes(cfg) -> None:
+    """model.dtype / model.frozen_dtype name a dtype gmem knows (checked here, where the key is known)."""
+    from gmem.models.common import DTYPES
+    model = cfg.get("model") if hasattr(cfg, "get") else None
+    if model is None:
+        return
+    for field_name in ("dtype", "frozen_dtype"):
+        value = model.get(field_name)
+        if value is not None and str(value) not in DTYPES:
+            raise GmemError(f"model.{field_name}: unknown dtype {value!r}; use one of {sorted(DTYPES)}")
 
 
 # Keys that moved into a system's own options (issue: each config holds only what applies).
@@ -329,7 +426,7 @@ def load_config(path: str | pathlib.Path | None = None, overrides: Sequence[str]
         if key.startswith("system.params.") or key in MOVED:
             new = MOVED.get(key, "system." + key[len("system.params."):])
             raise GmemError(f"override {item!r}: {key} is now {new}")
-        layers.append(("override", f"override {item!r}", (key, raw)))
+        layers.append(("override", f"override {item!r}", (key, raw, item)))
     for kind, where, data in layers:
         if kind == "dict":
             _old_form(where, data)
@@ -339,7 +436,8 @@ def load_config(path: str | pathlib.Path | None = None, overrides: Sequence[str]
         if kind == "dict":
             cfg = _merge(cfg, data, where)
             continue
-        key, raw = data
+        key, raw, item = data
+        _check_list_index(cfg, item, key)
         try:
             # Set by path so list indices (adapters.0.rank=4) and struct checks both work.
             OmegaConf.update(cfg, key, _parse_value(raw), merge=True)
@@ -351,6 +449,7 @@ def load_config(path: str | pathlib.Path | None = None, overrides: Sequence[str]
         OmegaConf.resolve(cfg)
     except OmegaConfBaseException as e:
         raise GmemError(f"config: {_one_line(e)}") from None
+    _check_dtypes(cfg)
     return cfg
 
 

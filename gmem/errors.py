@@ -20,3 +20,20 @@ def collect_errors(errors: list[str], header: str, limit: int = 50) -> None:
     shown = errors[:limit]
     more = f"; ... and {len(errors) - limit} more" if len(errors) > limit else ""
     raise GmemError(f"{header}: " + "; ".join(shown) + more)
+
+
+def read_utf8(path, what: str = "") -> str:
+    """The text of a UTF-8 file; a file in another encoding is a GmemError naming the file, the
+    line and the byte offset of the first bad byte (instead of a UnicodeDecodeError traceback or
+    a silent decode with replacement characters). `what` says what the file is for."""
+    import pathlib
+
+    data = pathlib.Path(path).read_bytes()
+    try:
+        return data.decode("utf-8")
+    except UnicodeDecodeError as e:
+        line = data.count(b"\n", 0, e.start) + 1
+        bad = data[e.start:e.start + 1].hex()
+        kind = f" ({what})" if what else ""
+        raise GmemError(f"{path}:{line}: not UTF-8 text{kind}: byte 0x{bad} at offset {e.start} "
+                        "(re-save the file as UTF-8)") from None

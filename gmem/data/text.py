@@ -14,7 +14,7 @@ from typing import Callable, Iterator, Sequence
 
 import numpy as np
 
-from gmem.errors import GmemError
+from gmem.errors import GmemError, read_utf8
 
 
 def corpus_files(corpus: str, glob: str = "*.txt") -> list[pathlib.Path]:
@@ -34,19 +34,57 @@ def corpus_files(corpus: str, glob: str = "*.txt") -> list[pathlib.Path]:
     return [p]
 
 
+def json_problem(path: pathlib.Path) -> str:
+    """'FILE:LINE[:COL]: ...' for the first problem of a JSON / JSONL file that failed to load
+    (an encoding other than UTF-8, a cut or malformed line), or '' when none is found."""
+    try:
+        text = read_utf8(path, "a JSON corpus")
+    except GmemError as e:
+        return str(e)
+    if path.suffix == ".json":
+        try:
+            json.loads(text)
+            return ""
+        except json.JSONDecodeError as e:
+            if not text.lstrip().startswith("{") or "\n{" not in text:  # not JSON lines in a .json
+                return f"{path}:{e.lineno}:{e.colno}: bad JSON: {e.msg}"
+    for i, line in enumerate(text.splitlines(), 1):
+        if line.strip():
+            try:
+                json.loads(line)
+            except json.JSONDecodeError as e:
+                return f"{path}:{i}:{e.colno}: bad JSON line: {e.msg}"
+    return ""
+
+
+def _json_texts(f: pathlib.Path, text_field: str) -> list[str]:
+    import datasets
+    try:
+        ds = datasets.load_dataset("json", data_files=str(f), split="train")
+        if text_field not in ds.column_names:
+            raise GmemError(f"{f}: no field {text_field!r} (system.text_field); fields are {ds.column_names}")
+        return [str(t) for t in ds[text_field]]
+    except GmemError:
+        raise
+    except Exception as e:  # noqa: BLE001 - datasets wraps a bad file in pages of traceback
+        where = json_problem(f)
+        if where:
+            raise GmemError(where) from None
+        first = (str(e).strip().splitlines() or [type(e).__name__])[0]
+        raise GmemError(f"{f}: not readable as JSON / JSON lines ({type(e).__name__}: {first})") from None
+
+
 def load_texts(corpus: str, glob: str = "*.txt", text_field: str = "text",
                max_chars: int | None = None) -> list[str]:
-    """Documents as strings, in a fixed order, cut to max_chars characters in total."""
+    """Documents as strings, in a fixed order, cut to max_chars characters in total. Files must
+    be UTF-8: another encoding is an error naming the file, line and byte offset (decoding with
+    replacement characters would train on silently altered text)."""
     texts: list[str] = []
     for f in corpus_files(corpus, glob):
         if f.suffix in (".json", ".jsonl"):
-            import datasets
-            ds = datasets.load_dataset("json", data_files=str(f), split="train")
-            if text_field not in ds.column_names:
-                raise GmemError(f"{f}: no field {text_field!r} (system.text_field); fields are {ds.column_names}")
-            texts += [str(t) for t in ds[text_field]]
+            texts += _json_texts(f, text_field)
         else:
-            texts.append(f.read_text(encoding="utf-8", errors="replace"))
+            texts.append(read_utf8(f, "a text corpus"))
     if max_chars is not None:
         out, left = [], max_chars
         for t in texts:
@@ -62,6 +100,8 @@ def chunk_tokens(texts: Sequence[str], encode: Callable[[str], list[int]], seq_l
                  eos_id: int | None = None) -> np.ndarray:
     """Concatenate the encoded documents (EOS between them) and cut into rows of seq_len + 1
     tokens (inputs and shifted targets share a row). Returns int32 [N, seq_len + 1]."""
+    if seq_len < 1:
+        raise GmemError(f"data.seq_len={seq_len}: a row needs at least one input token (use 1 or more)")
     ids: list[int] = []
     for t in texts:
         ids += list(encode(t))
@@ -89,6 +129,8 @@ class BatchStream:
     `host_batch(i, rows)` returns only this host's rows."""
 
     def __init__(self, rows: np.ndarray, batch_size: int, seed: int = 0, shuffle: bool = True):
+        if batch_size < 1:
+            raise GmemError(f"data.batch_size={batch_size}: must be at least 1")
         if len(rows) < batch_size:
             raise GmemError(f"data.batch_size={batch_size} is larger than the {len(rows)} rows of data")
         self.rows, self.batch_size, self.seed, self.shuffle = rows, batch_size, seed, shuffle

@@ -18,7 +18,7 @@ from typing import Mapping, Sequence
 import jraph
 import numpy as np
 
-from gmem.errors import GmemError, collect_errors
+from gmem.errors import GmemError, collect_errors, read_utf8
 
 _FORMATS = ("htr", "hrt", "thr", "trh", "rht", "rth")
 
@@ -67,8 +67,14 @@ class KG:
 def _read_lines(path: str) -> list[str]:
     if not os.path.isfile(path):
         raise GmemError(f"{path}: file not found")
-    with open(path, encoding="utf-8") as f:
-        return f.read().splitlines()
+    return read_utf8(path, "a knowledge-graph file").splitlines()
+
+
+def _require_triples(triples: np.ndarray, path: str, what: str) -> np.ndarray:
+    """The graph is built from these triples: none at all is a mistake in the file, not a graph."""
+    if len(triples) == 0:
+        raise GmemError(f"{path}: no triples ({what}); the graph needs at least one")
+    return triples
 
 
 def _int(tok: str):
@@ -154,8 +160,9 @@ def load_openke(folder: str, triple_file: str = "train2id.txt", triple_format: s
     """
     ents = read_openke_names(os.path.join(folder, "entity2id.txt"))
     rels = read_openke_names(os.path.join(folder, "relation2id.txt"))
-    triples = read_openke_triples(os.path.join(folder, triple_file), len(ents), len(rels),
-                                  triple_format)
+    path = os.path.join(folder, triple_file)
+    triples = _require_triples(read_openke_triples(path, len(ents), len(rels), triple_format), path,
+                               "the file holds only its count line")
     return KG(ents, rels, triples, add_inverse, source=folder)
 
 
@@ -209,6 +216,7 @@ def load_label_tsv(splits: Mapping[str, str] | str, graph_split: str = "train",
 
     splits: {split name: path}, or a folder holding train.txt / valid.txt / test.txt. Entity
     and relation ids number the sorted names over every split; the graph is `graph_split`.
+    A split file without any triple is an error naming it (leave the file out instead).
     """
     if isinstance(splits, str):
         folder = splits
@@ -224,6 +232,8 @@ def load_label_tsv(splits: Mapping[str, str] | str, graph_split: str = "train",
     e_ids = {n: i for i, n in enumerate(ents)}
     r_ids = {n: i for i, n in enumerate(rels)}
     ids = {s: read_label_triples(p, e_ids, r_ids) for s, p in splits.items()}
+    for s, p in splits.items():  # an empty split file is a mistake (leave the file out instead)
+        _require_triples(ids[s], p, "the file has no head<TAB>relation<TAB>tail line")
     kg = KG(ents, rels, ids[graph_split], add_inverse, source=str(splits[graph_split]))
     return kg, ids
 

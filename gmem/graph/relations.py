@@ -60,10 +60,17 @@ def load_table(path: str) -> np.ndarray:
                         "'random', 'kge:<file>' or a file)")
     ext = os.path.splitext(path)[1].lower()
     if ext == ".npy":
-        return np.load(path, allow_pickle=False)
+        with open(path, "rb") as f:
+            if f.read(6) != b"\x93NUMPY":
+                raise GmemError(f"{path}: not an .npy file (no NUMPY header)")
+        try:
+            return np.load(path, allow_pickle=False)
+        except ValueError as e:  # object arrays (pickled), or not an .npy file at all
+            why = ("it holds Python objects (an object array needs pickle, which gmem does not load); "
+                   "save a float array" if "allow_pickle" in str(e) else str(e).splitlines()[0])
+            raise GmemError(f"{path}: not a numeric .npy table: {why}") from None
     if ext == ".safetensors":
-        from safetensors.numpy import load_file
-        d = load_file(path)
+        d = _safetensors(path)
         if "rel_embeddings" in d:
             return d["rel_embeddings"]
         if len(d) == 1:
@@ -138,17 +145,17 @@ def _minilm():
 
 
 def _torch_load(path: str):
-    import torch
-    try:
-        return torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as e:  # noqa: BLE001 - any unreadable file is a user error here
-        raise GmemError(f"{path}: cannot read as a torch file ({type(e).__name__}: "
-                        f"{str(e).splitlines()[0][:120]})") from None
+    from gmem.hf.readers import torch_load
+    return torch_load(path, mmap=False)
 
 
 def _safetensors(path: str) -> dict:
     from safetensors.numpy import load_file
-    return load_file(path)
+    try:
+        return load_file(path)
+    except Exception as e:  # noqa: BLE001 - safetensors raises its own SafetensorError
+        raise GmemError(f"{path}: not a readable .safetensors file ({type(e).__name__}: "
+                        f"{(str(e).splitlines() or [''])[0][:160]})") from None
 
 
 def _to_numpy(x, path: str) -> np.ndarray:

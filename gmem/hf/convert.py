@@ -149,14 +149,60 @@ def resolve_folder(name_or_path) -> pathlib.Path:
                         f"hub ({type(e).__name__}: {e})") from None
 
 
+# config.json fields that size the model: an integer (None where HF allows it), so a typo such
+# as "two" is reported here with its line, not as a traceback from inside the model's init.
+_INT_FIELDS = {"vocab_size", "hidden_size", "intermediate_size", "num_hidden_layers", "num_attention_heads",
+               "num_key_value_heads", "head_dim", "max_position_embeddings", "n_layer", "n_embd", "n_head",
+               "n_positions", "n_ctx", "n_inner", "type_vocab_size", "num_channels", "image_size",
+               "patch_size", "sliding_window", "num_labels"}
+_NONE_OK = {"head_dim", "n_inner", "sliding_window", "num_key_value_heads"}
+_POSITIVE = {"vocab_size", "hidden_size", "intermediate_size", "num_hidden_layers", "num_attention_heads",
+             "n_layer", "n_embd", "n_head"}
+_FLOAT_FIELDS = {"rms_norm_eps", "layer_norm_eps", "layer_norm_epsilon", "rope_theta", "initializer_range",
+                 "attention_dropout", "hidden_dropout_prob", "attention_probs_dropout_prob",
+                 "resid_pdrop", "embd_pdrop", "attn_pdrop"}
+
+
+def _json_line(text: str, key: str) -> int | None:
+    m = re.search(rf'"{re.escape(key)}"\s*:', text)
+    return text.count("\n", 0, m.start()) + 1 if m else None
+
+
+def check_hf_config(d: dict, text: str, path) -> None:
+    """Types of the sizing fields of a config.json, every problem listed (file:line: field)."""
+    errors = []
+    for k in sorted(set(d) & (_INT_FIELDS | _FLOAT_FIELDS)):
+        v = d[k]
+        if v is None and (k in _NONE_OK or k in _FLOAT_FIELDS):
+            continue
+        if k in _INT_FIELDS:
+            ok = isinstance(v, int) and not isinstance(v, bool) and (v > 0 if k in _POSITIVE else v >= 0)
+            want = "a positive integer" if k in _POSITIVE else "an integer >= 0"
+        else:
+            ok = isinstance(v, (int, float)) and not isinstance(v, bool)
+            want = "a number"
+        if not ok:
+            line = _json_line(text, k)
+            errors.append(f"{path}{f':{line}' if line else ''}: {k}: expected {want}, got {json.dumps(v)}")
+    if errors:
+        raise GmemError("; ".join(errors))
+
+
 def read_hf_config(folder: pathlib.Path) -> dict:
+    """config.json as a dict; bad JSON names its line and column, mistyped sizes their field."""
+    from gmem.errors import read_utf8
     path = folder / "config.json"
+    if not path.is_file():
+        raise GmemError(f"{path}: not found; an HF model folder needs config.json")
+    text = read_utf8(path, "an HF config.json")
     try:
-        return json.loads(path.read_text())
-    except FileNotFoundError:
-        raise GmemError(f"{path}: not found; an HF model folder needs config.json") from None
-    except ValueError as e:
-        raise GmemError(f"{path}: invalid JSON ({e})") from None
+        d = json.loads(text)
+    except json.JSONDecodeError as e:
+        raise GmemError(f"{path}:{e.lineno}:{e.colno}: invalid JSON: {e.msg}") from None
+    if not isinstance(d, dict):
+        raise GmemError(f"{path}: expected a JSON object, got {type(d).__name__}")
+    check_hf_config(d, text, path)
+    return d
 
 
 def load_pretrained(folder, *, dtype=None, shardings=None, architecture: str | None = None,

@@ -81,20 +81,50 @@ class SafetensorsSource:
         self._owner.clear()
 
 
+def torch_refusal(path, e: BaseException) -> str:
+    """One line for a torch.load(weights_only=True) failure, with its reason: torch's message
+    spreads over several lines (and suggests weights_only=False, which gmem never does)."""
+    text = str(e)
+    lines = [ln.strip() for ln in text.splitlines() if ln.strip()]
+    if text.startswith("Weights only load failed"):
+        detail = [ln for ln in lines[1:] if not ln.startswith(("Check the documentation", "Please file an issue"))]
+        detail = [ln for ln in lines if "GLOBAL" in ln] or detail or lines[-1:]
+        reason = detail[0].removeprefix("WeightsUnpickler error: ").rstrip(".")
+        if "GLOBAL" in reason:  # a pickle that would call something: the refusal gmem promises
+            return (f"{path}: refused: the file's pickle needs more than tensors ({reason}); gmem loads "
+                    "torch files only with weights_only=True and never runs their code. Convert it to "
+                    "safetensors where you trust it")
+        return f"{path}: cannot read as a torch file (weights-only unpickler: {reason[:200]})"
+    first = lines[0] if lines else type(e).__name__
+    if len(first) > 200:
+        first = first[:197] + "..."
+    return f"{path}: cannot read as a torch file ({type(e).__name__}: {first})"
+
+
+def torch_load(path, mmap: bool = True):
+    """torch.load(weights_only=True) on CPU, memory-mapped when the file allows it (files in the
+    pre-1.6 format cannot be mapped and are read whole); a one-line GmemError on failure."""
+    import torch
+
+    try:
+        try:
+            return torch.load(str(path), map_location="cpu", weights_only=True, mmap=mmap)
+        except RuntimeError as e:
+            if not (mmap and "mmap can only be used with files saved with" in str(e)):
+                raise
+            return torch.load(str(path), map_location="cpu", weights_only=True)
+    except Exception as e:  # pickle refused by weights_only, truncated file, ...
+        raise GmemError(torch_refusal(path, e)) from None
+
+
 class TorchSource:
     """pytorch_model.bin file(s), loaded with weights_only=True and mmap (no full copy)."""
 
     def __init__(self, files: Iterable[pathlib.Path], where: str):
-        import torch
-
         self.where = where
         self._tensors: dict[str, object] = {}
         for f in files:
-            try:
-                sd = torch.load(str(f), map_location="cpu", weights_only=True, mmap=True)
-            except Exception as e:  # pickle refused by weights_only, truncated file, ...
-                raise GmemError(f"{f}: cannot be read as a torch state dict with "
-                                f"weights_only=True ({type(e).__name__}: {e})") from None
+            sd = torch_load(f)
             if not isinstance(sd, dict):
                 raise GmemError(f"{f}: holds a {type(sd).__name__}, not a state dict")
             self._tensors.update(sd)

@@ -3,6 +3,9 @@
 20 steps straight vs 10 steps, a SIGKILL of the process (after the step-10 checkpoint is
 committed) and a resume for 10 more: the 20 losses are bitwise identical. Ctrl-C (SIGINT) saves
 a checkpoint and exits 0; the same command resumes from it.
+
+The production loop has no test hook: the killed run is train.py started through a `-c`
+wrapper that patches Checkpointer.save to stall once step 10's checkpoint is committed.
 """
 
 import json
@@ -27,6 +30,24 @@ def losses(run_dir: pathlib.Path) -> dict:
     return {r["step"]: r["train/loss"] for r in rows if "train/loss" in r}
 
 
+# python -c HANG_AT_10 train.py ARGS: train.py, with a stall after the step-10 checkpoint commits.
+HANG_AT_10 = """
+import runpy, sys, time
+from gmem.train import checkpoint
+_save = checkpoint.Checkpointer.save
+def save(self, step, *args, **kwargs):
+    _save(self, step, *args, **kwargs)
+    if step == 10:
+        self.wait()
+        print("HANG after step 10", flush=True)
+        while True:
+            time.sleep(1)
+checkpoint.Checkpointer.save = save
+sys.argv = sys.argv[1:]
+runpy.run_path(sys.argv[0], run_name="__main__")
+"""
+
+
 def env(**extra):
     return {**os.environ, "PYTHONUNBUFFERED": "1", **extra}
 
@@ -36,10 +57,11 @@ def test_exact_resume_after_sigkill(tmp_path):
     straight = subprocess.run(cmd(tmp_path, "straight"), capture_output=True, text=True, env=env(), cwd=ROOT)
     assert straight.returncode == 0, straight.stderr[-2000:]
 
-    p = subprocess.Popen(cmd(tmp_path, "killed"), stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-                         text=True, env=env(GMEM_HANG_AFTER_STEP="10"), cwd=ROOT)
+    killed = cmd(tmp_path, "killed")
+    p = subprocess.Popen([killed[0], "-c", HANG_AT_10, *killed[1:]], stdout=subprocess.PIPE,
+                         stderr=subprocess.STDOUT, text=True, env=env(), cwd=ROOT)
     out = []
-    for line in p.stdout:  # the loop prints this once the step-10 checkpoint is committed
+    for line in p.stdout:  # the wrapper prints this once the step-10 checkpoint is committed
         out.append(line)
         if line.startswith("HANG after step 10"):
             break

@@ -39,11 +39,11 @@ def _np(t) -> np.ndarray:
 def read_state_dict(path: str) -> dict[str, np.ndarray]:
     if not os.path.isfile(path):
         raise GmemError(f"{path}: checkpoint file not found")
-    import torch
+    from gmem.hf.readers import torch_load
     try:
-        sd = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as e:  # noqa: BLE001 - any unpickling failure is a bad file
-        raise GmemError(f"{path}: not a readable torch state dict ({type(e).__name__}: {str(e)[:80]})") from None
+        sd = torch_load(path, mmap=False)  # one line, with the reason (was cut at 80 characters)
+    except GmemError as e:
+        raise GmemError(f"{path}: not a readable torch state dict: {str(e).removeprefix(f'{path}: ')}") from None
     if isinstance(sd, dict) and "state_dict" in sd and isinstance(sd["state_dict"], dict):
         sd = sd["state_dict"]
     return {k: _np(v) for k, v in sd.items()}

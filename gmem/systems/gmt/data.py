@@ -17,7 +17,7 @@ from typing import Sequence
 
 import numpy as np
 
-from gmem.errors import GmemError, collect_errors
+from gmem.errors import GmemError, collect_errors, read_utf8
 from gmem.models.generate import encode_text
 
 # Alpaca template (GMT templates/alpaca.json).
@@ -56,6 +56,9 @@ def load_kg(source: str, add_inverse: bool = False):
             p = os.path.join(source, f"{s}2id.txt")
             if os.path.isfile(p):
                 splits[s] = gkg.read_openke_triples(p, kg.num_entities, kg.num_relations)
+                if len(splits[s]) == 0:  # an empty split would fail later, deep in batching
+                    raise GmemError(f"{p}: no triples (the file holds only its count line); "
+                                    "leave the file out instead")
         return kg, splits
     return gkg.load_label_tsv(source, add_inverse=add_inverse)
 
@@ -129,18 +132,22 @@ def load_records(path: str) -> list[dict]:
     """GMT instruction records from a JSON array or JSONL file, checked (all problems at once)."""
     if not os.path.isfile(path):
         raise GmemError(f"{path}: data file not found")
-    text = open(path, encoding="utf-8").read()
+    text = read_utf8(path, "GMT records")
     try:
         rows = json.loads(text)
         rows = rows if isinstance(rows, list) else [rows]
-    except json.JSONDecodeError:
+    except json.JSONDecodeError as whole:
         rows = []
+        first = True
         for i, ln in enumerate(text.splitlines(), 1):
             if ln.strip():
                 try:
                     rows.append(json.loads(ln))
                 except json.JSONDecodeError as e:
+                    if first:  # not JSON lines either: a (pretty-printed) JSON document, broken at `whole`
+                        raise GmemError(f"{path}:{whole.lineno}:{whole.colno}: bad JSON: {whole.msg}") from None
                     raise GmemError(f"{path}:{i}: bad JSON line: {e.msg}") from None
+                first = False
     errs = []
     for i, r in enumerate(rows):
         if not isinstance(r, dict):
