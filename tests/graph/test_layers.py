@@ -6,6 +6,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
+import pytest
 import torch
 
 from gmem.graph import batching, kg, layers
@@ -46,6 +47,20 @@ def test_segment_softmax_matches_loop():
             want[rows] = np.exp(x) / np.exp(x).sum(0)
     np.testing.assert_allclose(got, want, atol=1e-6)
     assert np.isfinite(got).all() and (got[~mask] == 0).all()
+
+
+def test_shapes_are_checked_at_trace_time():
+    g, idx = _index()
+    cfg = _cfg(g)
+    with pytest.raises(AssertionError, match="shape"):
+        layers.segment_softmax(jnp.zeros((5, 2)), jnp.zeros((4,), jnp.int32), 3)
+    graph = _batch(idx, [(0, 0, 1)])
+    tok = layers.MemoryTokenizer(cfg)
+    s = jax.ShapeDtypeStruct((graph.senders.shape[0] - 1, cfg.graph_dim), jnp.float32)
+    with pytest.raises(AssertionError, match="shape"):                   # one state per edge
+        jax.eval_shape(lambda s, gr: tok.init(jax.random.key(0), s, gr), s, graph)
+    with pytest.raises(AssertionError, match="dimension"):                # triples are (h, r, t)
+        layers.distmult(jnp.zeros((4, 8)), jnp.zeros((3, 8)), jnp.zeros((2, 2), jnp.int32))
 
 
 def test_relation_context_matches_reference_loop():

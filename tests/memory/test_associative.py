@@ -240,3 +240,17 @@ def test_bad_configs_are_clear_errors():
         AssociativeMemory(16, D, metric="cosine")
     with pytest.raises(GmemError, match="train_ivf"):
         mem.train_ivf(mem.init(), jax.random.key(0))
+
+
+def test_state_shapes_are_checked_at_trace_time():
+    """A batched state used without vmap, or a mask of another length, fails while tracing
+    (chex; abstract inputs suffice, nothing runs)."""
+    mem = AssociativeMemory(16, D)
+    batched = jax.eval_shape(lambda: mem.init(batch=3))
+    q = jax.ShapeDtypeStruct((2, D), jnp.float32)
+    with pytest.raises(AssertionError, match="shape"):
+        jax.eval_shape(lambda s, q: mem.search(s, q, 2), batched, q)
+    with pytest.raises(AssertionError, match="shape"):
+        jax.eval_shape(lambda s, x: mem.add(s, x, jnp.ones((3,), bool)), mem.init(), q)
+    jax.eval_shape(jax.vmap(lambda s, q: mem.search(s, q, 2)), batched,
+                   jax.ShapeDtypeStruct((3, 2, D), jnp.float32))

@@ -135,6 +135,20 @@ def test_gradient_reaches_gate_only_at_init(setup):
     assert not is_trainable_memory_param(("model", "layers_3", "memory_attn", "q_proj", "kernel"))
 
 
+def test_shapes_are_checked_at_trace_time():
+    """x [B, L, D] and memory [B, M, D] with the decoder's D and the same B (chex, while tracing)."""
+    block = memory_block(CFG)()
+    S = lambda *shape: jax.ShapeDtypeStruct(shape, jnp.float32)
+    init = lambda x, m: jax.eval_shape(lambda x, m: block.init(jax.random.key(0), x, m), x, m)
+    init(S(B, L, CFG.hidden_size), S(B, M, CFG.hidden_size))
+    with pytest.raises(AssertionError, match="dimension"):
+        init(S(B, L, CFG.hidden_size), S(B, M, CFG.hidden_size // 2))     # memory not at the LLM width
+    with pytest.raises(AssertionError, match="shape"):
+        init(S(B, L, CFG.hidden_size), S(B + 1, M, CFG.hidden_size))      # another batch
+    with pytest.raises(AssertionError, match="rank"):
+        init(S(B, L, CFG.hidden_size), S(M, CFG.hidden_size))
+
+
 def test_layer_helpers_and_errors():
     assert top_layers(32) == tuple(range(24, 32))
     with pytest.raises(GmemError, match="top 9"):
