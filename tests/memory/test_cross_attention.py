@@ -241,9 +241,11 @@ class FoldedReadTest(chex.TestCase):
         """With L > 2M the block folds q_proj/o_proj into the memory side (fewer flops for long
         prompts). Folded and direct paths match the float64 formula to 2e-5 (float32 rounding),
         in eval and in training (the LoRA dropout draws are the same), and give the same
-        gradients: two float32 orders of one sum, so per leaf |gf - gd| <= 1e-5 * (max|gd| +
-        |gd|) (tests/tolerance.py), not a fixed atol (gradients of ~20 differ by 1.4e-5 on some x86
-        builds); a 1% error fails that by ~500x."""
+        gradients: two float32 orders of one sum, so per array leaf |gf - gd| <= 1e-5 * (max|gd|
+        + |gd|) (tests/tolerance.py), not a fixed atol (gradients of ~20 differ by 1.4e-5 on some
+        x86 builds; seen here: <= 1.5e-6 of max|gd|), and a 1% error fails by ~500x. The scalar
+        gradients (gate, LoRA scale and dropout rate: sums over all of y, with cancellation) keep
+        rtol 1e-4 (seen: <= 6.6e-6)."""
         l, m = 19, 3                       # 19 > 2 * 3: the folded path
         x = jax.random.normal(jax.random.key(10), (B, l, CFG.hidden_size))
         mem = jax.random.normal(jax.random.key(11), (B, m, CFG.hidden_size))
@@ -276,4 +278,4 @@ class FoldedReadTest(chex.TestCase):
         clean = loss(direct, prm, jax.tree.map(lambda t: t, {n: dict(a, lora_dropout=jnp.asarray(0.0))
                                                             for n, a in lora.items()}), rng)
         assert abs(float(clean) - float(ld)) > 1e-3      # dropout was on in both
-        assert_trees_close_to_scale(gf, gd, rel=1e-5)
+        assert_trees_close_to_scale(gf, gd, rel=1e-5, rel_0d=1e-4)
