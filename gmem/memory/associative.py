@@ -136,9 +136,11 @@ class AssociativeMemory:
         if x.ndim != 2 or x.shape[-1] != self.dim:
             raise GmemError(f"AssociativeMemory: {what} must be [N, dim={self.dim}], got shape {tuple(x.shape)}"
                             " (vmap over batch axes)")
-        # Trace-time: the state is one memory of this description (a batched state needs vmap).
-        chex.assert_shape(state.vectors_MD, (self.size, self.dim))
-        chex.assert_shape([state.valid_M, state.age_M, state.list_M], (self.size,))
+        # Trace-time shape checks (chex): nothing is read from the device.
+        msg = (f"AssociativeMemory(size={self.size}, dim={self.dim}): the state is not one memory of "
+               "this size (a batched state needs jax.vmap)")
+        chex.assert_shape(state.vectors_MD, (self.size, self.dim), custom_message=msg)
+        chex.assert_shape([state.valid_M, state.age_M, state.list_M], (self.size,), custom_message=msg)
 
     # ------------------------------------------------------------------ scores
 

@@ -13,8 +13,9 @@ from gmem.models.llama import LlamaConfig, LlamaForCausalLM
 from gmem.models.vit import ViTConfig, ViTModel
 from gmem.nn.checks import check_token_inputs
 
-LLAMA = LlamaForCausalLM(LlamaConfig(vocab_size=61, hidden_size=16, intermediate_size=32, num_hidden_layers=1,
-                                     num_attention_heads=2, num_key_value_heads=1, max_position_embeddings=32))
+LLAMA = LlamaForCausalLM(LlamaConfig(vocab_size=61, hidden_size=16, intermediate_size=32,
+                                     num_hidden_layers=1, num_attention_heads=2, num_key_value_heads=1,
+                                     max_position_embeddings=32))
 GPT2 = GPT2LMHeadModel(GPT2Config(vocab_size=61, n_positions=32, n_embd=16, n_layer=1, n_head=2))
 BERT = BertModel(BertConfig(vocab_size=61, hidden_size=16, num_hidden_layers=1, num_attention_heads=2,
                             intermediate_size=32, max_position_embeddings=32))
