@@ -14,6 +14,7 @@ from __future__ import annotations
 
 from typing import Sequence
 
+import chex
 import jax
 import jax.numpy as jnp
 import jraph
@@ -53,10 +54,24 @@ def pad_graphs(graphs: Sequence[jraph.GraphsTuple], num_graphs: int | None = Non
     return jraph.pad_with_graphs(g, n_node, n_edge, b + 1)
 
 
+def check_graph(graph: jraph.GraphsTuple) -> None:
+    """Shape checks (chex, trace-time under jit: shapes only) of a batched GraphsTuple: senders
+    and receivers [E], n_node and n_edge [G], every edge feature E rows, every node feature the
+    same number of rows N."""
+    chex.assert_rank([graph.senders, graph.receivers, graph.n_node, graph.n_edge], 1)
+    chex.assert_equal_shape([graph.senders, graph.receivers])
+    chex.assert_equal_shape([graph.n_node, graph.n_edge])
+    if graph.edges is not None:
+        chex.assert_tree_shape_prefix(graph.edges, graph.senders.shape)
+    if jax.tree_util.tree_leaves(graph.nodes):
+        chex.assert_equal_shape_prefix(jax.tree_util.tree_leaves(graph.nodes), 1)
+
+
 def masks(graph: jraph.GraphsTuple) -> tuple[jnp.ndarray, jnp.ndarray, jnp.ndarray]:
     """(node_mask [N], edge_mask [E], graph_mask [G]) for a graph padded by `pad_graphs`;
     True = real. Jittable: sizes come from shapes. Real graphs must have >= 1 node (ours
     always have two centre nodes), since jraph counts trailing empty graphs as padding."""
+    check_graph(graph)
     return (jraph.get_node_padding_mask(graph), jraph.get_edge_padding_mask(graph),
             jraph.get_graph_padding_mask(graph))
 
@@ -64,6 +79,7 @@ def masks(graph: jraph.GraphsTuple) -> tuple[jnp.ndarray, jnp.ndarray, jnp.ndarr
 def edge_graph_ids(graph: jraph.GraphsTuple) -> jnp.ndarray:
     """int32 [E]: the index of the graph each edge belongs to (segment ids for per-graph
     reductions). Jittable: the length is the static edge count."""
+    check_graph(graph)
     e = graph.senders.shape[0]
     g = graph.n_edge.shape[0]
     return jnp.repeat(jnp.arange(g, dtype=jnp.int32), graph.n_edge, total_repeat_length=e)
@@ -71,6 +87,7 @@ def edge_graph_ids(graph: jraph.GraphsTuple) -> jnp.ndarray:
 
 def node_graph_ids(graph: jraph.GraphsTuple) -> jnp.ndarray:
     """int32 [N]: the index of the graph each node belongs to."""
+    check_graph(graph)
     n = jax_leaf_rows(graph.nodes)
     g = graph.n_node.shape[0]
     return jnp.repeat(jnp.arange(g, dtype=jnp.int32), graph.n_node, total_repeat_length=n)

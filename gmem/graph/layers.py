@@ -18,12 +18,13 @@ from __future__ import annotations
 
 import dataclasses
 
+import chex
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import jraph
 
-from gmem.graph.batching import edge_graph_ids, masks
+from gmem.graph.batching import check_graph, edge_graph_ids, masks
 from gmem.nn.attention import constrain
 from gmem.nn.norms import LayerNorm
 from gmem.nn.projection import Projection
@@ -57,6 +58,8 @@ def segment_softmax(logits: jax.Array, segment_ids: jax.Array, num_segments: int
     """Softmax of logits [E, ...] over the entries sharing a segment id (e.g. the edges of one
     receiver or one graph). Masked entries get weight 0; a segment with no entries gives no
     NaN. Max-subtracted per segment with jax.ops.segment_max for stability."""
+    chex.assert_rank(segment_ids, 1)
+    chex.assert_equal_shape_prefix([logits, segment_ids] + ([] if mask is None else [mask]), 1)
     if mask is not None:
         mask = mask.reshape(mask.shape + (1,) * (logits.ndim - mask.ndim))
         logits = jnp.where(mask, logits, -jnp.inf)
@@ -78,6 +81,8 @@ def relation_context(vec_RD: jax.Array, rel_E: jax.Array, hist_ER: jax.Array,
     to the least similar and taking copies until k are taken is top-k on the multiset. The
     ranking is per relation pair, so it is sorted once ([R, R]) and gathered per edge.
     """
+    chex.assert_rank([vec_RD, rel_E, hist_ER], [2, 1, 2])
+    chex.assert_shape(hist_ER, (rel_E.shape[0], vec_RD.shape[0]))
     unit = vec_RD / jnp.maximum(jnp.linalg.norm(vec_RD, axis=-1, keepdims=True), 1e-12)
     sims = jax.lax.stop_gradient(unit @ unit.T)                     # [R, R]
     order = jnp.argsort(-sims, axis=1, stable=True)                 # most similar first
@@ -98,6 +103,8 @@ class RelationContextLayer(nn.Module):
     @nn.compact
     def __call__(self, s_ED, c_ED, deterministic: bool = True):
         cfg = self.config
+        chex.assert_shape([s_ED, c_ED], (None, cfg.graph_dim))
+        chex.assert_equal_shape([s_ED, c_ED])
         d, h = cfg.graph_dim, cfg.sgm_heads
         drop = nn.Dropout(cfg.dropout, deterministic=deterministic)
         v = Projection(d, axes=("embed", "heads"), use_bias=True, name="v_proj")(c_ED)
@@ -141,6 +148,8 @@ class SemanticGraphModule(nn.Module):
 
     def __call__(self, graph: jraph.GraphsTuple, deterministic: bool = True) -> jax.Array:
         """Edge states [E, graph_dim] (padding edges hold finite garbage; mask them)."""
+        check_graph(graph)
+        chex.assert_shape(graph.nodes["rel_hist"], (None, self.config.num_edge_relations))
         vec = self.relation_vectors()
         rel = graph.edges["relation"]
         hist = graph.nodes["rel_hist"][graph.senders]
@@ -173,17 +182,23 @@ class SemanticGraphModule(nn.Module):
 
 def distmult(z_ND: jax.Array, w_RD: jax.Array, triples: jax.Array) -> jax.Array:
     """score(h, r, t) = Σ_d z_h[d] w_r[d] z_t[d] for triples [..., 3] (h, r, t) -> [...]."""
+    chex.assert_rank([z_ND, w_RD], 2)
+    chex.assert_equal_shape_suffix([z_ND, w_RD], 1)
+    chex.assert_axis_dimension(triples, -1, 3)
     return jnp.sum(z_ND[triples[..., 0]] * w_RD[triples[..., 1]] * z_ND[triples[..., 2]], -1)
 
 
 def link_prediction_loss(pos_B: jax.Array, neg_BK: jax.Array) -> jax.Array:
     """GMT stage 1: L = -mean_b[logσ(s_pos) + mean_k logσ(-s_neg_k)]."""
+    chex.assert_rank([pos_B, neg_BK], [1, 2])
+    chex.assert_equal_shape_prefix([pos_B, neg_BK], 1)
     return -jnp.mean(jax.nn.log_sigmoid(pos_B) + jnp.mean(jax.nn.log_sigmoid(-neg_BK), -1))
 
 
 def sample_negatives(rng: jax.Array, pos_B3: jax.Array, num_entities: int, k: int) -> jax.Array:
     """k corruptions per positive [B, k, 3]: each replaces the head (p=0.5) or else the tail by
     a uniform random entity; the relation is kept; true triples are not filtered (as GMT)."""
+    chex.assert_shape(pos_B3, (None, 3))
     r_side, r_ent = jax.random.split(rng)
     b = pos_B3.shape[0]
     head = jax.random.bernoulli(r_side, 0.5, (b, k))
@@ -206,6 +221,8 @@ class MemoryTokenizer(nn.Module):
     @nn.compact
     def __call__(self, s_ED: jax.Array, graph: jraph.GraphsTuple) -> jax.Array:
         cfg = self.config
+        check_graph(graph)
+        chex.assert_shape(s_ED, (graph.senders.shape[0], cfg.graph_dim))
         d, h, m = cfg.graph_dim, cfg.memory_heads, cfg.num_memory_tokens
         hd = d // h
         g = graph.n_edge.shape[0]

@@ -24,6 +24,7 @@ import dataclasses
 import math
 from typing import Optional
 
+import chex
 import flax
 import jax
 import jax.numpy as jnp
@@ -131,10 +132,15 @@ class AssociativeMemory:
             ivf_fill_C=jnp.zeros(b + (c,), jnp.int32),
         )
 
-    def _check(self, x: jax.Array, what: str) -> None:
+    def _check(self, x: jax.Array, what: str, state: MemoryState) -> None:
         if x.ndim != 2 or x.shape[-1] != self.dim:
             raise GmemError(f"AssociativeMemory: {what} must be [N, dim={self.dim}], got shape {tuple(x.shape)}"
                             " (vmap over batch axes)")
+        # Trace-time shape checks (chex): nothing is read from the device.
+        msg = (f"AssociativeMemory(size={self.size}, dim={self.dim}): the state is not one memory of "
+               "this size (a batched state needs jax.vmap)")
+        chex.assert_shape(state.vectors_MD, (self.size, self.dim), custom_message=msg)
+        chex.assert_shape([state.valid_M, state.age_M, state.list_M], (self.size,), custom_message=msg)
 
     # ------------------------------------------------------------------ scores
 
@@ -167,7 +173,7 @@ class AssociativeMemory:
         (squared L2 ascending, or inner product descending) and vectors float32 [Q, k, D]
         (zeros where index is -1; differentiable w.r.t. the stored vectors).
         """
-        self._check(q_QD, "queries")
+        self._check(q_QD, "queries", state)
         if not 1 <= k <= self.size:
             raise GmemError(f"AssociativeMemory.search: k={k} must be in [1, size={self.size}]")
         if self.nlist and k > self.nprobe * self.cap:
@@ -220,8 +226,10 @@ class AssociativeMemory:
     def add(self, state: MemoryState, x_ND: jax.Array, mask_N: jax.Array | None = None) -> MemoryState:
         """Write the rows of x (those with mask set) in order: into free slots first, then over
         the oldest entries (ring buffer). If more than M rows are written, the last M survive."""
-        self._check(x_ND, "vectors")
+        self._check(x_ND, "vectors", state)
         n, m = x_ND.shape[0], self.size
+        if mask_N is not None:
+            chex.assert_shape(mask_N, (n,))
         mask = jnp.ones((n,), bool) if mask_N is None else mask_N.astype(bool)
         rank = jnp.cumsum(mask.astype(jnp.int32)) - 1
         total = mask.sum(dtype=jnp.int32)
@@ -252,7 +260,7 @@ class AssociativeMemory:
     def remove_near(self, state: MemoryState, q_QD: jax.Array, threshold: float) -> MemoryState:
         """Invalidate every stored vector within `threshold` of any query: squared L2 <=
         threshold ("l2"), or inner product >= threshold ("ip")."""
-        self._check(q_QD, "queries")
+        self._check(q_QD, "queries", state)
         s = self._score(q_QD, state.vectors_MD)
         hit = (s >= -threshold) if self.metric == "l2" else (s >= threshold)
         return state.replace(valid_M=state.valid_M & ~hit.any(0))

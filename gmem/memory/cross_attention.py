@@ -29,6 +29,7 @@ from __future__ import annotations
 import functools
 from typing import Any, Sequence
 
+import chex
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
@@ -63,6 +64,11 @@ class MemoryCrossAttention(nn.Module):
         c = self.config
         if self.gate not in GATES:
             raise GmemError(f"memory gate: {self.gate!r} is not one of {GATES}")
+        # Trace-time shape checks: both [B, *, D] with the decoder's width D and the same B.
+        chex.assert_rank([x_BLD, memory_BMD], 3)
+        chex.assert_axis_dimension(x_BLD, 2, c.hidden_size)
+        chex.assert_axis_dimension(memory_BMD, 2, c.hidden_size)
+        chex.assert_equal_shape_prefix([x_BLD, memory_BMD], 1)
         dt = to_dtype(c.dtype)
         b, l, _ = x_BLD.shape
         m = memory_BMD.shape[1]

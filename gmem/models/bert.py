@@ -24,6 +24,7 @@ import jax.numpy as jnp
 from gmem.errors import GmemError
 from gmem.models.common import activation, dropout, dropout_rng, hf_dict, require, to_dtype
 from gmem.nn.attention import constrain, dot_product_attention, make_mask
+from gmem.nn.checks import check_token_inputs
 from gmem.nn.embeddings import Embed
 from gmem.nn.norms import LayerNorm
 from gmem.nn.projection import Projection
@@ -273,6 +274,7 @@ class BertModel(nn.Module):
     @nn.compact
     def __call__(self, input_ids_BL=None, attention_mask_BL=None, token_type_ids_BL=None,
                  position_ids_BL=None, inputs_embeds_BLD=None):
+        check_token_inputs(input_ids_BL, inputs_embeds_BLD, attention_mask_BL, token_type_ids_BL, position_ids_BL)
         c = self.config
         b, l = (input_ids_BL if inputs_embeds_BLD is None else inputs_embeds_BLD).shape[:2]
         if attention_mask_BL is None:

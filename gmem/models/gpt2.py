@@ -26,6 +26,7 @@ from gmem.models.hooks import check_hooks, layer_hooks, run_hooks
 from gmem.models.llama import default_positions
 from gmem.nn.attention import (KVCache, constrain, decoder_mask, dot_product_attention,
                                update_layer_cache, written_cache)
+from gmem.nn.checks import check_token_inputs
 from gmem.nn.embeddings import Embed
 from gmem.nn.norms import LayerNorm
 from gmem.nn.projection import Projection
@@ -213,6 +214,7 @@ class GPT2Model(nn.Module):
     def __call__(self, input_ids_BL=None, attention_mask_BL=None, position_ids_BL=None,
                  cache: KVCache | None = None, inputs_embeds_BLD=None, hook_inputs=None):
         """Returns (hidden_BLD after ln_f, new cache or None)."""
+        check_token_inputs(input_ids_BL, inputs_embeds_BLD, attention_mask_BL, position_ids_BL, cache=cache)
         x = self.wte(input_ids_BL) if inputs_embeds_BLD is None else inputs_embeds_BLD.astype(to_dtype(self.config.dtype))
         b, l = x.shape[:2]
         if attention_mask_BL is None:

@@ -17,6 +17,7 @@ from gmem.models.common import dropout_rng, hf_dict, require, to_dtype
 from gmem.models.hooks import check_hooks, layer_hooks, run_hooks
 from gmem.nn.attention import (KVCache, constrain, decoder_mask, dot_product_attention,
                                update_layer_cache, written_cache)
+from gmem.nn.checks import check_token_inputs
 from gmem.nn.embeddings import Embed
 from gmem.nn.norms import RMSNorm
 from gmem.nn.projection import Projection
@@ -244,6 +245,7 @@ class LlamaModel(nn.Module):
                  cache: KVCache | None = None, inputs_embeds_BLD=None, hook_inputs=None, keep: int = 0):
         """Returns (hidden_BLD after the final norm, new cache or None). keep > 0: hidden states
         of the last `keep` positions only [B, keep, D] (the last layer computes no others)."""
+        check_token_inputs(input_ids_BL, inputs_embeds_BLD, attention_mask_BL, position_ids_BL, cache=cache)
         c = self.config
         if inputs_embeds_BLD is None:
             b, l = input_ids_BL.shape

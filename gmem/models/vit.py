@@ -27,6 +27,7 @@ from __future__ import annotations
 import dataclasses
 from typing import Any, Optional
 
+import chex
 import flax.linen as nn
 import jax.numpy as jnp
 
@@ -292,6 +293,7 @@ class ViTModel(nn.Module):
             self.pooler = ViTPooler(c)
 
     def __call__(self, pixel_values_BCHW, interpolate_pos_encoding: bool = False):
+        chex.assert_rank(pixel_values_BCHW, 4)  # NCHW; channels and size are checked with GmemErrors
         x = constrain(self.embeddings(pixel_values_BCHW, interpolate_pos_encoding), ("batch", "length", "embed"))
         for layer in self.layers:
             x = layer(x)

@@ -1,6 +1,7 @@
 """The adapter API on a tiny LLaMA: LoRA init and scaling, grads only on the adapter tree,
 merge/unmerge, several named sets, spec errors. Tolerances: fp32, 1e-5 absolute on logits."""
 
+import chex
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -109,8 +110,7 @@ def test_merge_matches_activation_form_and_unmerge_roundtrips(tiny_llama, random
     merged = merge([spec], params, tr)
     np.testing.assert_allclose(_logits(model, merged, ids), live, atol=1e-5)
     back = unmerge([spec], merged, tr)
-    for a, b in zip(jax.tree_util.tree_leaves(back), jax.tree_util.tree_leaves(params)):
-        np.testing.assert_allclose(np.asarray(a), np.asarray(b), atol=1e-6)
+    chex.assert_trees_all_close(back, params, atol=1e-6)
 
 
 def test_several_named_sets_on_one_base(tiny_llama, randomise):

@@ -47,6 +47,17 @@ def test_pad_graphs_shapes_and_masks():
         batching.pad_graphs([])
 
 
+def test_graph_shapes_are_checked():
+    pg = batching.pad_graphs([_graph(3, 5, 0)])
+    batching.check_graph(pg)
+    with pytest.raises(AssertionError, match="shape"):
+        batching.masks(pg._replace(receivers=pg.receivers[:-1]))      # senders and receivers differ
+    with pytest.raises(AssertionError, match="shape"):
+        batching.edge_graph_ids(pg._replace(edges={"relation": pg.edges["relation"][:-1]}))
+    with pytest.raises(AssertionError, match="rank"):
+        batching.node_graph_ids(pg._replace(n_node=pg.n_node[:, None]))
+
+
 def test_one_compile_per_bucket():
     traces = []
 

@@ -2,10 +2,12 @@
 layer and memory tokenizer against torch.nn.MultiheadAttention, encoder shapes, padding
 invariance, compile count and the stage-1 loss. Tolerances: 1e-5 absolute (fp32)."""
 
+import chex
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
+import pytest
 import torch
 
 from gmem.graph import batching, kg, layers
@@ -30,22 +32,63 @@ def _jnp(tree):
     return jax.tree.map(jnp.asarray, tree)
 
 
-def test_segment_softmax_matches_loop():
-    rng = np.random.default_rng(0)
-    e, s = 40, 6
-    logits = rng.standard_normal((e, 3)).astype(np.float32) * 5
-    seg = rng.integers(0, s - 1, e)                   # segment s-1 stays empty
-    mask = rng.random(e) > 0.2
-    got = np.asarray(layers.segment_softmax(jnp.asarray(logits), jnp.asarray(seg), s,
-                                            jnp.asarray(mask)))
-    want = np.zeros_like(logits)
-    for k in range(s):
-        rows = [i for i in range(e) if seg[i] == k and mask[i]]
-        if rows:
-            x = logits[rows] - logits[rows].max(0)
-            want[rows] = np.exp(x) / np.exp(x).sum(0)
-    np.testing.assert_allclose(got, want, atol=1e-6)
-    assert np.isfinite(got).all() and (got[~mask] == 0).all()
+class MessagePassingTest(chex.TestCase):
+    """Segment softmax and the memory tokenizer's per-graph attention, eagerly and under jit."""
+
+    @chex.variants(with_jit=True, without_jit=True)
+    def test_segment_softmax_matches_loop(self):
+        rng = np.random.default_rng(0)
+        e, s = 40, 6
+        logits = rng.standard_normal((e, 3)).astype(np.float32) * 5
+        seg = rng.integers(0, s - 1, e)                   # segment s-1 stays empty
+        mask = rng.random(e) > 0.2
+        softmax = self.variant(lambda x, ids, m: layers.segment_softmax(x, ids, s, m))
+        got = np.asarray(softmax(jnp.asarray(logits), jnp.asarray(seg), jnp.asarray(mask)))
+        want = np.zeros_like(logits)
+        for k in range(s):
+            rows = [i for i in range(e) if seg[i] == k and mask[i]]
+            if rows:
+                x = logits[rows] - logits[rows].max(0)
+                want[rows] = np.exp(x) / np.exp(x).sum(0)
+        np.testing.assert_allclose(got, want, atol=1e-6)  # probabilities <= 1: 1e-6 of the max
+        assert np.isfinite(got).all() and (got[~mask] == 0).all()
+
+    @chex.variants(with_jit=True, without_jit=True)
+    def test_tokenizer_matches_torch_mha_with_key_padding(self):
+        g, idx = _index()
+        cfg = _cfg(g)
+        graph = _batch(idx, [(0, 0, 1), (6, 1, 6), (3, 1, 4)])          # entity 6: no edges
+        e = graph.senders.shape[0]
+        s = jax.random.normal(jax.random.key(0), (e, cfg.graph_dim))
+        tok = layers.MemoryTokenizer(cfg)
+        p = nn.unbox(tok.init(jax.random.key(1), s, graph))["params"]
+        got = np.asarray(self.variant(lambda p, s, graph: tok.apply({"params": p}, s, graph))(p, s, graph))
+        assert got.shape == (4, cfg.num_memory_tokens, cfg.graph_dim)
+        mha = _torch_mha(cfg.graph_dim, cfg.memory_heads, p["q_proj"], p["k_proj"], p["v_proj"], p["out_proj"])
+        q = torch.tensor(np.asarray(p["memory_queries"]))[None]
+        offs = np.concatenate([[0], np.cumsum(graph.n_edge)])
+        for i in range(3):
+            kv = torch.tensor(np.asarray(s[offs[i]:offs[i + 1]]))[None]
+            if kv.shape[1] == 0:
+                np.testing.assert_array_equal(got[i], 0.0)            # edgeless -> zeros, no NaN
+                continue
+            with torch.no_grad():
+                want, _ = mha(q, kv, kv)
+            np.testing.assert_allclose(got[i], want[0].numpy(), atol=1e-5)
+
+
+def test_shapes_are_checked_at_trace_time():
+    g, idx = _index()
+    cfg = _cfg(g)
+    with pytest.raises(AssertionError, match="shape"):
+        layers.segment_softmax(jnp.zeros((5, 2)), jnp.zeros((4,), jnp.int32), 3)
+    graph = _batch(idx, [(0, 0, 1)])
+    tok = layers.MemoryTokenizer(cfg)
+    s = jax.ShapeDtypeStruct((graph.senders.shape[0] - 1, cfg.graph_dim), jnp.float32)
+    with pytest.raises(AssertionError, match="shape"):                   # one state per edge
+        jax.eval_shape(lambda s, gr: tok.init(jax.random.key(0), s, gr), s, graph)
+    with pytest.raises(AssertionError, match="dimension"):                # triples are (h, r, t)
+        layers.distmult(jnp.zeros((4, 8)), jnp.zeros((3, 8)), jnp.zeros((2, 2), jnp.int32))
 
 
 def test_relation_context_matches_reference_loop():
@@ -110,29 +153,6 @@ def test_context_layer_matches_torch_single_key_mha():
 def _batch(idx, queries, num_graphs=None, mask_query=True):
     gs = [kg.extract_subgraph(idx, *map(int, q), mask_query=mask_query) for q in queries]
     return _jnp(batching.pad_graphs(gs, num_graphs))
-
-
-def test_tokenizer_matches_torch_mha_with_key_padding():
-    g, idx = _index()
-    cfg = _cfg(g)
-    graph = _batch(idx, [(0, 0, 1), (6, 1, 6), (3, 1, 4)])          # entity 6: no edges
-    e = graph.senders.shape[0]
-    s = jax.random.normal(jax.random.key(0), (e, cfg.graph_dim))
-    tok = layers.MemoryTokenizer(cfg)
-    p = nn.unbox(tok.init(jax.random.key(1), s, graph))["params"]
-    got = np.asarray(tok.apply({"params": p}, s, graph))
-    assert got.shape == (4, cfg.num_memory_tokens, cfg.graph_dim)
-    mha = _torch_mha(cfg.graph_dim, cfg.memory_heads, p["q_proj"], p["k_proj"], p["v_proj"], p["out_proj"])
-    q = torch.tensor(np.asarray(p["memory_queries"]))[None]
-    offs = np.concatenate([[0], np.cumsum(graph.n_edge)])
-    for i in range(3):
-        kv = torch.tensor(np.asarray(s[offs[i]:offs[i + 1]]))[None]
-        if kv.shape[1] == 0:
-            np.testing.assert_array_equal(got[i], 0.0)            # edgeless -> zeros, no NaN
-            continue
-        with torch.no_grad():
-            want, _ = mha(q, kv, kv)
-        np.testing.assert_allclose(got[i], want[0].numpy(), atol=1e-5)
 
 
 def test_encoder_shapes_padding_invariance_and_compile_count():

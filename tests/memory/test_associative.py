@@ -3,6 +3,7 @@ forget semantics, static shapes under jit and vmap, gradients, and config errors
 
 import math
 
+import chex
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -55,18 +56,22 @@ def test_flat_search_matches_faiss(metric):
     np.testing.assert_array_equal(np.asarray(vec), x[np.asarray(idx)])
 
 
-def test_search_equals_brute_force_with_holes_and_padding():
-    x, q = _data(40, 10)
-    mem = AssociativeMemory(64, D)
-    state = mem.remove(_filled(mem, x), jnp.arange(0, 40, 3))  # 26 vectors left in 64 slots
-    keep = np.setdiff1d(np.arange(40), np.arange(0, 40, 3))
-    idx, dist, vec = _search(mem, state, q, 30)  # k > stored: 4 padded results per query
-    d2 = ((q[:, None, :] - x[None, keep, :]) ** 2).sum(-1)
-    order = np.argsort(d2, axis=1)
-    np.testing.assert_array_equal(np.asarray(idx)[:, :26], keep[order])
-    np.testing.assert_allclose(np.asarray(dist)[:, :26], np.take_along_axis(d2, order, 1), rtol=1e-5, atol=1e-5)
-    assert (np.asarray(idx)[:, 26:] == -1).all() and np.isinf(np.asarray(dist)[:, 26:]).all()
-    assert (np.asarray(vec)[:, 26:] == 0).all()
+class BruteForceTest(chex.TestCase):
+    @chex.variants(with_jit=True, without_jit=True)
+    def test_search_equals_brute_force_with_holes_and_padding(self):
+        x, q = _data(40, 10)
+        mem = AssociativeMemory(64, D)
+        fill = self.variant(lambda x: mem.remove(mem.add(mem.init(), x), jnp.arange(0, 40, 3)))
+        state = fill(jnp.asarray(x))                            # 26 vectors left in 64 slots
+        keep = np.setdiff1d(np.arange(40), np.arange(0, 40, 3))
+        idx, dist, vec = self.variant(lambda s, q: mem.search(s, q, 30))(state, jnp.asarray(q))
+        d2 = ((q[:, None, :] - x[None, keep, :]) ** 2).sum(-1)  # k > stored: 4 padded results per query
+        order = np.argsort(d2, axis=1)
+        np.testing.assert_array_equal(np.asarray(idx)[:, :26], keep[order])
+        # max d2 ~90: 1e-5 relative to each distance plus 1e-5 absolute (~1e-7 of the max)
+        np.testing.assert_allclose(np.asarray(dist)[:, :26], np.take_along_axis(d2, order, 1), rtol=1e-5, atol=1e-5)
+        assert (np.asarray(idx)[:, 26:] == -1).all() and np.isinf(np.asarray(dist)[:, 26:]).all()
+        assert (np.asarray(vec)[:, 26:] == 0).all()
 
 
 def _ivf_reference(centroids, x, nprobe, q, k):
@@ -240,3 +245,17 @@ def test_bad_configs_are_clear_errors():
         AssociativeMemory(16, D, metric="cosine")
     with pytest.raises(GmemError, match="train_ivf"):
         mem.train_ivf(mem.init(), jax.random.key(0))
+
+
+def test_state_shapes_are_checked_at_trace_time():
+    """A batched state used without vmap, or a mask of another length, fails while tracing
+    (chex; abstract inputs suffice, nothing runs)."""
+    mem = AssociativeMemory(16, D)
+    batched = jax.eval_shape(lambda: mem.init(batch=3))
+    q = jax.ShapeDtypeStruct((2, D), jnp.float32)
+    with pytest.raises(AssertionError, match="shape"):
+        jax.eval_shape(lambda s, q: mem.search(s, q, 2), batched, q)
+    with pytest.raises(AssertionError, match="shape"):
+        jax.eval_shape(lambda s, x: mem.add(s, x, jnp.ones((3,), bool)), mem.init(), q)
+    jax.eval_shape(jax.vmap(lambda s, q: mem.search(s, q, 2)), batched,
+                   jax.ShapeDtypeStruct((3, 2, D), jnp.float32))

@@ -3,6 +3,7 @@ the same weights: logits, the filled KV cache, greedy generation and gradients o
 above the split (memory gate, LoRA on the memory block). Tolerance: 1e-5 absolute in fp32 (the
 two paths sum the same products; only the grouping of rows differs)."""
 
+import chex
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -79,15 +80,14 @@ def test_prompt_pass_fills_the_cache_like_the_plain_forward(setup):
     cache = s["plain"].init_cache(B, P + S + 4)
     _, want = s["plain"].apply(variables(s), s["ids"], s["att"], cache=cache, hook_inputs={"memory": s["mem"]})
     _, got = shared(s).apply(variables(s), s["ids"], s["att"], cache=cache, hook_inputs={"memory": s["mem"]})
-    for a, b in zip(want.keys + want.values, got.keys + got.values):
-        np.testing.assert_allclose(np.asarray(b), np.asarray(a), atol=ATOL)
+    chex.assert_trees_all_close(got.keys + got.values, want.keys + want.values, atol=ATOL)
     np.testing.assert_array_equal(np.asarray(got.valid_BS), np.asarray(want.valid_BS))
     assert int(got.index) == int(want.index) == P + S
 
 
 def test_greedy_generation_identical(setup):
     s = setup
-    kw = dict(max_new_tokens=5, pad_token_id=0, model_kwargs={"memory": s["mem"]})
+    kw = dict(max_new_tokens=5, pad_token_id=0, model_kwargs={"hook_inputs": {"memory": s["mem"]}})
     a = generate(s["plain"], variables(s), s["ids"], s["att"], **kw)
     b = generate(shared(s), variables(s), s["ids"], s["att"], **kw)
     np.testing.assert_array_equal(np.asarray(a.tokens), np.asarray(b.tokens))
@@ -109,7 +109,5 @@ def test_gradients_of_the_trained_parts_equal(setup):
     gates = (jnp.asarray(0.6), jnp.asarray(0.6))
     want = jax.grad(lambda l, g: loss(s["plain"], l, g), argnums=(0, 1))(s["lora"], gates)
     got = jax.grad(lambda l, g: loss(shared(s), l, g), argnums=(0, 1))(s["lora"], gates)
-    flat_w, flat_g = jax.tree_util.tree_leaves(want), jax.tree_util.tree_leaves(got)
-    assert any(np.abs(np.asarray(x)).max() > 1e-4 for x in flat_w)
-    for a, b in zip(flat_w, flat_g):
-        np.testing.assert_allclose(np.asarray(b), np.asarray(a), atol=ATOL)
+    assert any(np.abs(np.asarray(x)).max() > 1e-4 for x in jax.tree_util.tree_leaves(want))
+    chex.assert_trees_all_close(got, want, atol=ATOL)

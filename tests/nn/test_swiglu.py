@@ -1,6 +1,7 @@
 """swiglu's hand-written backward equals autodiff of silu(g) * u (float64 reference, tolerance
 1e-12 relative), including large |g| where sigmoid saturates."""
 
+import chex
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -17,9 +18,8 @@ def test_forward_and_gradients_match_autodiff():
         plain = lambda g, u: jnp.sum(jnp.sin(jax.nn.silu(g) * u) * w)
         lean = lambda g, u: jnp.sum(jnp.sin(swiglu(g, u)) * w)
         np.testing.assert_allclose(swiglu(g, u), jax.nn.silu(g) * u, rtol=1e-12)
-        for a, b in zip(jax.grad(lean, (0, 1))(g, u), jax.grad(plain, (0, 1))(g, u)):
-            np.testing.assert_allclose(a, b, rtol=1e-12, atol=1e-300)
+        chex.assert_trees_all_close(jax.grad(lean, (0, 1))(g, u), jax.grad(plain, (0, 1))(g, u),
+                                    rtol=1e-12, atol=1e-300)
         # Under jit, inside remat, as the decoder uses it.
         got = jax.jit(jax.grad(jax.checkpoint(lean), (0, 1)))(g, u)
-        for a, b in zip(got, jax.grad(plain, (0, 1))(g, u)):
-            np.testing.assert_allclose(a, b, rtol=1e-12, atol=1e-300)
+        chex.assert_trees_all_close(got, jax.grad(plain, (0, 1))(g, u), rtol=1e-12, atol=1e-300)

@@ -2,6 +2,7 @@
 
 import copy
 
+import chex
 import jax
 import numpy as np
 import pytest
@@ -48,7 +49,7 @@ def test_restore_on_other_meshes(saved, n_devices, mesh):
     ck = Checkpointer(tmp / "ck", cfg.checkpoint, read_only=True)
     state, meta = ck.restore(abstract_with_shardings(plan.abstract_state, plan.state_sh), system.structure)
     assert meta["data_position"] == 2 and int(state.step) == 2
-    jax.tree_util.tree_map(lambda a, b: np.testing.assert_array_equal(np.asarray(a), b), state, host_state)
+    chex.assert_trees_all_equal(state, host_state)
     a = state.trainable["default"]["model"]["layers_0"]["self_attn"]["q_proj"]["lora_A"]
     assert len(a.sharding.device_set) == n_devices
     if n_devices == 4:

@@ -3,6 +3,7 @@ generates, and exports its adapters (PEFT folder) and the merged model (HF folde
 
 import json
 
+import chex
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -33,7 +34,7 @@ def test_infer_and_exports(tmp_path):
     (peft_dir,) = export_peft(system, state.trainable, tmp_path / "peft")
     spec, tree = load_peft(peft_dir, _rules(system), jax.device_get(frozen))
     assert (spec.rank, spec.alpha) == (cfg.adapters[0].rank, cfg.adapters[0].alpha)
-    jax.tree_util.tree_map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-6), tree, trained["default"])
+    chex.assert_trees_all_close(tree, trained["default"], rtol=1e-6)
 
     # Merged HF folder: reloads as a plain model whose logits equal base + adapters.
     hf_dir = export_hf(system, state.trainable, frozen, tmp_path / "merged")

@@ -7,6 +7,7 @@ import json
 import subprocess
 import sys
 
+import chex
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -67,8 +68,7 @@ def test_grad_accumulation_and_trainable_only_optimizer_state(tmp_path):
     full, s1, frozen = run_lm(tiny_cfg(tmp_path, "optim.grad_accum=1"))
     acc, s4, _ = run_lm(tiny_cfg(tmp_path, "optim.grad_accum=4"))
     np.testing.assert_allclose(acc, full, rtol=1e-5)
-    jax.tree_util.tree_map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-6),
-                           s1.trainable, s4.trainable)
+    chex.assert_trees_all_close(s1.trainable, s4.trainable, rtol=1e-4, atol=1e-6)
     state = s1
     n_train = sum(x.size for x in jax.tree_util.tree_leaves(state.trainable))
     n_opt = sum(x.size for x in jax.tree_util.tree_leaves(state.opt_state))
