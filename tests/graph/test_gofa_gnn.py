@@ -17,6 +17,7 @@ import pytest
 import torch
 from torch_geometric.utils import softmax as pyg_softmax
 
+from tolerance import assert_close_to_scale
 from gmem.errors import GmemError
 from gmem.graph.gofa_gnn import GOFAGNNConv
 from gmem.graph.text_buckets import TextGraphBuckets, pad_text_graph
@@ -204,7 +205,9 @@ def test_edge_map_equals_gathered_edge_states():
     x = jnp.asarray(g["x"], jnp.float32)
     a = module.apply({"params": params}, x, uniq, *args, edge_map_E=emap)
     b = module.apply({"params": params}, x, uniq[emap], *args)
-    np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=0, atol=1e-6)
+    # The edge projection runs on U unique rows vs E gathered rows: other matmul shapes, so
+    # float32 rounding may differ; 1e-5 of the values' scale (tests/tolerance.py).
+    assert_close_to_scale(a, b, rel=1e-5)
 
 
 def _text_graph(n=6):
@@ -236,7 +239,7 @@ def test_bucket_padding_changes_no_real_output():
                 pg.node_mask, pg.edge_mask)
         outs.append(np.asarray(y)[:tg.num_nodes])
     np.testing.assert_array_equal(outs[1], outs[2])
-    np.testing.assert_allclose(outs[0], outs[1], rtol=0, atol=1e-6)
+    assert_close_to_scale(outs[0], outs[1], rel=1e-5)    # other bucket, other matmul shapes
     assert len(traces) == 3
     pg = pad_text_graph(tg, [0], TextGraphBuckets())
     run(params, mem_T[pg.node_map], mem_T[pg.edge_map] * 2, pg.senders, pg.receivers,
