@@ -30,9 +30,13 @@ import jax.numpy as jnp
 
 from gmem.errors import GmemError
 from gmem.memory import ivf
+from gmem.memory.flat import flat_top_k
+from gmem.memory.ivf_search import ivf_top_k
 
 _HI = jax.lax.Precision.HIGHEST
 _METRICS = ("l2", "ip")
+# Below this many slots exact search beats IVF on CPU (measured by bench/bench_memory_search.py).
+EXACT_BELOW = 20_000
 
 
 @flax.struct.dataclass
@@ -77,7 +81,10 @@ class AssociativeMemory:
       nlist: IVF lists (0 = exact search over all slots).
       nprobe: lists scanned per query.
       list_cap: capacity N of each IVF list; default 3 * ceil(M / nlist) + 16.
-      query_chunk: queries scored at once; bounds the [chunk, M] score matrix.
+      query_chunk: queries searched at once; with key_block it bounds the score block
+        [query_chunk, key_block] (32 MiB at the defaults).
+      key_block: keys scored per matmul in an exact search (gmem/memory/flat.py).
+      exact_below: an IVF memory with fewer slots is searched exactly (see `uses_ivf`).
     """
 
     size: int
@@ -86,7 +93,9 @@ class AssociativeMemory:
     nlist: int = 0
     nprobe: int = 1
     list_cap: Optional[int] = None
-    query_chunk: int = 256
+    query_chunk: int = 1024
+    key_block: int = 8192
+    exact_below: int = EXACT_BELOW
 
     def __post_init__(self):
         errors = []
@@ -170,19 +179,24 @@ class AssociativeMemory:
         self._check(q_QD, "queries")
         if not 1 <= k <= self.size:
             raise GmemError(f"AssociativeMemory.search: k={k} must be in [1, size={self.size}]")
-        if self.nlist and k > self.nprobe * self.cap:
+        if self.uses_ivf and k > self.nprobe * self.cap:
             raise GmemError(f"AssociativeMemory.search: k={k} exceeds nprobe*list_cap="
                             f"{self.nprobe * self.cap} candidates")
-        if self.nlist:
-            s, i = ivf.topk(self, state, q_QD, k)
+        if self.uses_ivf:
+            s, i = _chunked(lambda q: ivf_top_k(self, state, q, k), q_QD, self.query_chunk)
         else:
             s, i = _chunked(lambda q: self._flat_topk(state, q, k), q_QD, self.query_chunk)
         return self._finish(s, i, state)
 
+    @property
+    def uses_ivf(self) -> bool:
+        """Whether search scans IVF lists (else every slot, exactly). An IVF memory smaller than
+        `exact_below` slots is searched exactly: there the full matmul is faster than probing
+        (bench/RESULTS.md, memory search) and its recall is 1."""
+        return bool(self.nlist) and self.size >= self.exact_below
+
     def _flat_topk(self, state, q_QD, k):
-        s = self._score(q_QD, state.vectors_MD)
-        s = jnp.where(state.valid_M[None, :], s, -jnp.inf)
-        return jax.lax.top_k(s, k)
+        return flat_top_k(q_QD, state.vectors_MD, state.valid_M, k, self.metric, self.key_block)
 
     def ivf_overflow(self, state: MemoryState) -> jax.Array:
         """Stored vectors an IVF search cannot see (their list was full when they came)."""
