@@ -27,6 +27,7 @@ from typing import Optional
 import flax
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 from gmem.errors import GmemError
 from gmem.memory import ivf
@@ -205,6 +206,31 @@ class AssociativeMemory:
     def rebuild_ivf(self, state: MemoryState) -> MemoryState:
         """Compact the IVF lists from the current contents (after many removes or overflow)."""
         return ivf.rebuild(self, state) if self.nlist else state
+
+    def fit_lists(self, state: MemoryState, slack: float = 1.0, multiple: int = 8):
+        """(memory, state) with list_cap grown (or shrunk) to the longest list of `state` times
+        slack, rounded up to `multiple`, and the lists rebuilt into it; no vector overflows.
+
+        List capacity is a static shape, fixed before k-means decides the list sizes: train
+        with a small cap, then fit (a search only reads each list up to its fill, so a larger
+        cap costs memory, not time). Reads the list sizes on the host, so call it outside jit.
+        Batched states (leading axes) get the longest list over all rows.
+        """
+        if not self.nlist:
+            raise GmemError("AssociativeMemory.fit_lists: nlist is 0 (exact search has no lists)")
+        m = self.size
+        lists, valid = np.asarray(state.list_M).reshape(-1, m), np.asarray(state.valid_M).reshape(-1, m)
+        longest = max(max(int(np.bincount(l[v], minlength=1).max()) for l, v in zip(lists, valid)), 1)
+        cap = min(self.size, max(multiple, -(-math.ceil(longest * slack) // multiple) * multiple))
+        mem = dataclasses.replace(self, list_cap=cap)
+        fresh = mem.init(state.valid_M.shape[:-1])
+        # Only the IVF layout depends on list_cap; the memory's own fields carry over.
+        kept = fresh.replace(vectors_MD=state.vectors_MD, valid_M=state.valid_M, age_M=state.age_M,
+                             list_M=state.list_M, centroids_CD=state.centroids_CD)
+        rebuild = lambda st: ivf.rebuild(mem, st)
+        for _ in range(state.valid_M.ndim - 1):
+            rebuild = jax.vmap(rebuild)
+        return mem, jax.jit(rebuild)(kept)
 
     def train_ivf(self, state: MemoryState, rng: jax.Array, iters: int = 20) -> MemoryState:
         """k-means (Lloyd) on the valid vectors; sets the centroids and every slot's list.
