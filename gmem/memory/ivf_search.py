@@ -6,7 +6,7 @@ distances to that one query (memory-bound: a list of N vectors is read for every
 probes it). Here, for Q queries and P = nprobe:
 
 1. Coarse assignment: one [Q, D] x [D, C] matmul and top-P per query (Q*P (query, list) pairs).
-2. Pairs are sorted by list and cut into tiles of `tile` pairs of one list (a list probed by
+2. Pairs are sorted by list and cut into tiles of `tile` pairs of one list (`tile_size`) (a list probed by
    n queries gives ceil(n / tile) tiles). The number of tiles is data-dependent but bounded by
    ceil(Q*P / tile) + min(C, Q*P), so the loop over tiles has a static length; tiles past the
    real ones do no work.
@@ -30,8 +30,16 @@ from gmem.memory.flat import flat_top_k, scaled_queries, to_similarity
 from gmem.memory.topk import merge_top_k
 
 _HI = jax.lax.Precision.HIGHEST
-TILE = 32    # pairs per tile: smaller wastes less on lists probed by few queries
-CHUNK = 256  # list vectors per matmul
+TILE = 32    # most pairs per tile: smaller wastes less on lists probed by few queries
+CHUNK = 128  # list vectors per matmul (tuned on CPU at dim 576: 128 and 256 within noise)
+
+
+def tile_size(queries: int, nprobe: int, nlist: int, most: int = TILE) -> int:
+    """Pairs per tile: the mean number of queries probing a list, rounded up to a power of two,
+    at most `most`. A handful of queries (one token's search) gets tiles of 1, not 32 rows of
+    padding per list."""
+    mean = -(-queries * nprobe // nlist)
+    return min(most, 1 << max(mean - 1, 0).bit_length())
 
 
 def _tiles(probes_QP: jax.Array, nlist: int, tile: int):
@@ -57,14 +65,15 @@ def _tiles(probes_QP: jax.Array, nlist: int, tile: int):
     return list_R, order[row], ok_RT
 
 
-def ivf_top_k(mem, state, q_QD: jax.Array, k: int, tile: int = TILE, chunk: int = CHUNK):
+def ivf_top_k(mem, state, q_QD: jax.Array, k: int, tile: int | None = None, chunk: int = CHUNK):
     """k best indexed vectors in each query's nprobe nearest lists.
 
     Returns (similarity float32 [Q, k] descending: -squared L2 or inner product, -inf where
-    nothing was found; slot ids int32 [Q, k]).
+    nothing was found; slot ids int32 [Q, k]). tile None = tile_size(Q, nprobe, nlist).
     """
     c_n, n, p = mem.nlist, mem.cap, mem.nprobe
     nq = q_QD.shape[0]
+    tile = tile or tile_size(nq, p, c_n)
     cent = state.centroids_CD
     # Coarse assignment: exact top-nprobe over the centroids (one matmul).
     _, probes_QP = flat_top_k(q_QD, cent, jnp.ones(cent.shape[:1], bool), p, mem.metric)

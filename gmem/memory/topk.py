@@ -17,18 +17,22 @@ import jax.numpy as jnp
 def grouped_top_k(s_QB: jax.Array, k: int, group: int = 16):
     """Exact top-k of each row: (values [Q, k] descending, column ids int32 [Q, k]).
 
-    Falls back to one lax.top_k when B is not a multiple of group or has fewer than k groups.
+    B is padded with -inf to a multiple of group (a padded column is returned only where fewer
+    than k scores are finite, as id B-1; callers mask -inf results). One lax.top_k when there
+    are fewer than k groups.
     """
     q, b = s_QB.shape
-    if group <= 1 or b % group or b // group < k:
+    if group <= 1 or -(-b // group) < k:
         v, i = jax.lax.top_k(s_QB, k)
         return v, i.astype(jnp.int32)
-    s_QGg = s_QB.reshape(q, b // group, group)
+    if b % group:
+        s_QB = jnp.pad(s_QB, ((0, 0), (0, group - b % group)), constant_values=-jnp.inf)
+    s_QGg = s_QB.reshape(q, -1, group)
     _, g_QK = jax.lax.top_k(s_QGg.max(-1), k)
     cand_QKg = jnp.take_along_axis(s_QGg, g_QK[:, :, None], axis=1)
     v, j = jax.lax.top_k(cand_QKg.reshape(q, k * group), k)
     col = jnp.take_along_axis(g_QK, j // group, axis=1) * group + j % group
-    return v, col.astype(jnp.int32)
+    return v, jnp.minimum(col, b - 1).astype(jnp.int32)
 
 
 def merge_top_k(v_QC: jax.Array, i_QC: jax.Array, k: int):

@@ -35,7 +35,7 @@ def _brute_force(x, q, k):
 @pytest.mark.parametrize("key_block,group", [(1024, 16), (1000, 16), (3000, 1)])
 def test_exact_search_equals_float64_brute_force(key_block, group):
     """3000 keys of dim 576: three blocks, the last shifted back over the previous one (1024),
-    blocks that are not a multiple of the group (1000: plain top_k), one block (3000)."""
+    blocks that are not a multiple of the group (1000: padded), one block without groups."""
     d, k = 576, 10
     x, q = _clustered(3000, 300, d, seed=1)
     valid = np.ones(3000, bool)
@@ -81,6 +81,12 @@ def test_grouped_top_k_is_exact():
     # Ties: values equal to lax.top_k's even where the ids differ.
     t = jnp.asarray(r.integers(0, 20, (20, 1024)).astype(np.float32))
     np.testing.assert_array_equal(np.asarray(grouped_top_k(t, 10, 16)[0]), np.asarray(jax.lax.top_k(t, 10)[0]))
+    # A width that is not a multiple of the group is padded with -inf; padding is never returned
+    # while k scores are finite, and ids stay in range when they are not.
+    u = s[:, :1000].at[5, 3:].set(-jnp.inf)
+    v, i = grouped_top_k(u, 10, 16)
+    np.testing.assert_array_equal(np.asarray(v), np.asarray(jax.lax.top_k(u, 10)[0]))
+    assert int(i.max()) < 1000 and np.isinf(np.asarray(v[5, 3:])).all()
 
 
 def _ivf_state(n, d, q, seed=0, nprobe=8):
