@@ -173,7 +173,7 @@ HEAD = ["vectors", "search", "nlist", "nprobe", "best q/s", "median q/s", "gmem 
 
 def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    p.add_argument("--sizes", type=int, nargs="+", default=[10_000, 100_000])
+    p.add_argument("--sizes", type=int, nargs="*", default=[10_000, 100_000])
     p.add_argument("--crossover", type=int, nargs="*", default=[1_000, 3_000, 10_000])
     p.add_argument("--dim", type=int, default=576)
     p.add_argument("--queries", type=int, default=1024)
@@ -183,6 +183,7 @@ def main(argv=None):
     p.add_argument("--threads", type=int, default=0, help="0 = every core for both; 1 = one thread each")
     p.add_argument("--no-parts", action="store_true", help="skip the per-stage timings")
     p.add_argument("--no-write", action="store_true", help="print only; leave RESULTS.md alone")
+    p.add_argument("--section", default="memory_search", help="RESULTS.md section to write")
     a = p.parse_args(argv)
     if a.threads == 1:
         limit_xla_threads(1)  # before jax starts its CPU backend
@@ -207,7 +208,7 @@ def main(argv=None):
             f"{'1 thread' if a.threads == 1 else 'XLA default pool'}), faiss-cpu {faiss.__version__} "
             f"({faiss.omp_get_max_threads()} OpenMP threads). The host is shared with other jobs: compare rows "
             f"of one run (the ratio column pairs calls of the same round), not runs.\n\n"
-            + table(HEAD, rows) + "\n\n" + "\n".join(f"- {n}" for n in notes))
+            + (table(HEAD, rows) + "\n\n" + "\n".join(f"- {n}" for n in notes) if rows else ""))
     if part_rows:
         body += "\n\nWhere gmem's time goes (ms per call of all queries, best of 3, same run):\n\n"
         body += table(["vectors", "search", "stage", "ms"], part_rows)
@@ -217,7 +218,7 @@ def main(argv=None):
         body += table(["vectors", "nlist", "nprobe", "exact q/s", "IVF q/s", "IVF / exact (median)",
                        "IVF recall@10 vs exact", "load avg"], cross)
     if not a.no_write:
-        write_section("memory_search", body)
+        write_section(a.section, body)
     print(body)
 
 

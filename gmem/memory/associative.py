@@ -10,12 +10,17 @@ Distances follow FAISS: squared L2 for metric "l2" (smaller is nearer), the inne
 "ip" (larger is nearer). Empty result slots get index -1, distance +inf ("l2") or -inf ("ip")
 and a zero vector (FAISS pads with -1 and +-FLT_MAX).
 
-IVF (`nlist > 0`, details in gmem/memory/ivf.py): `train_ivf` runs k-means on the stored
-vectors and lays them out list-major (each list holds up to `list_cap` vectors); later adds join
-the list of their nearest centroid; a search scores the query against the centroids and scans
-the `nprobe` nearest lists. `ivf_overflow` counts stored vectors the index cannot see (their list
-was full); `rebuild_ivf` compacts the lists. With nprobe == nlist and no overflow the result is
-the exact one. Before training all centroids are zero, the original's state (it trained on zeros).
+Exact search (gmem/memory/flat.py) is a blocked matmul with an exact top-k per key block.
+IVF (`nlist > 0`; layout in gmem/memory/ivf.py, search in gmem/memory/ivf_search.py):
+`train_ivf` runs k-means on the stored vectors and lays them out list-major (each list holds up
+to `list_cap` vectors; `fit_lists` resizes the lists to the longest one after training); later
+adds join the list of their nearest centroid; a search scores the queries against the centroids
+and scans the `nprobe` nearest lists, grouped by list. `ivf_overflow` counts stored vectors the
+index cannot see (their list was full); `rebuild_ivf` compacts the lists. With nprobe == nlist
+and no overflow the result is the exact one. Before training all centroids are zero, the
+original's state (it trained on zeros). An IVF memory of fewer than `exact_below` slots is
+searched exactly (faster there, and recall 1). Memories split over devices:
+gmem/memory/sharded.py.
 """
 
 from __future__ import annotations
@@ -36,8 +41,9 @@ from gmem.memory.ivf_search import ivf_top_k
 
 _HI = jax.lax.Precision.HIGHEST
 _METRICS = ("l2", "ip")
-# Below this many slots exact search beats IVF on CPU (measured by bench/bench_memory_search.py).
-EXACT_BELOW = 20_000
+# Below this many slots exact search is as fast as IVF on CPU, and exact (the crossover table
+# of bench/bench_memory_search.py: nlist = sqrt(N), nprobe 8, 1,024 queries).
+EXACT_BELOW = 5_000
 
 
 @flax.struct.dataclass
