@@ -16,7 +16,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from gmem.memory.flat import key_bias, scaled_queries
+from gmem.memory.flat import block_size, key_bias, scaled_queries
 from gmem.memory.ivf_search import _tiles, tile_size
 from gmem.memory.topk import grouped_top_k, merge_top_k
 
@@ -41,8 +41,7 @@ def exact_parts(mem, state, q_np: np.ndarray, k: int, reps: int) -> dict:
     """Seconds per stage of mem.search over all queries at once (exact path)."""
     q = jnp.asarray(q_np)
     m, nq = mem.size, q.shape[0]
-    b = min(max(mem.key_block, k), m)
-    blocks = -(-m // b)
+    b, blocks = block_size(m, k, mem.key_block)
     keys = state.vectors_MD[:b]
     bias = jax.jit(key_bias, static_argnums=2)
     mm = jax.jit(lambda q, x, bb: jnp.einsum("qd,bd->qb", scaled_queries(q, mem.metric), x,

@@ -9,7 +9,8 @@ are merged at the end. The [Q, M] score matrix never exists at once (400 MB at Q
 M=100k), and the block's scores are still in cache when the top-k reads them.
 
 A last block that would run past M is shifted back to end at M (a static-shape slice); the
-keys it repeats from the previous block are masked, so no id is counted twice.
+keys it repeats from the previous block are masked, so no id is counted twice; blocks are
+sized so that such repeats are few (`block_size`).
 """
 
 from __future__ import annotations
@@ -48,6 +49,17 @@ def scaled_queries(q_QD: jax.Array, metric: str) -> jax.Array:
     return 2.0 * q if metric == "l2" else q
 
 
+def block_size(m: int, k: int, key_block: int, group: int = 16) -> tuple[int, int]:
+    """(keys per block, blocks) for m keys: as few blocks of at most key_block as cover m, made
+    equal (rounded up to a multiple of group), so the last block's overlap with the previous
+    one is under group * blocks keys, not up to key_block (10,000 keys in blocks of 8,192 would
+    score 16,384)."""
+    blocks = -(-m // max(key_block, k))
+    b = -(-m // blocks)
+    b = min(-(-b // group) * group if group > 1 else b, m)
+    return max(b, min(k, m)), blocks
+
+
 def flat_top_k(q_QD: jax.Array, keys_MD: jax.Array, valid_M: jax.Array, k: int, metric: str,
                key_block: int = 8192, group: int = 16, bias_M: jax.Array | None = None):
     """k best keys of each query: (similarity float32 [Q, k] descending, ids int32 [Q, k]).
@@ -59,8 +71,7 @@ def flat_top_k(q_QD: jax.Array, keys_MD: jax.Array, valid_M: jax.Array, k: int, 
     m = keys_MD.shape[0]
     bias = key_bias(keys_MD, valid_M, metric) if bias_M is None else bias_M
     q2 = scaled_queries(q_QD, metric)
-    b = min(max(key_block, k), m)
-    blocks = -(-m // b)
+    b, blocks = block_size(m, k, key_block, group)
 
     def block(i):
         start = jnp.minimum(i * b, m - b)  # the last block ends at m

@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 
 from gmem.memory import AssociativeMemory
-from gmem.memory.flat import flat_top_k
+from gmem.memory.flat import block_size, flat_top_k
 from gmem.memory.topk import grouped_top_k
 
 EPS32 = np.finfo(np.float32).eps
@@ -32,10 +32,10 @@ def _brute_force(x, q, k):
     return ids, np.take_along_axis(d, ids, 1)
 
 
-@pytest.mark.parametrize("key_block,group", [(1024, 16), (1000, 16), (3000, 1)])
+@pytest.mark.parametrize("key_block,group", [(1024, 16), (700, 16), (3000, 16), (3000, 1)])
 def test_exact_search_equals_float64_brute_force(key_block, group):
-    """3000 keys of dim 576: three blocks, the last shifted back over the previous one (1024),
-    blocks that are not a multiple of the group (1000: padded), one block without groups."""
+    """3000 keys of dim 576: 3 or 5 blocks (1008 or 608 keys), the last shifted back over the
+    previous one; one block of 3000 (not a multiple of the group: padded); plain lax.top_k."""
     d, k = 576, 10
     x, q = _clustered(3000, 300, d, seed=1)
     valid = np.ones(3000, bool)
@@ -56,6 +56,15 @@ def test_exact_search_equals_float64_brute_force(key_block, group):
     tie_free = (gaps > 2 * tol.max(1, keepdims=True)).all(1)
     assert tie_free.mean() > 0.9
     np.testing.assert_array_equal(ids[tie_free], ref_i[tie_free, :k])
+
+
+def test_block_size_covers_the_keys_with_little_overlap():
+    for m in (10, 600, 3000, 8192, 8193, 10_000, 100_000):
+        for kb in (128, 1000, 8192):
+            b, n = block_size(m, 10, kb)
+            assert b * n >= m and b <= max(m, 10) and (n == 1 or b <= -(-kb // 16) * 16)
+            assert b * n - m < 16 * n  # the last block repeats fewer than 16 keys per block
+    assert block_size(10_000, 10, 8192) == (5008, 2)
 
 
 def test_memory_search_uses_the_blocked_path_and_pads():
