@@ -30,6 +30,7 @@ import time
 import numpy as np
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+from bench.alternate import alternate as rounds  # noqa: E402
 from bench.results import limit_xla_threads, table, write_section  # noqa: E402
 
 
@@ -48,20 +49,6 @@ def data(n, dim, nq, seed=0):
     x = (centers[r.integers(0, 256, n)] + r.standard_normal((n, dim))).astype(np.float32)
     q = (centers[r.integers(0, 256, nq)] + r.standard_normal((nq, dim))).astype(np.float32)
     return x, q
-
-
-def rounds(fns: dict, n_rounds: int) -> dict:
-    """{name: [seconds per round]}: one call of each fn per round, alternating the order."""
-    for f in fns.values():
-        f()  # warm-up (compiles gmem's search)
-    times = {name: [] for name in fns}
-    names = list(fns)
-    for r in range(n_rounds):
-        for name in (names if r % 2 == 0 else names[::-1]):
-            t = time.perf_counter()
-            fns[name]()
-            times[name].append(time.perf_counter() - t)
-    return times
 
 
 def ivf_memory(x, nlist, nprobe, seed, **kw):
@@ -136,13 +123,14 @@ def run(n, dim, nq, k, nprobe, n_rounds, parts, seed=0):
     part_rows = []
     if parts:
         from bench.memory_search_parts import exact_parts, ivf_parts
-        for stage, s in exact_parts(mem, state, q, k, 3).items():
+        for stage, s in exact_parts(mem, state, q, k, 5).items():
             part_rows.append([n, "exact", stage, f"{s * 1e3:,.1f}"])
-        ip, scored = ivf_parts(imem, istate, q, k, 3)
+        ip, scored = ivf_parts(imem, istate, q, k, 5) if imem.uses_ivf else ({}, None)
         for stage, s in ip.items():
             part_rows.append([n, "IVF", stage, f"{s * 1e3:,.1f}"])
-        note += (f" Vectors scored per query: gmem IVF {scored['gmem']:,.0f} (whole tiles of {scored['tile']} queries per "
-                 f"list), faiss IVF {scored['faiss']:,.0f}; exact {n:,}.")
+        if scored:
+            note += (f" Vectors scored per query: gmem IVF {scored['gmem']:,.0f} (whole tiles of {scored['tile']} "
+                     f"queries per list), faiss IVF {scored['faiss']:,.0f}; exact {n:,}.")
     return rows, part_rows, note
 
 
@@ -210,7 +198,7 @@ def main(argv=None):
             f"of one run (the ratio column pairs calls of the same round), not runs.\n\n"
             + (table(HEAD, rows) + "\n\n" + "\n".join(f"- {n}" for n in notes) if rows else ""))
     if part_rows:
-        body += "\n\nWhere gmem's time goes (ms per call of all queries, best of 3, same run):\n\n"
+        body += "\n\nWhere gmem's time goes (ms per call of all queries, best of 5 alternating rounds of all stages):\n\n"
         body += table(["vectors", "search", "stage", "ms"], part_rows)
     if cross:
         body += (f"\n\nExact or IVF, gmem against itself (nlist = sqrt(N), exact_below=0 forces IVF); "

@@ -4,32 +4,25 @@ Exact (gmem/memory/flat.py): key norms, the matmul of one key block times the nu
 blocks, the grouped top-k of one block times the blocks, the final merge, and the whole search with and
 without the host<->device transfer of queries and results (numpy in, numpy out, as faiss). IVF (gmem/memory/ivf_search.py): coarse assignment, tiling of
 the (query, list) pairs, and the list scans with the merge (the rest of the call). Each stage is
-the best of `reps` calls after a warm-up; "total" is the whole search timed the same way, so
-total - sum(stages) is what the stages do not cover (loop and fusion boundaries).
+the best of `reps` alternating rounds (all stages and the whole search in each round, so they
+see the same machine); total - sum(stages) is what the stages do not cover (loop and fusion
+boundaries).
 """
 
 from __future__ import annotations
-
-import time
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 
+from bench.alternate import alternate
 from gmem.memory.flat import block_size, key_bias, scaled_queries
 from gmem.memory.ivf_search import _tiles, tile_size
 from gmem.memory.topk import grouped_top_k, merge_top_k
 
 
-def best(fn, reps: int) -> float:
-    """Seconds of the fastest of reps calls after one warm-up call (fn must block)."""
-    fn()
-    out = []
-    for _ in range(reps):
-        t = time.perf_counter()
-        fn()
-        out.append(time.perf_counter() - t)
-    return min(out)
+def _best_of(fns: dict, reps: int) -> dict:
+    return {name: min(t) for name, t in alternate(fns, reps).items()}
 
 
 def _ids_and_distances(mem, k):
@@ -53,16 +46,21 @@ def exact_parts(mem, state, q_np: np.ndarray, k: int, reps: int) -> dict:
     ids = jnp.zeros((nq, blocks * k), jnp.int32)
     merge = jax.jit(merge_top_k, static_argnums=2)
     search = _ids_and_distances(mem, k)
-    return {
-        "key norms + mask": best(lambda: bias(state.vectors_MD, state.valid_M, mem.metric).block_until_ready(), reps),
-        f"matmul ({blocks} blocks of [{nq},{q.shape[1]}]x[{q.shape[1]},{b}])":
-            blocks * best(lambda: mm(q, keys, bb).block_until_ready(), reps),
-        f"top-k ({blocks} blocks)": blocks * best(lambda: topk(s, k)[0].block_until_ready(), reps),
-        "merge of the blocks": best(lambda: merge(cand, ids, k)[0].block_until_ready(), reps) if blocks > 1 else 0.0,
-        "total (mem.search, arrays on the device)": best(lambda: search(state, q)[0].block_until_ready(), reps),
-        "total with transfer (numpy queries in, numpy ids + distances out)": best(
-            lambda: [np.asarray(a) for a in search(state, jnp.asarray(q_np))], reps),
-    }
+    mm_name, tk_name = f"matmul ({blocks} blocks of [{nq},{q.shape[1]}]x[{q.shape[1]},{b}])", f"top-k ({blocks} blocks)"
+    t = _best_of({
+        "key norms + mask": lambda: bias(state.vectors_MD, state.valid_M, mem.metric).block_until_ready(),
+        mm_name: lambda: mm(q, keys, bb).block_until_ready(),
+        tk_name: lambda: topk(s, k)[0].block_until_ready(),
+        "merge of the blocks": lambda: merge(cand, ids, k)[0].block_until_ready(),
+        "total (mem.search, arrays on the device)": lambda: search(state, q)[0].block_until_ready(),
+        "total with transfer (numpy queries in, numpy ids + distances out)":
+            lambda: [np.asarray(a) for a in search(state, jnp.asarray(q_np))],
+    }, reps)
+    t[mm_name] *= blocks  # one block timed
+    t[tk_name] *= blocks
+    if blocks == 1:
+        t["merge of the blocks"] = 0.0
+    return t
 
 
 def ivf_parts(mem, state, q_np: np.ndarray, k: int, reps: int) -> tuple[dict, dict]:
@@ -76,9 +74,9 @@ def ivf_parts(mem, state, q_np: np.ndarray, k: int, reps: int) -> tuple[dict, di
     tile = tile_size(q.shape[0], mem.nprobe, mem.nlist)
     tiles = jax.jit(lambda q: _tiles(coarse(q), mem.nlist, tile))
     search = _ids_and_distances(mem, k)
-    t_coarse = best(lambda: coarse(q).block_until_ready(), reps)
-    t_tiles = best(lambda: tiles(q)[0].block_until_ready(), reps)
-    t_total = best(lambda: search(state, q)[0].block_until_ready(), reps)
+    t = _best_of({"coarse": lambda: coarse(q).block_until_ready(), "tiles": lambda: tiles(q)[0].block_until_ready(),
+                  "total": lambda: search(state, q)[0].block_until_ready()}, reps)
+    t_coarse, t_tiles, t_total = t["coarse"], t["tiles"], t["total"]
     probes = np.asarray(coarse(q))
     fill = np.asarray(state.ivf_fill_C)
     per_list = np.bincount(probes.reshape(-1), minlength=mem.nlist)
