@@ -35,11 +35,12 @@ CHUNK = 128  # list vectors per matmul (tuned on CPU at dim 576: 128 and 256 wit
 
 
 def tile_size(queries: int, nprobe: int, nlist: int, most: int = TILE) -> int:
-    """Pairs per tile: the mean number of queries probing a list, rounded up to a power of two,
-    at most `most`. A handful of queries (one token's search) gets tiles of 1, not 32 rows of
-    padding per list."""
-    mean = -(-queries * nprobe // nlist)
-    return min(most, 1 << max(mean - 1, 0).bit_length())
+    """Pairs per tile: the mean number of queries probing a list, rounded down to a power of
+    two, at most `most`. Rounding down pads less (at 100k vectors, 316 lists, 1,024 queries x 8
+    probes: tiles of 16 score 7.6k vectors per query, tiles of 32 score 8.9k, faiss 6.5k) and was
+    no slower; a handful of queries (one token's search) gets tiles of 1, not 32 rows of padding."""
+    mean = max(queries * nprobe // nlist, 1)
+    return min(most, 1 << (mean.bit_length() - 1))
 
 
 def _tiles(probes_QP: jax.Array, nlist: int, tile: int):
