@@ -106,11 +106,13 @@ def run(n, dim, nq, k, nprobe, n_rounds, parts, seed=0):
     recall = {"gmem exact": _recall(exact(q)[1], ref), "faiss IndexFlatL2": 1.0,
               "gmem IVF": _recall(ivf(q)[1], ref), "faiss IndexIVFFlat": _recall(findex.search(q, k)[1], ref)}
     pair = {"gmem exact": "faiss IndexFlatL2", "gmem IVF": "faiss IndexIVFFlat"}
-    rows = []
+    rows, goals = [], []
     for name in fns:
         ratio = "-"
         if name in pair:
-            ratio = f"{np.median(np.array(t[pair[name]]) / np.array(t[name])):.2f}x"
+            r = float(np.median(np.array(t[pair[name]]) / np.array(t[name])))
+            ratio = f"{r:.2f}x"
+            goals.append(_goal(n, name, r, recall[name]))
         ivf_row = "IVF" in name
         label = f"{name} (searched exactly: N < exact_below)" if name == "gmem IVF" and not imem.uses_ivf else name
         rows.append([n, label, nlist if ivf_row else "-", nprobe if ivf_row else "-",
@@ -120,18 +122,38 @@ def run(n, dim, nq, k, nprobe, n_rounds, parts, seed=0):
     note = (f"N={n:,}: gmem k-means (10 iters, jit incl. compile) {train_s:.1f} s; IVF list capacity "
             f"{imem.cap} (longest list; mean {n / nlist:.0f}); gmem IVF and faiss IVF return the same ids "
             f"for {same:.1%} of results.")
-    part_rows = []
+    part_rows, shares = [], ""
     if parts:
         from bench.memory_search_parts import exact_parts, ivf_parts
-        for stage, s in exact_parts(mem, state, q, k, 5).items():
+        ep = exact_parts(mem, state, q, k, 5)
+        for stage, s in ep.items():
             part_rows.append([n, "exact", stage, f"{s * 1e3:,.1f}"])
+        total = ep["total (mem.search, arrays on the device)"]
+        mm, tk = (next(v for st, v in ep.items() if st.startswith(w)) for w in ("matmul", "top-k"))
+        shares = (f"N={n:,}, exact: matmul {mm / total:.0%} of the call ({2 * nq * n * dim / mm / 1e9:.0f} GFLOP/s), "
+                  f"top-k {tk / total:.0%}, key norms {ep['key norms + mask'] / total:.0%}, not covered by the stages "
+                  f"{max(total - mm - tk - ep['key norms + mask'] - ep['merge of the blocks'], 0) / total:.0%}; transfer "
+                  f"{max(ep['total with transfer (numpy queries in, numpy ids + distances out)'] - total, 0) / total:.0%}")
         ip, scored = ivf_parts(imem, istate, q, k, 5) if imem.uses_ivf else ({}, None)
         for stage, s in ip.items():
             part_rows.append([n, "IVF", stage, f"{s * 1e3:,.1f}"])
         if scored:
             note += (f" Vectors scored per query: gmem IVF {scored['gmem']:,.0f} (whole tiles of {scored['tile']} "
                      f"queries per list), faiss IVF {scored['faiss']:,.0f}; exact {n:,}.")
-    return rows, part_rows, note
+            scan = ip["list scans (matmul + running top-k per chunk) and merge"]
+            shares += (f"; IVF: list scans {scan / ip['total (mem.search)']:.0%} of the call "
+                       f"({2 * nq * scored['gmem'] * dim / scan / 1e9:.0f} GFLOP/s over the tiles' vectors).")
+    return rows, part_rows, note, goals, shares
+
+
+def _goal(n, name, ratio, recall):
+    """One line of issue 17's goals, met or not, from this run's numbers."""
+    if name == "gmem exact":
+        ok = ratio >= 0.8
+        return f"N={n:,}: exact {ratio:.2f}x IndexFlatL2 (goal >= 0.8x): {'met' if ok else 'MISSED'}"
+    ok = ratio >= 0.5 and recall >= 0.95
+    return (f"N={n:,}: IVF {ratio:.2f}x IndexIVFFlat at recall {recall:.3f} (goal >= 0.5x at recall >= 0.95): "
+            f"{'met' if ok else 'MISSED'}")
 
 
 def crossover(sizes, dim, nq, k, nprobe, n_rounds, seed=0):
@@ -180,12 +202,14 @@ def main(argv=None):
     if a.threads == 1:
         faiss.omp_set_num_threads(1)
 
-    rows, part_rows, notes = [], [], []
+    rows, part_rows, notes, goals, shares = [], [], [], [], []
     for n in a.sizes:
-        r, pr, note = run(n, a.dim, a.queries, a.k, a.nprobe, a.rounds, not a.no_parts)
+        r, pr, note, g, sh = run(n, a.dim, a.queries, a.k, a.nprobe, a.rounds, not a.no_parts)
         rows += r
         part_rows += pr
         notes.append(note)
+        goals += g
+        shares += [sh] if sh else []
         print(table(HEAD, r), "\n" + note, flush=True)
     cross = crossover(a.crossover, a.dim, a.queries, a.k, a.nprobe, a.rounds) if a.crossover else []
     cmd = "python bench/bench_memory_search.py" + (" " + " ".join(argv if argv is not None else sys.argv[1:])).rstrip()
@@ -197,9 +221,13 @@ def main(argv=None):
             f"({faiss.omp_get_max_threads()} OpenMP threads). The host is shared with other jobs: compare rows "
             f"of one run (the ratio column pairs calls of the same round), not runs.\n\n"
             + (table(HEAD, rows) + "\n\n" + "\n".join(f"- {n}" for n in notes) if rows else ""))
+    if goals:
+        body += "\n\nGoals of issue 17 in this run (ratio = median over rounds of faiss time / gmem time):\n\n"
+        body += "\n".join(f"- {g}" for g in goals)
     if part_rows:
         body += "\n\nWhere gmem's time goes (ms per call of all queries, best of 5 alternating rounds of all stages):\n\n"
         body += table(["vectors", "search", "stage", "ms"], part_rows)
+        body += "\n\n" + "\n".join(f"- {sh}" for sh in shares)
     if cross:
         body += (f"\n\nExact or IVF, gmem against itself (nlist = sqrt(N), exact_below=0 forces IVF); "
                  f"`AssociativeMemory` searches an IVF memory exactly below EXACT_BELOW = {EXACT_BELOW:,} slots:\n\n")
