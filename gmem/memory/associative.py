@@ -10,12 +10,17 @@ Distances follow FAISS: squared L2 for metric "l2" (smaller is nearer), the inne
 "ip" (larger is nearer). Empty result slots get index -1, distance +inf ("l2") or -inf ("ip")
 and a zero vector (FAISS pads with -1 and +-FLT_MAX).
 
-IVF (`nlist > 0`, details in gmem/memory/ivf.py): `train_ivf` runs k-means on the stored
-vectors and lays them out list-major (each list holds up to `list_cap` vectors); later adds join
-the list of their nearest centroid; a search scores the query against the centroids and scans
-the `nprobe` nearest lists. `ivf_overflow` counts stored vectors the index cannot see (their list
-was full); `rebuild_ivf` compacts the lists. With nprobe == nlist and no overflow the result is
-the exact one. Before training all centroids are zero, the original's state (it trained on zeros).
+Exact search (gmem/memory/flat.py) is a blocked matmul with an exact top-k per key block.
+IVF (`nlist > 0`; layout in gmem/memory/ivf.py, search in gmem/memory/ivf_search.py):
+`train_ivf` runs k-means on the stored vectors and lays them out list-major (each list holds up
+to `list_cap` vectors; `fit_lists` resizes the lists to the longest one after training); later
+adds join the list of their nearest centroid; a search scores the queries against the centroids
+and scans the `nprobe` nearest lists, grouped by list. `ivf_overflow` counts stored vectors the
+index cannot see (their list was full); `rebuild_ivf` compacts the lists. With nprobe == nlist
+and no overflow the result is the exact one. Before training all centroids are zero, the
+original's state (it trained on zeros). An IVF memory of fewer than `exact_below` slots is
+searched exactly (faster there, and recall 1). Memories split over devices:
+gmem/memory/sharded.py.
 """
 
 from __future__ import annotations
@@ -28,12 +33,18 @@ import chex
 import flax
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 from gmem.errors import GmemError
 from gmem.memory import ivf
+from gmem.memory.flat import flat_top_k
+from gmem.memory.ivf_search import ivf_top_k
 
 _HI = jax.lax.Precision.HIGHEST
 _METRICS = ("l2", "ip")
+# Below this many slots exact search is as fast as IVF on CPU, and exact (the crossover table
+# of bench/bench_memory_search.py: nlist = sqrt(N), nprobe 8, 1,024 queries).
+EXACT_BELOW = 5_000
 
 
 @flax.struct.dataclass
@@ -78,7 +89,10 @@ class AssociativeMemory:
       nlist: IVF lists (0 = exact search over all slots).
       nprobe: lists scanned per query.
       list_cap: capacity N of each IVF list; default 3 * ceil(M / nlist) + 16.
-      query_chunk: queries scored at once; bounds the [chunk, M] score matrix.
+      query_chunk: queries searched at once; with key_block it bounds the score block
+        [query_chunk, key_block] (32 MiB at the defaults).
+      key_block: keys scored per matmul in an exact search (gmem/memory/flat.py).
+      exact_below: an IVF memory with fewer slots is searched exactly (see `uses_ivf`).
     """
 
     size: int
@@ -87,7 +101,9 @@ class AssociativeMemory:
     nlist: int = 0
     nprobe: int = 1
     list_cap: Optional[int] = None
-    query_chunk: int = 256
+    query_chunk: int = 1024
+    key_block: int = 8192
+    exact_below: int = EXACT_BELOW
 
     def __post_init__(self):
         errors = []
@@ -176,19 +192,24 @@ class AssociativeMemory:
         self._check(q_QD, "queries", state)
         if not 1 <= k <= self.size:
             raise GmemError(f"AssociativeMemory.search: k={k} must be in [1, size={self.size}]")
-        if self.nlist and k > self.nprobe * self.cap:
+        if self.uses_ivf and k > self.nprobe * self.cap:
             raise GmemError(f"AssociativeMemory.search: k={k} exceeds nprobe*list_cap="
                             f"{self.nprobe * self.cap} candidates")
-        if self.nlist:
-            s, i = ivf.topk(self, state, q_QD, k)
+        if self.uses_ivf:
+            s, i = _chunked(lambda q: ivf_top_k(self, state, q, k), q_QD, self.query_chunk)
         else:
             s, i = _chunked(lambda q: self._flat_topk(state, q, k), q_QD, self.query_chunk)
         return self._finish(s, i, state)
 
+    @property
+    def uses_ivf(self) -> bool:
+        """Whether search scans IVF lists (else every slot, exactly). An IVF memory smaller than
+        `exact_below` slots is searched exactly: there the full matmul is faster than probing
+        (bench/RESULTS.md, memory search) and its recall is 1."""
+        return bool(self.nlist) and self.size >= self.exact_below
+
     def _flat_topk(self, state, q_QD, k):
-        s = self._score(q_QD, state.vectors_MD)
-        s = jnp.where(state.valid_M[None, :], s, -jnp.inf)
-        return jax.lax.top_k(s, k)
+        return flat_top_k(q_QD, state.vectors_MD, state.valid_M, k, self.metric, self.key_block)
 
     def ivf_overflow(self, state: MemoryState) -> jax.Array:
         """Stored vectors an IVF search cannot see (their list was full when they came)."""
@@ -197,6 +218,31 @@ class AssociativeMemory:
     def rebuild_ivf(self, state: MemoryState) -> MemoryState:
         """Compact the IVF lists from the current contents (after many removes or overflow)."""
         return ivf.rebuild(self, state) if self.nlist else state
+
+    def fit_lists(self, state: MemoryState, slack: float = 1.0, multiple: int = 8):
+        """(memory, state) with list_cap grown (or shrunk) to the longest list of `state` times
+        slack, rounded up to `multiple`, and the lists rebuilt into it; no vector overflows.
+
+        List capacity is a static shape, fixed before k-means decides the list sizes: train
+        with a small cap, then fit (a search only reads each list up to its fill, so a larger
+        cap costs memory, not time). Reads the list sizes on the host, so call it outside jit.
+        Batched states (leading axes) get the longest list over all rows.
+        """
+        if not self.nlist:
+            raise GmemError("AssociativeMemory.fit_lists: nlist is 0 (exact search has no lists)")
+        m = self.size
+        lists, valid = np.asarray(state.list_M).reshape(-1, m), np.asarray(state.valid_M).reshape(-1, m)
+        longest = max(max(int(np.bincount(l[v], minlength=1).max()) for l, v in zip(lists, valid)), 1)
+        cap = min(self.size, max(multiple, -(-math.ceil(longest * slack) // multiple) * multiple))
+        mem = dataclasses.replace(self, list_cap=cap)
+        fresh = mem.init(state.valid_M.shape[:-1])
+        # Only the IVF layout depends on list_cap; the memory's own fields carry over.
+        kept = fresh.replace(vectors_MD=state.vectors_MD, valid_M=state.valid_M, age_M=state.age_M,
+                             list_M=state.list_M, centroids_CD=state.centroids_CD)
+        rebuild = lambda st: ivf.rebuild(mem, st)
+        for _ in range(state.valid_M.ndim - 1):
+            rebuild = jax.vmap(rebuild)
+        return mem, jax.jit(rebuild)(kept)
 
     def train_ivf(self, state: MemoryState, rng: jax.Array, iters: int = 20) -> MemoryState:
         """k-means (Lloyd) on the valid vectors; sets the centroids and every slot's list.

@@ -2,9 +2,10 @@
 
 Like faiss.IndexIVFFlat, the index holds its own copy of each indexed vector, grouped by list:
 `ivf_vec_CND[c, n]` is the n-th vector of list c and `ivf_slot_CN[c, n]` the memory slot it
-came from (-1 = empty). A search scores the query against the centroids, then reads the nprobe
-chosen lists as contiguous [N, D] blocks (dynamic slices, not row gathers: on CPU a row gather
-is several times slower than the exact matmul it is meant to beat).
+came from (-1 = empty). List c is the contiguous row range [c*N, c*N + fill_c) of the flattened
+[C*N, D] slab, so a search reads it with dynamic slices, not row gathers (on CPU a row gather
+is several times slower than the exact matmul it is meant to beat); the search itself is
+gmem/memory/ivf_search.py.
 
 Lists have a static capacity N (`AssociativeMemory.cap`). Adds append to their list; a vector
 whose list is full is stored in the memory but not indexed (`overflow` counts them), and slots
@@ -62,28 +63,6 @@ def insert(mem, state, target_N, x_ND, keep_N, lists_N):
         ivf_sq_CN=state.ivf_sq_CN.at[row, p].set(jnp.sum(x * x, -1), mode="drop"),
         ivf_fill_C=jnp.minimum(state.ivf_fill_C + counts, n).astype(jnp.int32),
         pos_M=state.pos_M.at[jnp.where(keep_N, target_N, m)].set(jnp.where(ok, p, -1), mode="drop"))
-
-
-def topk(mem, state, q_QD, k):
-    """Per query: nearest nprobe centroids, then exact scores over those lists. [Q,k] x2."""
-    _, probes_QP = jax.lax.top_k(mem._score(q_QD, state.centroids_CD), mem.nprobe)
-    q_QD = q_QD.astype(jnp.float32)
-
-    def one(args):
-        q, probes = args
-
-        def list_scores(c):
-            dots = jnp.dot(state.ivf_vec_CND[c], q, precision=jax.lax.Precision.HIGHEST)  # [N]
-            s = dots if mem.metric == "ip" else -jnp.maximum(q @ q - 2.0 * dots + state.ivf_sq_CN[c], 0.0)
-            slot = state.ivf_slot_CN[c]
-            live = (slot >= 0) & state.valid_M[jnp.maximum(slot, 0)]
-            return jnp.where(live, s, -jnp.inf), slot
-
-        s, slot = jax.lax.map(list_scores, probes)  # [P, N] each
-        s, j = jax.lax.top_k(s.reshape(-1), k)
-        return s, slot.reshape(-1)[j]
-
-    return jax.lax.map(one, (q_QD, probes_QP))
 
 
 def overflow(mem, state) -> jax.Array:

@@ -86,7 +86,7 @@ def _ivf_reference(centroids, x, nprobe, q, k):
 
 def test_ivf_matches_faiss_ivfflat():
     x, q = _data(2000, 80)
-    mem = AssociativeMemory(2000, D, nlist=16, nprobe=3)
+    mem = AssociativeMemory(2000, D, nlist=16, nprobe=3, exact_below=0)
     state, overflow = _trained(mem, x, 0)
     assert overflow == 0  # default list_cap holds every list here
     idx, dist, _ = _search(mem, state, q, 10)
@@ -100,7 +100,7 @@ def test_ivf_matches_faiss_ivfflat():
 
 def test_ivf_recall_is_one_when_nprobe_equals_nlist():
     x, q = _data(2000, 50, seed=1)
-    mem = AssociativeMemory(2048, D, nlist=8, nprobe=8)
+    mem = AssociativeMemory(2048, D, nlist=8, nprobe=8, exact_below=0)
     state, overflow = _trained(mem, x, 1)
     assert overflow == 0
     idx, _, _ = _search(mem, state, q, 10)
@@ -117,7 +117,7 @@ def test_ivf_recall_is_one_when_nprobe_equals_nlist():
 
 def test_ivf_list_cap_truncates_and_reports_overflow():
     x, q = _data(500, 5)
-    mem = AssociativeMemory(512, D, nlist=4, nprobe=4, list_cap=50)
+    mem = AssociativeMemory(512, D, nlist=4, nprobe=4, list_cap=50, exact_below=0)
     state, overflow = _trained(mem, x, 0)
     assert overflow == 500 - 4 * 50  # every list is longer than 50
     idx, _, _ = _search(mem, state, q, 5)
@@ -128,7 +128,7 @@ def test_ivf_lists_follow_overwrites_and_removals():
     """Ring-buffer overwrites and removals after training: full-probe IVF still equals the exact
     search over what the memory holds now; rebuild_ivf compacts the holes they leave."""
     x, q = _data(700, 20, seed=3)
-    mem = AssociativeMemory(300, D, nlist=4, nprobe=4, list_cap=300)
+    mem = AssociativeMemory(300, D, nlist=4, nprobe=4, list_cap=300, exact_below=0)
     flat = AssociativeMemory(300, D)
 
     @jax.jit
