@@ -155,42 +155,6 @@ def test_generate_with_memory_equals_full_recompute(setup):
     np.testing.assert_array_equal(out.tokens, seq[:, L:])
 
 
-def test_graph_memory_end_to_end_gradients(setup):
-    """KG subgraphs -> GraphMemoryEncoder -> memory -> MCA: with the gate open, the LM loss
-    reaches the tokenizer and projection (the stage-2 trainables); logical names everywhere."""
-    from gmem.graph import batching, kg, layers
-    _, mem_model, _, params, ids, _ = setup
-    triples = np.asarray([(0, 0, 1), (1, 1, 2), (2, 0, 3), (3, 1, 0), (0, 1, 2)], np.int32)
-    g = kg.KG(tuple("abcd"), ("r0", "r1"), triples, add_inverse=True)
-    idx = kg.NeighbourIndex.build(g)
-    graph = jax.tree.map(jnp.asarray, batching.pad_graphs(
-        [kg.extract_subgraph(idx, 0, 0, 1), kg.extract_subgraph(idx, 2, 0, 3)]))
-    cfg = layers.GraphMemoryConfig(num_edge_relations=4, rel_dim=8, graph_dim=16, sgm_heads=2,
-                                   top_k=2, num_memory_tokens=M, memory_heads=2,
-                                   llm_dim=CFG.hidden_size)
-    enc = layers.GraphMemoryEncoder(cfg)
-    enc_vars = jax.jit(enc.init)(jax.random.key(0), graph)
-    boxed = jax.tree_util.tree_leaves(enc_vars, is_leaf=lambda x: isinstance(x, nn.Partitioned))
-    assert all(isinstance(x, nn.Partitioned) for x in boxed)  # every param has logical names
-    enc_params = nn.unbox(enc_vars)["params"]
-    p = _set_gate(jax.tree.map(lambda x: x, params), 0.5)
-
-    @jax.jit
-    def grads(enc_params, graph):
-        def loss(ep):
-            mem = enc.apply({"params": ep}, graph)[:B]            # drop jraph's padding graph
-            logits, _ = mem_model.apply({"params": p}, ids, hook_inputs={"memory": mem})
-            return -jnp.mean(jax.nn.log_softmax(logits)[:, :-1].max(-1))
-        return jax.grad(loss)(enc_params)
-
-    gr = grads(enc_params, graph)
-    for path in (("tokenizer", "memory_queries"), ("proj", "kernel"), ("sgm", "layers_0", "linear1", "kernel")):
-        leaf = gr
-        for k in path:
-            leaf = leaf[k]
-        assert float(jnp.abs(leaf).max()) > 0, path
-
-
 def _block_reference(x, mem, prm, lora, cfg):
     """GMT's memory read in numpy (float64), from the formula in cross_attention's docstring:
     x + g * o(softmax(q(RMSNorm(x)) k(mem)^T / sqrt(E)) v(mem)), LoRA y += s (x A) B."""

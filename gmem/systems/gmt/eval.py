@@ -198,7 +198,7 @@ def _record_scores(system, trainable, frozen, recs, bsz=None) -> np.ndarray:
 
 
 def stage1_ranking(system, trainable, frozen, split) -> dict:
-    from gmem.graph.layers import SemanticGraphModule, distmult
+    from gmem.graph.layers import SemanticGraphModule
     from gmem.systems.gmt import graph as G
     if split not in system.splits:
         return {}
@@ -210,7 +210,7 @@ def stage1_ranking(system, trainable, frozen, split) -> dict:
     q = np.asarray(system.splits[split])
     n = system.kg.num_entities
     cand = np.stack([np.repeat(q[:, 0], n), np.repeat(q[:, 1], n), np.tile(np.arange(n), len(q))], 1)
-    s = np.asarray(distmult(z, w, jnp.asarray(cand.reshape(len(q), n, 3))))
+    s = np.asarray(G.distmult(z, w, jnp.asarray(cand.reshape(len(q), n, 3))))
     tails = known_tails(system)
     ranks = [filtered_rank(s[i], int(t), tails.get((int(h), int(r)), set()) - {int(t)})
              for i, (h, r, t) in enumerate(q.tolist())]

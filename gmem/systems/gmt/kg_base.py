@@ -8,8 +8,8 @@ import dataclasses
 import numpy as np
 
 from gmem.graph.kg import NeighbourIndex
-from gmem.graph.layers import GraphMemoryConfig
 from gmem.systems.gmt import data as D
+from gmem.systems.gmt.graph import GraphMemoryConfig
 from gmem.systems.lm import json_safe
 
 

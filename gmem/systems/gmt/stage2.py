@@ -260,8 +260,8 @@ class GMTSystem(KGSystemBase, SharedPrefix, LMSystem):
         return list(self.memory_layers) if self.use_graph else []
 
     def edges(self, triples):
-        rel, nbr, m = G.query_edges(self.index, triples, self.p.mask_query, self.num_edges, self._padded)
-        return {"edge_rel": rel, "edge_nbr": nbr, "edge_mask": m.astype(np.int32)}
+        e = G.query_edges(self.index, triples, self.p.mask_query, self.num_edges, self._padded)
+        return dict(e, edge_mask=e["edge_mask"].astype(np.int32))
 
     def data(self):
         if self._data is None:

@@ -12,10 +12,10 @@ import pytest
 import torch
 
 from gmem.errors import GmemError
-from gmem.graph.layers import GraphMemoryConfig, RelationContextLayer
+from gmem.graph.layers import RelationContextLayer
 from gmem.systems.gmt import checkpoint as C
 from gmem.nn.projection import Projection
-from gmem.systems.gmt.graph import DenseMemoryTokenizer
+from gmem.systems.gmt.graph import GraphMemoryConfig, MemoryTokenizer
 
 D_G, H, M, R, D_REL, D_LLM = 16, 2, 4, 5, 12, 32
 
@@ -83,7 +83,7 @@ def test_graph_encoder_import_matches_torch(ref):
         np.testing.assert_allclose(np.asarray(rp), ref.sgm.rel_proj(ref.sgm.rel_semantic.weight).numpy(), atol=1e-5)
     states = rng.standard_normal((3, 6, D_G)).astype(np.float32)
     mask = np.asarray([[1, 1, 1, 0, 0, 0], [1] * 6, [0] * 6], bool)
-    tok = DenseMemoryTokenizer(cfg).apply({"params": jax.tree_util.tree_map(jnp.asarray, p["tokenizer"])},
+    tok = MemoryTokenizer(cfg).apply({"params": jax.tree_util.tree_map(jnp.asarray, p["tokenizer"])},
                                           jnp.asarray(states), jnp.asarray(mask))
     got = Projection(D_LLM, axes=(None, "embed"), use_bias=True).apply(
         {"params": jax.tree_util.tree_map(jnp.asarray, p["proj"])}, tok)
