@@ -144,15 +144,61 @@ def normalize_memory(mem_BMD: jax.Array, eps: float = 1e-5) -> jax.Array:
     return mem_BMD * jax.lax.rsqrt(jnp.mean(jnp.square(mem_BMD), -1, keepdims=True) + eps)
 
 
-def init_encoder(cfg: GraphMemoryConfig, rng, num_entities: int) -> dict:
-    """Fresh {sgm, tokenizer, proj} params (GraphMemoryEncoder's tree), unboxed."""
+def init_encoder(cfg: GraphMemoryConfig, rng, num_entities: int, init: str = "gmem") -> dict:
+    """Fresh {sgm, tokenizer, proj} params (GraphMemoryEncoder's tree), unboxed. init: "gmem"
+    (normal(0.02) kernels, zero biases) or "torch" (the original's PyTorch defaults,
+    `torch_default_init`)."""
     k1, k2, k3 = jax.random.split(rng, 3)
     hist = jnp.zeros((num_entities, cfg.num_edge_relations), jnp.float32)
     z = jnp.zeros((1,), jnp.int32)
     sgm = SemanticGraphModule(cfg).init(k1, flat_graph(hist, z, z))["params"]
     tok = MemoryTokenizer(cfg).init(k2, jnp.zeros((1, 1, cfg.graph_dim)), jnp.ones((1, 1), bool))["params"]
     proj = Projection(cfg.llm_dim, axes=(None, "embed"), use_bias=True).init(k3, jnp.zeros((1, cfg.graph_dim)))["params"]
-    return nn.unbox({"sgm": sgm, "tokenizer": tok, "proj": proj})
+    enc = nn.unbox({"sgm": sgm, "tokenizer": tok, "proj": proj})
+    return torch_default_init(enc, jax.random.fold_in(rng, 1)) if init == "torch" else enc
+
+
+_MHA_IN = ("q_proj", "k_proj", "v_proj")     # rows of torch's packed in_proj_weight [3D, D]
+
+
+def torch_default_init(enc: dict, rng) -> dict:
+    """The values PyTorch gives the original's modules at construction: nn.Linear (rel_proj,
+    linear1/2, proj, each MHA's out_proj): kernel and bias U(+-1/sqrt(fan_in)) (kaiming-uniform
+    with a = sqrt 5); nn.MultiheadAttention in-projection: xavier-uniform over the packed
+    [3D, D] matrix, U(+-sqrt(6 / 4D)), in-projection and out_proj biases 0; LayerNorm 1 / 0.
+    memory_queries (randn * 0.02) and the relation table are kept."""
+    leaves = jax.tree_util.tree_flatten_with_path(enc)[0]
+    keys = iter(jax.random.split(rng, len(leaves)))
+    out = {}
+    for path, x in leaves:
+        names = [getattr(k, "key", str(k)) for k in path]
+        mod, leaf = names[-2] if len(names) > 1 else "", names[-1]
+        key = next(keys)
+        mha = mod in _MHA_IN + ("out_proj",)         # the SGM's and the tokenizer's MultiheadAttention
+        if leaf == "kernel" and mha and mod in _MHA_IN:
+            bound = (6.0 / (4 * x.shape[0])) ** 0.5
+        elif leaf == "kernel":
+            bound = x.shape[0] ** -0.5
+        elif leaf == "bias" and mha:
+            bound = 0.0
+        elif leaf == "bias" and mod.startswith(("linear", "rel_proj", "proj")):
+            bound = _fan_in(enc, names) ** -0.5
+        else:
+            bound = None
+        if bound is not None:
+            x = jax.random.uniform(key, x.shape, x.dtype, -bound, bound) if bound else jnp.zeros_like(x)
+        node = out
+        for n in names[:-1]:
+            node = node.setdefault(n, {})
+        node[leaf] = x
+    return out
+
+
+def _fan_in(enc, names) -> int:
+    node = enc
+    for n in names[:-1]:
+        node = node[n]
+    return node["kernel"].shape[0]
 
 
 def graph_memory(cfg: GraphMemoryConfig, enc: dict, edges: dict, hist_NR=None, table=None,
