@@ -198,10 +198,31 @@ def test_stage1_steps_reduce_loss(kg_dir):
 
 
 def test_classification_eval_and_modes(kg_dir):
+    """infer.py's classification: each generation equals the reference's greedy loop (one
+    prompt, full forward recomputed per token, memory from its triple), and the metrics are
+    those of the parsed answers against the gold labels; max_eval is class-balanced."""
     s = make(kg_dir, "system.max_eval=4", "system.max_new_tokens=2")
     t, f = setup(s)
     rows, m = E.predict(s, t, f)
-    assert m["tc/n"] == 4 and 0 <= m["tc/accuracy"] <= 1 and len(rows) == 4
+    assert m["tc/n"] == 4 and len(rows) == 4 and (m["tc/n_true"], m["tc/n_false"]) == (2, 2)
+    recs = E._split_records(s, "test")
+    variables = s.variables(t, f)
+    for rec, row in zip(recs, rows):
+        b = {k: jnp.asarray(v) for k, v in s.encode([dict(rec, output="")]).items()}
+        real = np.asarray(b["attention_mask"][0]).astype(bool)
+        ids = b["input_ids"][:, real]
+        mem = s.memory(t, f, b)
+        for _ in range(2):
+            logits, _ = s.module.apply(variables, ids, jnp.ones_like(ids), hook_inputs={"memory": mem})
+            ids = jnp.concatenate([ids, jnp.argmax(logits[:, -1], -1)[:, None].astype(ids.dtype)], 1)
+        text = s.tokenizer.decode(np.asarray(ids[0, int(real.sum()):]).tolist(), skip_special_tokens=True).strip()
+        assert row["generation"] == text and row["pred"] == int("true" in text.lower())
+    pred = np.asarray([r["pred"] for r in rows])
+    gold = np.asarray([E.D.parse_classification(r["output"]) for r in recs])
+    assert m["tc/accuracy"] == pytest.approx(float((pred == gold).mean()))
+    tp = int((pred & gold).sum())
+    assert m["tc/precision"] == pytest.approx(tp / pred.sum() if pred.sum() else 0.0)
+    assert m["tc/recall"] == pytest.approx(tp / gold.sum())
     base = make(kg_dir, "system.mode=base", "adapters=[]")
     fb = base.load_base()
     tb = base.init_trainable(fb, jax.random.PRNGKey(0))
