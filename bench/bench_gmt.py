@@ -123,7 +123,7 @@ def main(argv=None):
         torch_cell = f"{t_toks / t_wall:.0f} tokens/s ({t_wall / n:.2f} s/step; {spread(t_runs)})"
         ratio = f"; gmem / PyTorch {g_toks / g_wall / (t_toks / t_wall):.2f}x"
     rows.append([f"stage 2 step (batch 8, ~100-token prompts; each batch cut to its longest row rounded "
-                 f"up to {system.p['pad_to_multiple_of']}: {widths} widths, each compiled before timing; "
+                 f"up to {system.p.pad_to_multiple_of}: {widths} widths, each compiled before timing; "
                  f"{a.rounds} rounds of {a.steps} steps)",
                  f"{g_toks / g_wall:.0f} tokens/s ({g_wall / n:.2f} s/step, {g_cpu / n:.1f} CPU-s; "
                  f"{spread(g_runs)})", torch_cell, "334 tokens/s; goal >= 501" + ratio])
@@ -132,12 +132,12 @@ def main(argv=None):
     from gmem.systems.gmt import eval as E
     recs = system.records("test")
     recs = recs[: a.prompts] if a.prompts else recs
-    E.classify(system, state.trainable, frozen, recs[: system.p["eval_batch"]])   # compile
+    E.classify(system, state.trainable, frozen, recs[: system.p.eval_batch])   # compile
     w0, c0 = clocks()
     E.classify(system, state.trainable, frozen, recs)
     w1, c1 = clocks()
-    rows.append([f"triple classification, {len(recs)} UMLS test prompts (batch {system.p['eval_batch']}, "
-                 f"{system.p['max_new_tokens']} new tokens, greedy, KV cache)",
+    rows.append([f"triple classification, {len(recs)} UMLS test prompts (batch {system.p.eval_batch}, "
+                 f"{E.new_tokens(system, 'tc')} new tokens, greedy, KV cache)",
                  f"{(w1 - w0) / 60:.1f} min ({(w1 - w0) / len(recs):.2f} s/prompt)", "-",
                  "2.79 s/prompt; goal < 5 min for 1,322"])
     print(rows[-1], flush=True)

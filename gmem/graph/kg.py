@@ -1,5 +1,7 @@
-"""Knowledge graphs: OpenKE folders and label-TSV triples, the neighbourhood index, and GMT
-subgraphs around a query triple (h, r, t) as jraph.GraphsTuples.
+"""Knowledge graphs: OpenKE folders and label-TSV triples, and the neighbourhood index (each
+entity's incident edges, padded per entity, and relation histograms). GMT's query
+neighbourhoods (the edges around h and t of a query triple) are built on the index in
+gmem.systems.gmt.graph.
 
 Ids: entities 0..N-1, base relations 0..R-1. With `add_inverse`, the edge from t back to h of
 triple (h, r, t) carries relation r + R (GMT's `--add_inverse`); without it, it carries r
@@ -15,7 +17,6 @@ import dataclasses
 import os
 from typing import Mapping, Sequence
 
-import jraph
 import numpy as np
 
 from gmem.errors import GmemError, collect_errors, read_utf8
@@ -317,82 +318,3 @@ class NeighbourIndex:
         hist = np.zeros((len(entities), self.num_edge_relations), np.float32)
         np.add.at(hist, (rows, self.rel[pos]), 1.0)
         return hist
-
-
-# ---------------------------------------------------------------------------------------------
-# Subgraphs
-
-
-def query_relation_set(r: int, num_relations: int, add_inverse: bool) -> tuple[int, ...]:
-    """Relation ids that count as the query fact (GMT B6): {r}, or {r mod R, r mod R + R}."""
-    if add_inverse:
-        base = r % num_relations
-        return (base, base + num_relations)
-    return (r,)
-
-
-def extract_subgraph(index: NeighbourIndex, h: int, r: int, t: int,
-                     mask_query: bool = True) -> jraph.GraphsTuple:
-    """The neighbourhood of query (h, r, t) as a one-graph GraphsTuple (numpy arrays).
-
-    Edges are adj[h] ++ adj[t] (head's first, as GMT's `_collect_edges`); each points from the
-    neighbour (sender) to its centre (receiver: node 0 = h, node 1 = t, always two centre
-    nodes even when h == t). Other nodes are the distinct neighbours, in first-seen order.
-
-    mask_query (default True, unlike the reference where it defaults to False and positive
-    training triples see their own fact): drop every edge between {h, t} carrying a relation in
-    `query_relation_set`, and remove those edges from the relation histograms of h and t too,
-    so the fact is absent from the top-k contexts as well (the reference leaves it there).
-
-    Node features: entity int32 [N], rel_hist float32 [N, R_edge]. Edge features: relation
-    int32 [E]. Globals: query int32 [1, 3] (h, r, t).
-    """
-    for what, i, n in (("head", h, index.num_entities), ("tail", t, index.num_entities),
-                       ("relation", r, index.num_edge_relations)):
-        if not 0 <= int(i) < n:
-            raise GmemError(f"query: {what} id {i} out of range [0, {n})")
-    rh, nh = index.neighbours(h)
-    rt, nt = index.neighbours(t)
-    rel = np.concatenate([rh, rt])
-    nbr = np.concatenate([nh, nt])
-    recv = np.concatenate([np.zeros(len(rh), np.int32), np.ones(len(rt), np.int32)])
-    qset = np.asarray(query_relation_set(r, index.num_relations, index.add_inverse))
-    if mask_query:
-        hit = np.isin(nbr, (h, t)) & np.isin(rel, qset)
-        rel, nbr, recv = rel[~hit], nbr[~hit], recv[~hit]
-    # Node ids: centres first, then distinct other neighbours in first-seen order.
-    others = nbr[(nbr != h) & (nbr != t)]
-    _, first = np.unique(others, return_index=True)
-    nodes = np.concatenate([[h, t], others[np.sort(first)]]).astype(np.int32)
-    lookup = {int(e): i for i, e in enumerate(nodes[2:], start=2)}
-    lookup[int(t)] = 1
-    lookup[int(h)] = 0
-    senders = np.asarray([lookup[int(e)] for e in nbr], np.int32)
-    hist = index.relation_histogram(nodes)
-    if mask_query:
-        for c in (0, 1):
-            rc, nc = index.neighbours(int(nodes[c]))
-            gone = np.isin(nc, (h, t)) & np.isin(rc, qset)
-            np.subtract.at(hist[c], rc[gone], 1.0)
-    return jraph.GraphsTuple(
-        nodes={"entity": nodes, "rel_hist": hist},
-        edges={"relation": rel.astype(np.int32)},
-        senders=senders, receivers=recv.astype(np.int32),
-        n_node=np.asarray([len(nodes)], np.int32), n_edge=np.asarray([len(rel)], np.int32),
-        globals={"query": np.asarray([[h, r, t]], np.int32)})
-
-
-def entity_graph(index: NeighbourIndex) -> jraph.GraphsTuple:
-    """The whole KG as one padded graph: node i = entity i, one edge per adjacency entry
-    (neighbour -> owner). SGM stage 1 encodes every entity at once from it (mean of its edges'
-    states). Padded by batching.pad_graphs like every graph the layers read."""
-    from gmem.graph.batching import pad_graphs
-    n = index.num_entities
-    owner = np.repeat(np.arange(n, dtype=np.int32), index.degree)
-    return pad_graphs([jraph.GraphsTuple(
-        nodes={"entity": np.arange(n, dtype=np.int32),
-               "rel_hist": index.relation_histogram(np.arange(n))},
-        edges={"relation": index.rel.copy()},
-        senders=index.nbr.copy(), receivers=owner,
-        n_node=np.asarray([n], np.int32), n_edge=np.asarray([len(index.rel)], np.int32),
-        globals={"query": np.zeros((1, 3), np.int32)})], num_graphs=1)

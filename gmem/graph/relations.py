@@ -14,11 +14,21 @@ Sources (`relation_semantics(..., source=...)`):
   "random"         randn(R, dim) * 0.02 from `seed`. Only when asked for: the reference falls
                    back to it silently (and unseeded).
 With add_inverse, inverse relation r + R gets the same vector as r (table duplicated).
+
+Relation texts (`relation_texts`): a definition where one is given (`load_definitions`: a JSON
+{name: description}, or `name<TAB>description` / `name,description` lines, as the reference's
+build_rel_semantics.py reads them), else the name: as the reference reads it (its first
+whitespace-separated token) or made readable (underscores as spaces). Names that are opaque
+ids (Wikidata-style P1412, Q5, or bare numbers) carry no meaning for a sentence encoder:
+encoding them warns.
 """
 
 from __future__ import annotations
 
+import json
 import os
+import re
+import warnings
 from typing import Mapping, Sequence
 
 import numpy as np
@@ -38,7 +48,13 @@ def relation_semantics(names: Sequence[str], source: str = "bert", *, add_invers
         missing = [n for n in (texts or {}) if n not in set(names)]
         if missing:
             raise GmemError(f"relation texts: unknown relations {missing[:5]}")
-        table = encode_texts([(texts or {}).get(n, n) for n in names], batch_size=batch_size)
+        strs = [(texts or {}).get(n, n) for n in names]
+        ids = opaque_names(strs)
+        if ids:
+            warnings.warn(f"relation semantics: {len(ids)} of {len(strs)} relation texts are ids, not words "
+                          f"(e.g. {ids[:3]}): their sentence embeddings carry no meaning. Give definitions "
+                          "(system.rel_definitions) or a table (system.rel_semantics=FILE)", stacklevel=2)
+        table = encode_texts(strs, batch_size=batch_size)
     elif source.startswith("kge:"):
         table = load_kge_relations(source[4:])
     else:
@@ -51,6 +67,54 @@ def relation_semantics(names: Sequence[str], source: str = "bert", *, add_invers
     if add_inverse and table.shape[0] == r:
         table = np.concatenate([table, table], 0)
     return np.ascontiguousarray(table, np.float32)
+
+
+_OPAQUE = re.compile(r"^[A-Za-z]{0,2}\d+$")
+
+
+def opaque_names(texts: Sequence[str]) -> list[str]:
+    """The texts that are ids rather than words (P1412, Q5, 42)."""
+    return [t for t in texts if _OPAQUE.match(t.strip())]
+
+
+def load_definitions(path: str) -> dict[str, str]:
+    """Relation definitions {name: description}: a .json object, or lines `name<TAB>text` or
+    `name,text` (blank or other lines skipped), as the reference's build_rel_semantics.py."""
+    if not os.path.isfile(path):
+        raise GmemError(f"{path}: relation definitions file not found")
+    text = open(path, encoding="utf-8").read()
+    if path.endswith(".json"):
+        try:
+            d = json.loads(text)
+        except json.JSONDecodeError as e:
+            raise GmemError(f"{path}:{e.lineno}: bad JSON: {e.msg}") from None
+        if not isinstance(d, dict) or not all(isinstance(v, str) for v in d.values()):
+            raise GmemError(f"{path}: expected a JSON object {{relation name: description}}")
+        return {str(k): v for k, v in d.items()}
+    out = {}
+    for ln in text.splitlines():
+        ln = ln.strip()
+        sep = "\t" if "\t" in ln else ","
+        if sep in ln:
+            k, v = ln.split(sep, 1)
+            out[k] = v
+    return out
+
+
+def relation_texts(names: Sequence[str], mode: str = "original", definitions: str | Mapping[str, str] = "") -> list[str]:
+    """The text to embed per relation: its definition, else its name (mode "original": the
+    reference's first whitespace-separated token; "readable": underscores as spaces).
+    Definitions are keyed by that original name; unknown keys are an error."""
+    keys = [(n.split() or [n])[0] for n in names]
+    defs = load_definitions(definitions) if isinstance(definitions, str) and definitions else dict(definitions or {})
+    unknown = sorted(set(defs) - set(keys))
+    if unknown:
+        raise GmemError(f"relation definitions: unknown relations {unknown[:5]}"
+                        f"{' ...' if len(unknown) > 5 else ''} (the KG's are e.g. {keys[:3]})")
+    if mode not in ("original", "readable"):
+        raise GmemError(f"relation text mode: {mode!r} is not 'original' or 'readable'")
+    plain = keys if mode == "original" else [n.replace("_", " ").strip() for n in names]
+    return [defs.get(k, p) for k, p in zip(keys, plain)]
 
 
 def load_table(path: str) -> np.ndarray:

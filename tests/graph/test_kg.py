@@ -1,4 +1,4 @@
-"""KG files (OpenKE, label TSV), the neighbourhood index and GMT subgraphs (mask_query)."""
+"""KG files (OpenKE, label TSV) and the neighbourhood index against the reference's adjacency."""
 
 import os
 
@@ -66,49 +66,6 @@ def test_neighbourhood_matches_reference(tmp_path, add_inverse):
     assert rel2.shape == (5, 2) and mask2.sum() == sum(min(len(a), 2) for a in ref)
 
 
-@pytest.mark.parametrize("add_inverse", [False, True])
-def test_subgraph_mask_query(tmp_path, add_inverse):
-    g = kg.load_openke(_openke(tmp_path), add_inverse=add_inverse)
-    idx = kg.NeighbourIndex.build(g)
-    h, r, t = 0, 0, 1           # a training fact, present twice, and (1, 0, 0) reversed too
-    ref = _reference_adj(TRIPLES, 5, 2, add_inverse)
-    rset = {0, 2} if add_inverse else {0}
-    open_g = kg.extract_subgraph(idx, h, r, t, mask_query=False)
-    masked = kg.extract_subgraph(idx, h, r, t)   # default: mask_query=True
-
-    def edges(sg):
-        ent = sg.nodes["entity"]
-        return [(int(ent[s]), int(rel), int(ent[c])) for s, rel, c in
-                zip(sg.senders, sg.edges["relation"], sg.receivers)]
-
-    # Unmasked: adj[h] ++ adj[t] in order, neighbour -> centre (node 0 = h, node 1 = t).
-    want = [(n, rel, h) for rel, n in ref[h]] + [(n, rel, t) for rel, n in ref[t]]
-    assert edges(open_g) == want
-    assert open_g.nodes["entity"][:2].tolist() == [h, t]
-    assert int(open_g.n_edge[0]) == len(want) and int(open_g.n_node[0]) == len(open_g.nodes["entity"])
-    query_edges = [e for e in want if {e[0], e[2]} == {h, t} and e[1] in rset]
-    assert query_edges, "the query fact must be in the unmasked neighbourhood"
-    # Masked (default): the query edge and its inverse are gone, everything else stays.
-    assert edges(masked) == [e for e in want if e not in query_edges]
-    np.testing.assert_array_equal(masked.globals["query"], [[h, r, t]])
-    # ... and gone from the centres' relation histograms (the top-k contexts) too.
-    full_h = idx.relation_histogram(np.asarray([h, t]))
-    dropped = full_h - masked.nodes["rel_hist"][:2]
-    for c, ent in enumerate((h, t)):
-        n_query = sum(1 for rel, n in ref[ent] if n in (h, t) and rel in rset)
-        assert dropped[c].sum() == n_query
-    np.testing.assert_array_equal(open_g.nodes["rel_hist"][:2], full_h)
-
-
-def test_subgraph_isolated_and_same_entity(tmp_path):
-    g = kg.load_openke(_openke(tmp_path))
-    idx = kg.NeighbourIndex.build(g)
-    sg = kg.extract_subgraph(idx, 4, 0, 4)     # erin has no edges
-    assert int(sg.n_edge[0]) == 0 and sg.nodes["entity"].tolist() == [4, 4]
-    with pytest.raises(GmemError, match="tail id 9"):
-        kg.extract_subgraph(idx, 0, 0, 9)
-
-
 def test_label_tsv(tmp_path):
     rows = [f"{ENTS[h]}\t{RELS[r]}\t{ENTS[t]}" for h, r, t in TRIPLES]
     _write(tmp_path / "train.txt", rows)
@@ -132,10 +89,7 @@ def test_pykeen_kgs(name, counts):
     idx = kg.NeighbourIndex.build(g)
     assert idx.degree.sum() == 2 * counts[2]
     h, r, t = map(int, splits["train"][0])
-    sg = kg.extract_subgraph(idx, h, r, t)
-    ent = sg.nodes["entity"]
-    for s, rel, c in zip(sg.senders, sg.edges["relation"], sg.receivers):
-        assert not ({int(ent[s]), int(ent[c])} == {h, t} and rel == r)
+    assert (r, t) in zip(*(x.tolist() for x in idx.neighbours(h)))
 
 
 # --- bad files: every one a GmemError naming file and line ---------------------------------

@@ -68,18 +68,14 @@ def test_kge_checkpoints(tmp_path):
         relation_semantics(NAMES, f"kge:{tmp_path}/none.ckpt")
 
 
-def test_set_relation_semantics_into_encoder():
+def test_set_relation_semantics_into_sgm_params():
     import jax.numpy as jnp
     import jraph
-    cfg = layers.GraphMemoryConfig(num_edge_relations=6, rel_dim=5, graph_dim=8, sgm_heads=2,
-                                   memory_heads=2, num_memory_tokens=2, llm_dim=4)
-    from gmem.graph import batching
-    g = jraph.GraphsTuple(nodes={"entity": np.zeros(2, np.int32), "rel_hist": np.zeros((2, 6), np.float32)},
-                          edges={"relation": np.zeros(1, np.int32)}, senders=np.ones(1, np.int32),
-                          receivers=np.zeros(1, np.int32), n_node=np.asarray([2], np.int32),
-                          n_edge=np.asarray([1], np.int32), globals={"query": np.zeros((1, 3), np.int32)})
-    graph = jax.tree.map(jnp.asarray, batching.pad_graphs([g]))
-    params = jax.jit(layers.GraphMemoryEncoder(cfg).init)(jax.random.key(0), graph)["params"]
+    cfg = layers.SemanticGraphConfig(num_edge_relations=6, rel_dim=5, graph_dim=8, sgm_heads=2)
+    g = jraph.GraphsTuple(nodes={"rel_hist": jnp.zeros((2, 6))}, edges={"relation": jnp.zeros(1, jnp.int32)},
+                          senders=jnp.ones(1, jnp.int32), receivers=jnp.zeros(1, jnp.int32),
+                          n_node=jnp.asarray([2]), n_edge=jnp.asarray([1]), globals=None)
+    params = {"sgm": jax.jit(layers.SemanticGraphModule(cfg).init)(jax.random.key(0), g)["params"]}
     table = relation_semantics(NAMES, "random", dim=5, add_inverse=True)
     new = set_relation_semantics(params, table)
     np.testing.assert_array_equal(nn.unbox(new["sgm"]["rel_semantic"]), table)

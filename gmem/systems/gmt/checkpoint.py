@@ -20,13 +20,13 @@ torch.load(weights_only=True).
 
 from __future__ import annotations
 
-import json
 import os
 import re
 
 import numpy as np
 
 from gmem.errors import GmemError
+from gmem.systems.gmt.original import parse_layers, read_json
 
 _LAYER = re.compile(r"(?:^|\.)layers\.(\d+)\.(memory_attn|memory_gate|memory_layernorm)(?:\.(.*))?$")
 _NORM = {"1": "norm1", "2": "norm2"}
@@ -36,16 +36,20 @@ def _np(t) -> np.ndarray:
     return t.detach().float().cpu().numpy() if hasattr(t, "detach") else np.asarray(t, np.float32)
 
 
-def read_state_dict(path: str) -> dict[str, np.ndarray]:
+def read_state_dict(path: str, key: str | None = None) -> dict[str, np.ndarray]:
+    """A torch state dict of tensors (any float dtype: fp16 and bf16 as the original saves
+    them, read into float32). key: the entry holding it in a wrapping dict ({"sgm": ...})."""
     if not os.path.isfile(path):
         raise GmemError(f"{path}: checkpoint file not found")
     from gmem.hf.readers import torch_load
     try:
-        sd = torch_load(path, mmap=False)  # one line, with the reason (was cut at 80 characters)
+        sd = torch_load(path, mmap=False)  # one line, with the reason
     except GmemError as e:
         raise GmemError(f"{path}: not a readable torch state dict: {str(e).removeprefix(f'{path}: ')}") from None
-    if isinstance(sd, dict) and "state_dict" in sd and isinstance(sd["state_dict"], dict):
-        sd = sd["state_dict"]
+    for k in (key, "state_dict"):
+        if k and isinstance(sd, dict) and isinstance(sd.get(k), dict):
+            sd = sd[k]
+            break
     return {k: _np(v) for k, v in sd.items()}
 
 
@@ -63,22 +67,26 @@ def _mha(sd: dict, prefix: str, where: str) -> dict:
     return out, m
 
 
-def graph_encoder_params(sd: dict, where: str = "graph_encoder.pth") -> dict:
-    """GMT GraphMemoryEncoder state dict -> gmem {sgm, tokenizer, proj} params (numpy)."""
-    used = set()
-
+def _taker(sd, where, used):
     def take(k):
         if k not in sd:
             raise GmemError(f"{where}: missing key {k!r}")
         used.add(k)
         return sd[k]
+    return take
 
-    sgm = {"rel_semantic": take("sgm.rel_semantic.weight")}
-    if "sgm.rel_proj.weight" in sd:
-        sgm["rel_proj"] = {"kernel": take("sgm.rel_proj.weight").T, "bias": take("sgm.rel_proj.bias")}
-    n_layers = len({int(m.group(1)) for k in sd for m in [re.match(r"sgm\.layers\.(\d+)\.", k)] if m})
+
+def sgm_params(sd: dict, prefix: str, where: str, used: set) -> dict:
+    """The SemanticGraphModule's entries of a state dict (keys under `prefix`: "sgm." in
+    graph_encoder.pth, "" in the stage-1 sgm_state.pth) -> gmem SGM params (numpy)."""
+    take = _taker(sd, where, used)
+    sgm = {"rel_semantic": take(prefix + "rel_semantic.weight")}
+    if prefix + "rel_proj.weight" in sd:
+        sgm["rel_proj"] = {"kernel": take(prefix + "rel_proj.weight").T, "bias": take(prefix + "rel_proj.bias")}
+    pat = re.compile(re.escape(prefix) + r"layers\.(\d+)\.")
+    n_layers = len({int(m.group(1)) for k in sd for m in [pat.match(k)] if m})
     for i in range(n_layers):
-        p = f"sgm.layers.{i}."
+        p = f"{prefix}layers.{i}."
         mha, m = _mha(sd, p, where)
         used.update(k for k in sd if k.startswith(m))
         layer = {"v_proj": mha["v_proj"], "out_proj": mha["out_proj"]}
@@ -98,14 +106,43 @@ def graph_encoder_params(sd: dict, where: str = "graph_encoder.pth") -> dict:
                 raise GmemError(f"{where}: layer {i} has no {need} (keys under {p!r}: "
                                 f"{sorted(k[len(p):] for k in sd if k.startswith(p))})")
         sgm[f"layers_{i}"] = layer
+    return sgm
+
+
+def _no_leftovers(sd, used, where):
+    left = sorted(set(sd) - used)
+    if left:
+        raise GmemError(f"{where}: unexpected keys {left[:6]}{' ...' if len(left) > 6 else ''}")
+
+
+def graph_encoder_params(sd: dict, where: str = "graph_encoder.pth") -> dict:
+    """GMT GraphMemoryEncoder state dict -> gmem {sgm, tokenizer, proj} params (numpy)."""
+    used = set()
+    take = _taker(sd, where, used)
+    sgm = sgm_params(sd, "sgm.", where, used)
     tmha, tm = _mha(sd, "tokenizer.", where)
     used.update(k for k in sd if k.startswith(tm))
     tok = dict(tmha, memory_queries=take("tokenizer.memory_queries"))
     proj = {"kernel": take("proj.weight").T, "bias": take("proj.bias")}
-    left = sorted(set(sd) - used)
-    if left:
-        raise GmemError(f"{where}: unexpected keys {left[:6]}{' ...' if len(left) > 6 else ''}")
+    _no_leftovers(sd, used, where)
     return {"sgm": sgm, "tokenizer": tok, "proj": proj}
+
+
+def is_original_stage1(folder: str) -> bool:
+    return os.path.isfile(os.path.join(folder, "sgm_state.pth"))
+
+
+def load_stage1_checkpoint(folder: str) -> dict:
+    """{config, sgm} from an original stage-1 folder (pretrain_gmt.py: sgm_state.pth =
+    {"sgm": state_dict}, sgm_config.json = its settings; the config may be absent)."""
+    path = os.path.join(folder, "sgm_state.pth")
+    cpath = os.path.join(folder, "sgm_config.json")
+    cfg = read_json(cpath) if os.path.isfile(cpath) else {}
+    sd = read_state_dict(path, key="sgm")
+    used = set()
+    sgm = sgm_params(sd, "", path, used)
+    _no_leftovers(sd, used, path)
+    return {"config": cfg, "sgm": sgm}
 
 
 def memory_params(sd: dict, where: str = "memory_attn.pth") -> tuple[dict, dict, dict]:
@@ -138,20 +175,20 @@ def memory_params(sd: dict, where: str = "memory_attn.pth") -> tuple[dict, dict,
 
 
 def read_config(folder: str) -> dict:
-    p = os.path.join(folder, "gmt_config.json")
-    if not os.path.isfile(p):
-        raise GmemError(f"{p}: not found")
-    try:
-        cfg = json.loads(open(p).read())
-    except json.JSONDecodeError as e:
-        raise GmemError(f"{p}:{e.lineno}: bad JSON: {e.msg}") from None
-    ml = cfg.get("memory_layers")
-    if isinstance(ml, str):
-        ids = [int(x) for x in ml.replace(" ", "").split(",") if x]
-        if cfg.get("memory_layers_1based"):
-            ids = [i - 1 for i in ids]
-        cfg["memory_layers"] = ids
+    """gmt_config.json, with memory_layers as a 0-based list."""
+    cfg = read_json(os.path.join(folder, "gmt_config.json"))
+    if cfg.get("memory_layers"):
+        cfg["memory_layers"] = parse_layers(cfg["memory_layers"], bool(cfg.get("memory_layers_1based")))
+        cfg["memory_layers_1based"] = False
     return cfg
+
+
+def lora_rank(ck: dict) -> int | None:
+    """The rank of the memory LoRA tensors in an imported checkpoint (None: no LoRA)."""
+    for layer in ck["lora"].get("model", {}).values():
+        for proj in layer.get("memory_attn", {}).values():
+            return int(proj["lora_A"].shape[1])
+    return None
 
 
 def load_gmt_checkpoint(folder: str) -> dict:
@@ -165,13 +202,15 @@ def load_gmt_checkpoint(folder: str) -> dict:
     if cfg.get("memory_layers") and sorted(cfg["memory_layers"]) != layers:
         raise GmemError(f"{folder}: gmt_config.json memory_layers {cfg['memory_layers']} but memory_attn.pth "
                         f"holds layers {layers}")
-    cfg.setdefault("memory_layers", layers)
+    if not cfg.get("memory_layers"):
+        cfg["memory_layers"] = layers
     return {"config": cfg, "encoder": enc, "memory_base": base, "memory": mem, "lora": lora}
 
 
 def apply_to_system(ck: dict, system, trainable: dict, frozen: dict) -> tuple[dict, dict]:
     """Put an imported checkpoint into a stage-2 GMT system's (trainable, frozen) trees; shapes
-    are checked. The SGM and its edge-state table go to `frozen` (rebuilt)."""
+    are checked. The SGM goes where the system keeps it: `frozen` (with its edge-state table
+    rebuilt) or, with train_graph_module, `trainable` (its relation table in `frozen`)."""
     import jax
     import jax.numpy as jnp
 
@@ -195,8 +234,11 @@ def apply_to_system(ck: dict, system, trainable: dict, frozen: dict) -> tuple[di
                     proj=fit(enc["proj"], trainable["enc"]["proj"], "proj"))
     t["mem"] = fit({k: ck["memory"][k] for k in trainable["mem"]}, trainable["mem"], "memory gates/norms")
     if ck["lora"]:
-        name = next(iter(trainable["lora"]))
-        t["lora"] = {name: fit(ck["lora"], trainable["lora"][name], "memory LoRA")}
+        names = [s.name for s in system.specs if s.kind == "lora" and all(
+            str(x).startswith("memory_attn") for x in (s.targets if isinstance(s.targets, tuple) else (s.targets,)))]
+        if not names:
+            raise GmemError("GMT checkpoint: it holds memory LoRA but this config has no LoRA on memory_attn")
+        t["lora"] = dict(trainable["lora"], **{names[0]: fit(ck["lora"], trainable["lora"][names[0]], "memory LoRA")})
     llm = f["llm"]
     model = dict(llm["model"])
     for name, projs in ck["memory_base"].items():
@@ -208,4 +250,8 @@ def apply_to_system(ck: dict, system, trainable: dict, frozen: dict) -> tuple[di
     if "sgm" in f:
         f["sgm"] = fit(enc["sgm"], f["sgm"], "sgm")
         f["table"] = G.edge_table(system.gcfg, f["sgm"], f["hist"])
+    else:                                               # train_graph_module: the SGM is trained
+        sgm = fit(enc["sgm"], dict(trainable["enc"]["sgm"], rel_semantic=frozen["rel_semantic"]), "sgm")
+        f["rel_semantic"] = sgm.pop("rel_semantic")
+        t["enc"] = dict(t["enc"], sgm=sgm)
     return t, f

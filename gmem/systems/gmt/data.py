@@ -38,9 +38,11 @@ def entity_text(name: str) -> str:
     return name.replace("_", " ").strip()
 
 
-def load_kg(source: str, add_inverse: bool = False):
+def load_kg(source: str, add_inverse: bool = False, triple_file: str = "train2id.txt", triple_format: str = "htr"):
     """(KG, {split: int32 [n, 3] (h, r, t)}) from an embedded KG name, a label-TSV folder
-    (train.txt/valid.txt/test.txt) or an OpenKE folder (entity2id.txt ...)."""
+    (train.txt/valid.txt/test.txt) or an OpenKE folder (entity2id.txt ...). In an OpenKE folder
+    the graph is `triple_file` (as the original's --triple_file) and every id file is read in
+    `triple_format` column order (--triple_format); the splits are {train,valid,test}2id.txt."""
     from gmem.graph import kg as gkg
     if source in EMBEDDED_KGS:
         import gmem.assets
@@ -50,12 +52,12 @@ def load_kg(source: str, add_inverse: bool = False):
     if not os.path.isdir(source):
         raise GmemError(f"system.kg: {source!r} is not an embedded KG {EMBEDDED_KGS} or a folder")
     if os.path.isfile(os.path.join(source, "entity2id.txt")):
-        kg = gkg.load_openke(source, add_inverse=add_inverse)
+        kg = gkg.load_openke(source, triple_file, triple_format, add_inverse)
         splits = {}
         for s in ("train", "valid", "test"):
             p = os.path.join(source, f"{s}2id.txt")
             if os.path.isfile(p):
-                splits[s] = gkg.read_openke_triples(p, kg.num_entities, kg.num_relations)
+                splits[s] = gkg.read_openke_triples(p, kg.num_entities, kg.num_relations, triple_format)
                 if len(splits[s]) == 0:  # an empty split would fail later, deep in batching
                     raise GmemError(f"{p}: no triples (the file holds only its count line); "
                                     "leave the file out instead")

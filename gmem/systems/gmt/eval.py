@@ -8,12 +8,18 @@
   rank is filtered (other known true tails removed), ties counted half (realistic rank).
 - Link prediction as GMT does it: a generated ranked list over a candidate list in the prompt,
   parsed; unparsable answers are misses (rank inf), not skipped as in the reference.
+- Two protocols (system.eval_protocol): gmem (the above; greedy up to max_new_tokens, default 4,
+  stopping at EOS) and original (inference_gmt.py's: 16 new tokens, no EOS stop, 'true'
+  anywhere in the response; link-prediction samples with an empty parsed or gold list skipped).
+- max_eval takes a seeded class-balanced subset (eval_seed), in file order; the metrics count
+  the classes evaluated, and a set of one class warns (KoPA-style files list positives first).
 - Stage 1 (gmt_stage1): DistMult filtered tail ranking over all entities (stage1_ranking).
 """
 
 from __future__ import annotations
 
 import time
+import warnings
 
 import jax
 import jax.numpy as jnp
@@ -51,14 +57,15 @@ def _jitted(system, name, fn):
     return cache[name]
 
 
-def generate_answers(system, trainable, frozen, records, max_new_tokens) -> list[str]:
-    """Greedy responses for records (prompt only), in batches of eval_batch."""
+def generate_answers(system, trainable, frozen, records, max_new_tokens, stop_at_eos: bool = True) -> list[str]:
+    """Greedy responses for records (prompt only), in batches of eval_batch; stripped, as the
+    original decodes them. stop_at_eos=False: every row gets max_new_tokens (the original)."""
     from gmem.models.generate import generate
     bsz = system.p.eval_batch
     prompts = [dict(r, output="") for r in records]
     mem_fn = _jitted(system, "memory", lambda t, f, b: system.memory(t, f, b))
     variables = system.variables(trainable, frozen)
-    eos = getattr(system.tokenizer, "eos_token_id", None)
+    eos = getattr(system.tokenizer, "eos_token_id", None) if stop_at_eos else None
     out = []
     for i in _progress(range(0, len(prompts), bsz), "generate", bsz, len(prompts)):
         chunk = prompts[i:i + bsz]
@@ -70,18 +77,35 @@ def generate_answers(system, trainable, frozen, records, max_new_tokens) -> list
                      max_new_tokens=max_new_tokens, eos_token_id=eos, pad_token_id=system.pad_id,
                      model_kwargs=kw)
         toks, lens = np.asarray(g.tokens), np.asarray(g.lengths)
-        out += [system.tokenizer.decode(toks[j, :lens[j]].tolist(), skip_special_tokens=True)
+        out += [system.tokenizer.decode(toks[j, :lens[j]].tolist(), skip_special_tokens=True).strip()
                 for j in range(len(chunk))]
     return out
 
 
+ORIGINAL_NEW_TOKENS = 16     # inference_gmt.py's --max_new_tokens default
+GMEM_NEW_TOKENS = {"tc": 4, "lp": 48}
+
+
+def original_protocol(system) -> bool:
+    return getattr(system.p.eval_protocol, "value", system.p.eval_protocol) == "original"
+
+
+def new_tokens(system, task: str) -> int:
+    """max_new_tokens, or (0) the protocol's own: 16 for the original, gmem's 4 (TC) / 48 (LP)."""
+    n = system.p.max_new_tokens
+    return n if n else (ORIGINAL_NEW_TOKENS if original_protocol(system) else GMEM_NEW_TOKENS[task])
+
+
 def classify(system, trainable, frozen, records) -> tuple[list[dict], dict]:
-    texts = generate_answers(system, trainable, frozen, records, system.p.max_new_tokens)
+    texts = generate_answers(system, trainable, frozen, records, new_tokens(system, "tc"),
+                             stop_at_eos=not original_protocol(system))
     pred = [D.parse_classification(t) for t in texts]
     gold = [D.parse_classification(r["output"]) for r in records]
     rows = [{"prompt": r["input"].strip(), "output": r["output"], "generation": t, "pred": p}
             for r, t, p in zip(records, texts, pred)]
-    return rows, D.classification_metrics(pred, gold)
+    m = D.classification_metrics(pred, gold)
+    m["unparsed"] = sum(1 for t in texts if "true" not in t.lower() and "false" not in t.lower())
+    return rows, m
 
 
 def true_scores(system, trainable, frozen, triples, batch_size=None) -> np.ndarray:
@@ -154,21 +178,56 @@ def lp_records(system, queries, k: int, seed: int = 0) -> list[dict]:
 
 
 def link_prediction_generated(system, trainable, frozen, queries) -> tuple[list[dict], dict]:
+    """Generated ranked lists, parsed. gmem: an empty parse is a miss; original: skipped."""
     recs = lp_records(system, queries, system.p.lp_candidates)
-    texts = generate_answers(system, trainable, frozen, recs, 48)
+    orig = original_protocol(system)
+    texts = generate_answers(system, trainable, frozen, recs, new_tokens(system, "lp"), stop_at_eos=not orig)
     rows, ranks = [], []
     for rec, txt in zip(recs, texts):
         pred = D.parse_ranked_list(txt, rec["candidates"])
-        rank = D.rank_of(pred, rec["answers"])
-        ranks.append(rank)
+        skip = orig and not (pred and rec["answers"])
+        rank = None if skip else D.rank_of(pred, rec["answers"])
+        if not skip:
+            ranks.append(rank)
         rows.append({"prompt": rec["input"].strip(), "generation": txt, "rank": rank})
-    return rows, D.ranking_metrics(ranks)
+    m = D.ranking_metrics(ranks)
+    m["skipped"] = len(recs) - len(ranks)
+    return rows, m
 
 
 def _split_records(system, split):
+    """The records of `split` infer.py evaluates: all, or a max_eval class-balanced subset."""
     recs = system.records(split)
     n = system.p.max_eval
-    return recs[:n] if n else recs
+    return balanced_subset(recs, n, system.p.eval_seed) if n and n < len(recs) else recs
+
+
+def balanced_subset(records, n: int, seed: int = 0) -> list[dict]:
+    """n records, as equal per class (the answer's 'true'/'false'; any other output is one more
+    class) as the classes allow, drawn with `seed`, in file order."""
+    labels = [str(D.parse_classification(r["output"])) if r["output"].strip().lower() in ("true", "false")
+              else "other" for r in records]
+    classes = sorted(set(labels))
+    rng = np.random.default_rng(seed)
+    pools = {c: list(rng.permutation([i for i, y in enumerate(labels) if y == c])) for c in classes}
+    take = {c: 0 for c in classes}
+    while sum(take.values()) < n:                     # round-robin over the classes with rows left
+        for c in classes:
+            if take[c] < len(pools[c]) and sum(take.values()) < n:
+                take[c] += 1
+    keep = sorted(int(i) for c in classes for i in pools[c][:take[c]])
+    return [records[i] for i in keep]
+
+
+def class_counts(records, metrics: dict, where: str) -> dict:
+    """Count the classes evaluated into metrics (n_true, n_false); warn on a single class."""
+    gold = [D.parse_classification(r["output"]) for r in records]
+    metrics.update(n_true=int(sum(gold)), n_false=int(len(gold) - sum(gold)))
+    if records and (metrics["n_true"] == 0 or metrics["n_false"] == 0):
+        warnings.warn(f"{where}: all {len(records)} evaluated records are of one class "
+                      f"({'true' if metrics['n_true'] else 'false'}): accuracy says nothing about the model",
+                      stacklevel=2)
+    return metrics
 
 
 def evaluate(system, trainable, frozen) -> dict:
@@ -178,6 +237,7 @@ def evaluate(system, trainable, frozen) -> dict:
     recs = system.records(split)[: system.cfg.eval.batches * system.p.eval_batch]
     if not recs:
         return {}
+    class_counts(recs, {}, f"periodic evaluation on the {split} split")
     s_true = _record_scores(system, trainable, frozen, [dict(r, output="True") for r in recs])
     s_false = _record_scores(system, trainable, frozen, [dict(r, output="False") for r in recs])
     gold = np.asarray([D.parse_classification(r["output"]) for r in recs])
@@ -198,7 +258,7 @@ def _record_scores(system, trainable, frozen, recs, bsz=None) -> np.ndarray:
 
 
 def stage1_ranking(system, trainable, frozen, split) -> dict:
-    from gmem.graph.layers import SemanticGraphModule, distmult
+    from gmem.graph.layers import SemanticGraphModule
     from gmem.systems.gmt import graph as G
     if split not in system.splits:
         return {}
@@ -210,7 +270,7 @@ def stage1_ranking(system, trainable, frozen, split) -> dict:
     q = np.asarray(system.splits[split])
     n = system.kg.num_entities
     cand = np.stack([np.repeat(q[:, 0], n), np.repeat(q[:, 1], n), np.tile(np.arange(n), len(q))], 1)
-    s = np.asarray(distmult(z, w, jnp.asarray(cand.reshape(len(q), n, 3))))
+    s = np.asarray(G.distmult(z, w, jnp.asarray(cand.reshape(len(q), n, 3))))
     tails = known_tails(system)
     ranks = [filtered_rank(s[i], int(t), tails.get((int(h), int(r)), set()) - {int(t)})
              for i, (h, r, t) in enumerate(q.tolist())]
@@ -225,7 +285,9 @@ def predict(system, trainable, frozen) -> tuple[list[dict], dict]:
     recs = _split_records(system, p.eval_split)
     t0 = time.perf_counter()
     rows, m = classify(system, trainable, frozen, recs)
+    m = class_counts(recs, m, f"{p.eval_split} split")
     metrics = {f"tc/{k}": v for k, v in m.items()}
+    metrics["tc/protocol"] = p.eval_protocol.value if hasattr(p.eval_protocol, "value") else p.eval_protocol
     metrics["tc/seconds"] = time.perf_counter() - t0        # includes compilation
     pos = np.asarray([r["embedding_ids"] for r in recs if D.parse_classification(r["output"])])
     if p.lp_queries and len(pos):

@@ -7,24 +7,32 @@ import dataclasses
 
 import numpy as np
 
+from gmem.errors import GmemError
 from gmem.graph.kg import NeighbourIndex
-from gmem.graph.layers import GraphMemoryConfig
 from gmem.systems.gmt import data as D
+from gmem.systems.gmt.graph import GraphMemoryConfig
 from gmem.systems.lm import json_safe
 
 
 class KGSystemBase:
-    """Mixin: self.p (GraphOptions) -> self.kg, self.splits, self.index, self.known, self.hist."""
+    """Mixin: self.p (GraphOptions) -> self.kg, self.splits, self.index, self.known, self.hist.
+
+    self._table, when set before the first _rel_table() call, is the relation table to use (an
+    imported SGM's); otherwise it is made from rel_semantics, rel_text and rel_definitions."""
 
     stage: int = 0
+    _table = None
 
     def _init_kg(self, p) -> None:
         self.p = p
-        self.kg, self.splits = D.load_kg(p.kg, p.add_inverse)
+        self.kg, self.splits = D.load_kg(p.kg, p.add_inverse, p.triple_file, p.triple_format.value)
         self.index = NeighbourIndex.build(self.kg)
         self.known = np.concatenate([s for s in self.splits.values()], 0)
         self._padded = self.index.padded()
         self.hist = self.index.relation_histogram(np.arange(self.kg.num_entities))
+        if self._table is not None and self._table.shape[0] != self.kg.num_edge_relations:
+            raise GmemError(f"the imported relation table has {self._table.shape[0]} rows; the KG "
+                            f"{p.kg} (add_inverse={p.add_inverse}) has {self.kg.num_edge_relations} edge relations")
 
     def _graph_config(self, llm_dim: int, **memory) -> GraphMemoryConfig:
         """memory: num_memory_tokens, memory_heads, memory_norm (stage 2; stage 1 has no memory)."""
@@ -34,10 +42,11 @@ class KGSystemBase:
                                  top_k=p.top_k, dropout=p.graph_dropout, llm_dim=llm_dim, **memory)
 
     def _rel_table(self):
-        if getattr(self, "_table", None) is None:
-            from gmem.graph.relations import relation_semantics
-            self._table = relation_semantics([D.entity_text(n) for n in self.kg.relations], self.p.rel_semantics,
-                                             add_inverse=self.kg.add_inverse, dim=self.p.graph_dim)
+        if self._table is None:
+            from gmem.graph.relations import relation_semantics, relation_texts
+            texts = relation_texts(self.kg.relations, self.p.rel_text.value, self.p.rel_definitions)
+            self._table = relation_semantics(texts, self.p.rel_semantics, add_inverse=self.kg.add_inverse,
+                                             dim=self.p.graph_dim)
         return self._table
 
     def _graph_structure(self) -> dict:

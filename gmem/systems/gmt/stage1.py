@@ -38,7 +38,8 @@ class GMTStage1System(KGSystemBase):
         return dict(self._graph_structure(), system=self.name)
 
     def _sgm_params(self):
-        enc = G.init_encoder(self.gcfg, jax.random.PRNGKey(self.cfg.model.seed + 1), self.kg.num_entities)
+        enc = G.init_encoder(self.gcfg, jax.random.PRNGKey(self.cfg.model.seed + 1), self.kg.num_entities,
+                              self.p.init.value)
         return dict(enc["sgm"], rel_semantic=jnp.asarray(self._rel_table()))
 
     def load_base(self):

@@ -45,6 +45,7 @@ class GMTSystem(KGSystemBase, SharedPrefix, LMSystem):
         if p.pad_to_multiple_of < 0:
             raise GmemError(f"system.pad_to_multiple_of: a whole number >= 0 (0 = every batch "
                             f"padded to data.seq_len), got {p.pad_to_multiple_of}")
+        self._read_originals(cfg)       # before anything is built from the options it may set
         self._init_kg(p)
         self.use_graph = p.mode == Mode.gmt
         super().__init__(cfg, load_data=False)   # LMSystem: the LLM, with decoder_hooks()
@@ -82,11 +83,33 @@ class GMTSystem(KGSystemBase, SharedPrefix, LMSystem):
         return init_from_self_attention(params, self.memory_layers) if self.use_graph else params
 
     def _sgm_params(self, key):
-        enc = G.init_encoder(self.gcfg, key, self.kg.num_entities)
+        enc = G.init_encoder(self.gcfg, key, self.kg.num_entities, self.p.init.value)
         sgm = dict(enc["sgm"], rel_semantic=jnp.asarray(self._rel_table()))
         if self.p.sgm_ckpt:
-            sgm = self._load_stage1(sgm)
+            got = self._load_stage1(sgm)
+            want = jax.tree_util.tree_map(np.shape, sgm)
+            if jax.tree_util.tree_map(np.shape, got) != want:
+                raise GmemError(f"system.sgm_ckpt={self.p.sgm_ckpt!r}: the stage-1 SGM's shapes "
+                                f"{jax.tree_util.tree_map(np.shape, got)} do not fit this run's {want}")
+            sgm = got
         return enc, sgm
+
+    def _read_originals(self, cfg) -> None:
+        """Original GMT outputs named by import_ckpt (stage 2) and sgm_ckpt (an original stage-1
+        folder): read once; their settings applied to cfg (gmem.systems.gmt.original); their
+        relation table becomes this run's."""
+        from gmem.systems.gmt import checkpoint as C
+        from gmem.systems.gmt.original import apply_settings
+        p = cfg.system
+        self._original = self._stage1 = None
+        if p.mode == Mode.gmt and p.sgm_ckpt and C.is_original_stage1(p.sgm_ckpt):
+            st = C.load_stage1_checkpoint(p.sgm_ckpt)
+            apply_settings(cfg, st["config"], f"system.sgm_ckpt={p.sgm_ckpt!r}", stage=1)
+            self._stage1, self._table = st["sgm"], st["sgm"]["rel_semantic"]
+        if p.mode == Mode.gmt and p.import_ckpt:
+            ck = C.load_gmt_checkpoint(p.import_ckpt)
+            apply_settings(cfg, ck["config"], f"system.import_ckpt={p.import_ckpt!r}", lora_rank=C.lora_rank(ck))
+            self._original, self._table = ck, ck["encoder"]["sgm"]["rel_semantic"]
 
     def _load_stage1(self, sgm):
         """The SGM trained by stage 1 (a run folder or its checkpoints/), read once."""
@@ -114,8 +137,11 @@ class GMTSystem(KGSystemBase, SharedPrefix, LMSystem):
         if st.get("kg") != self.p.kg:
             diff.append(f"kg: {st.get('kg')} there, {self.p.kg} here")
         t = dict(state["trainable"])
-        if "rel_semantic" not in t and saved.get("rel_semantics") != self.p.rel_semantics:
-            diff.append(f"rel_semantics: {saved.get('rel_semantics')} there, {self.p.rel_semantics} here")
+        if "rel_semantic" not in t:
+            for k, d in (("rel_semantics", None), ("rel_text", "readable"), ("rel_definitions", "")):
+                there, here = saved.get(k, d), getattr(getattr(self.p, k), "value", getattr(self.p, k))
+                if there != here:
+                    diff.append(f"{k}: {there} there, {here} here")
         if diff:
             raise GmemError(f"{where}: the stage-1 SGM does not fit this run: " + "; ".join(diff))
         t.setdefault("rel_semantic", np.asarray(self._rel_table()))
@@ -132,11 +158,11 @@ class GMTSystem(KGSystemBase, SharedPrefix, LMSystem):
             else:
                 out["sgm"] = sgm
                 out["table"] = G.edge_table(self.gcfg, sgm, out["hist"])
-            if self.p.import_ckpt:
+            if self._original is not None:
                 # GMT's own output folder (graph_encoder.pth, memory_attn.pth, gmt_config.json).
-                from gmem.systems.gmt.checkpoint import apply_to_system, load_gmt_checkpoint
+                from gmem.systems.gmt.checkpoint import apply_to_system
                 fresh = self.init_trainable(out, jax.random.PRNGKey(0), imported=False)
-                self._imported, out = apply_to_system(load_gmt_checkpoint(self.p.import_ckpt), self, fresh, out)
+                self._imported, out = apply_to_system(self._original, self, fresh, out)
         return out
 
     def abstract_base(self):
@@ -260,8 +286,8 @@ class GMTSystem(KGSystemBase, SharedPrefix, LMSystem):
         return list(self.memory_layers) if self.use_graph else []
 
     def edges(self, triples):
-        rel, nbr, m = G.query_edges(self.index, triples, self.p.mask_query, self.num_edges, self._padded)
-        return {"edge_rel": rel, "edge_nbr": nbr, "edge_mask": m.astype(np.int32)}
+        e = G.query_edges(self.index, triples, self.p.mask_query, self.num_edges, self._padded)
+        return dict(e, edge_mask=e["edge_mask"].astype(np.int32))
 
     def data(self):
         if self._data is None:

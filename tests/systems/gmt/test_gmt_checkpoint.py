@@ -12,10 +12,10 @@ import pytest
 import torch
 
 from gmem.errors import GmemError
-from gmem.graph.layers import GraphMemoryConfig, RelationContextLayer
+from gmem.graph.layers import RelationContextLayer
 from gmem.systems.gmt import checkpoint as C
 from gmem.nn.projection import Projection
-from gmem.systems.gmt.graph import DenseMemoryTokenizer
+from gmem.systems.gmt.graph import GraphMemoryConfig, MemoryTokenizer
 
 D_G, H, M, R, D_REL, D_LLM = 16, 2, 4, 5, 12, 32
 
@@ -83,7 +83,7 @@ def test_graph_encoder_import_matches_torch(ref):
         np.testing.assert_allclose(np.asarray(rp), ref.sgm.rel_proj(ref.sgm.rel_semantic.weight).numpy(), atol=1e-5)
     states = rng.standard_normal((3, 6, D_G)).astype(np.float32)
     mask = np.asarray([[1, 1, 1, 0, 0, 0], [1] * 6, [0] * 6], bool)
-    tok = DenseMemoryTokenizer(cfg).apply({"params": jax.tree_util.tree_map(jnp.asarray, p["tokenizer"])},
+    tok = MemoryTokenizer(cfg).apply({"params": jax.tree_util.tree_map(jnp.asarray, p["tokenizer"])},
                                           jnp.asarray(states), jnp.asarray(mask))
     got = Projection(D_LLM, axes=(None, "embed"), use_bias=True).apply(
         {"params": jax.tree_util.tree_map(jnp.asarray, p["proj"])}, tok)
@@ -106,72 +106,122 @@ def test_bad_files(tmp_path, ref):
         C.memory_params({"model.layers.1.memory_attn.x_proj.weight": np.zeros((2, 2))})
 
 
-def test_import_into_system(tmp_path, ref):
+def _kg_folder(tmp_path):
+    kgd = tmp_path / "kg"
+    kgd.mkdir()
+    rows = sorted({(f"e{h}", f"r{r}", f"e{t}") for h, r, t in np.random.default_rng(0).integers(0, 6, (40, 3)) % [7, 2, 7]})
+    for n, part in (("train", rows[:-8]), ("valid", rows[-8:-4]), ("test", rows[-4:])):
+        (kgd / f"{n}.txt").write_text("".join("\t".join(x) + "\n" for x in part))
+    return kgd
+
+
+ORIG = {"graph_dim": 16, "sgm_layers": 1, "sgm_heads": 2, "top_k": 3, "num_memory_tokens": 4, "memory_heads": 2,
+        "mask_query": False, "add_inverse": True, "lora_r": 4, "lora_alpha": 16.0, "lora_dropout": 0.0,
+        "memory_layers": "0,1", "memory_layers_1based": False, "graph_dropout": 0.1, "triple_format": "htr",
+        "triple_file": "train2id.txt", "train_on_inputs": True, "add_eos_token": False}
+
+
+def _gmem_system(kgd, folder, *over):
     import pathlib
 
     from gmem import config as gconfig
     from gmem.systems.gmt import GMTSystem
     configs = pathlib.Path(__file__).resolve().parents[3] / "configs"
-    kgd = tmp_path / "kg"
-    kgd.mkdir()
-    rows = [(f"e{h}", f"r{r}", f"e{t}") for h, r, t in np.random.default_rng(0).integers(0, 6, (30, 3)) % [6, 2, 6]]
-    for n in ("train", "valid", "test"):
-        (kgd / f"{n}.txt").write_text("".join("\t".join(x) + "\n" for x in rows[:20 if n == "train" else 25]))
-    over = [f"system.kg={kgd}", "system.max_train=8", "data.seq_len=300"]
-    system = GMTSystem(gconfig.to_object(gconfig.load_config(configs / "gmt_tiny.yaml", over)))
-    frozen = system.load_base()
-    trainable = system.init_trainable(frozen, jax.random.PRNGKey(0))
-    cfg = system.gcfg
-    d, rank = system.model_config.hidden_size, 4
-    hd = system.model_config.head_size
-    kvd = system.model_config.num_key_value_heads * hd
-    g = np.random.default_rng(1)
-    enc_sd = {"sgm.rel_semantic.weight": g.standard_normal((cfg.num_edge_relations, cfg.rel_dim))}
-    for i in range(cfg.sgm_layers):
-        p = f"sgm.layers.{i}."
-        dg = cfg.graph_dim
-        enc_sd.update({p + "attn.in_proj_weight": g.standard_normal((3 * dg, dg)), p + "attn.in_proj_bias": g.standard_normal(3 * dg),
-                       p + "attn.out_proj.weight": g.standard_normal((dg, dg)), p + "attn.out_proj.bias": g.standard_normal(dg),
-                       p + "norm1.weight": g.standard_normal(dg), p + "norm1.bias": g.standard_normal(dg),
-                       p + "norm2.weight": g.standard_normal(dg), p + "norm2.bias": g.standard_normal(dg),
-                       p + "linear1.weight": g.standard_normal((4 * dg, dg)), p + "linear1.bias": g.standard_normal(4 * dg),
-                       p + "linear2.weight": g.standard_normal((dg, 4 * dg)), p + "linear2.bias": g.standard_normal(dg)})
-    dg = cfg.graph_dim
-    enc_sd.update({"tokenizer.memory_queries": g.standard_normal((cfg.num_memory_tokens, dg)),
-                   "tokenizer.attn.in_proj_weight": g.standard_normal((3 * dg, dg)), "tokenizer.attn.in_proj_bias": g.standard_normal(3 * dg),
-                   "tokenizer.attn.out_proj.weight": g.standard_normal((dg, dg)), "tokenizer.attn.out_proj.bias": g.standard_normal(dg),
-                   "proj.weight": g.standard_normal((d, dg)), "proj.bias": g.standard_normal(d)})
-    mem_sd = {}
-    for i in system.memory_layers:
-        p = f"model.layers.{i}."
-        for n, out_dim in (("q_proj", d), ("k_proj", kvd), ("v_proj", kvd), ("o_proj", d)):
-            in_dim = d
-            mem_sd[p + f"memory_attn.{n}.weight"] = g.standard_normal((out_dim, in_dim))
-            mem_sd[p + f"memory_attn.{n}.lora_A.weight"] = g.standard_normal((rank, in_dim))
-            mem_sd[p + f"memory_attn.{n}.lora_B.weight"] = g.standard_normal((out_dim, rank))
-        mem_sd[p + "memory_gate"] = np.asarray([0.5])
-        mem_sd[p + "memory_layernorm.weight"] = g.standard_normal(d)
-    folder = tmp_path / "gmt_out"
+    o = [f"system.kg={kgd}", "system.max_train=8", "data.seq_len=300", "model.num_key_value_heads=4",
+         *([f"system.import_ckpt={folder}"] if folder else []), *over]
+    return GMTSystem(gconfig.to_object(gconfig.load_config(configs / "gmt_tiny.yaml", o)))
+
+
+def _write_original(tmp_path, system_like, orig, seed=0):
+    """An original output folder (fp16, as save_gmt writes it) from gmt_reference modules on
+    the KG, plus those modules (weights rounded to fp16, as read back)."""
+    import gmt_reference as R
+    kg, c = system_like.kg, orig
+    ridx = R.RefKGIndex(kg.num_entities, kg.num_relations, kg.triples.tolist(), c["add_inverse"])
+    torch.manual_seed(seed)
+    enc = R.perturb(R.RefEncoder(ridx, 16, c["graph_dim"], c["sgm_layers"], c["sgm_heads"], c["top_k"],
+                                 c["num_memory_tokens"], c["memory_heads"], system_like.model_config.hidden_size),
+                    0.3, seed).eval()
+    hf_cfg = type("C", (), {"hidden_size": system_like.model_config.hidden_size, "rms_norm_eps": 1e-6,
+                            "num_attention_heads": system_like.model_config.num_attention_heads})
+    blocks = R.perturb(R.memory_blocks(hf_cfg, [0, 1], c["lora_r"], c["lora_alpha"]), 0.3, seed + 1)
+    folder = tmp_path / f"gmt_out{seed}"
     folder.mkdir()
-    torch.save({k: torch.tensor(v, dtype=torch.float16) for k, v in enc_sd.items()}, folder / "graph_encoder.pth")
-    torch.save({k: torch.tensor(v, dtype=torch.float16) for k, v in mem_sd.items()}, folder / "memory_attn.pth")
-    (folder / "gmt_config.json").write_text(json.dumps({"memory_layers": ",".join(map(str, system.memory_layers)),
-                                                        "lora_r": rank}))
-    ck = C.load_gmt_checkpoint(str(folder))
-    t, f = C.apply_to_system(ck, system, trainable, frozen)
-    i = system.memory_layers[0]
-    f16 = lambda a: np.asarray(torch.tensor(a, dtype=torch.float16).float())
-    blk = f["llm"]["model"][f"layers_{i}"]["memory_attn"]
-    np.testing.assert_array_equal(np.asarray(blk["k_proj"]["kernel"]), f16(mem_sd[f"model.layers.{i}.memory_attn.k_proj.weight"]).T)
-    lora = t["lora"]["memory"]["model"][f"layers_{i}"]["memory_attn"]["q_proj"]
-    np.testing.assert_array_equal(np.asarray(lora["lora_A"]), f16(mem_sd[f"model.layers.{i}.memory_attn.q_proj.lora_A.weight"]).T)
-    assert float(t["mem"][f"layers_{i}"]["memory_gate"]) == 0.5
-    np.testing.assert_array_equal(np.asarray(t["enc"]["proj"]["kernel"]), f16(enc_sd["proj.weight"]).T)
-    assert not np.allclose(np.asarray(f["table"]), np.asarray(frozen["table"]))     # rebuilt from the new SGM
-    b = {k: jnp.asarray(v) for k, v in system.batch(0).items()}
-    l0 = float(system.loss(trainable, frozen, b, jax.random.PRNGKey(0))[0])
-    l1 = float(system.loss(t, f, b, jax.random.PRNGKey(0))[0])
-    assert np.isfinite(l1) and l1 != l0
-    (folder / "gmt_config.json").write_text(json.dumps({"memory_layers": "0"}))
+    half = lambda sd: {k: v.detach().half() for k, v in sd.items()}
+    torch.save(half(enc.state_dict()), folder / "graph_encoder.pth")
+    torch.save(half(R.memory_state_dict(blocks)), folder / "memory_attn.pth")
+    (folder / "gmt_config.json").write_text(json.dumps(orig))
+    for m in (enc, blocks):
+        m.load_state_dict({k: v.half().float() for k, v in m.state_dict().items()})
+    return folder, enc, blocks
+
+
+def _logits(system, t, f, recs):
+    b = {k: jnp.asarray(v) for k, v in system.encode(recs, train_on_inputs=False).items()}
+    mem = system.memory(t, f, b)
+    logits, _ = system.module.apply(system.variables(t, f), b["input_ids"], b["attention_mask"],
+                                    hook_inputs={"memory": mem})
+    return np.asarray(logits), b
+
+
+def _reference_logits(tmp_path, system, enc, blocks, b, trip, mask_query):
+    import transformers
+
+    import gmt_reference as R
+    from gmem.hf.writer import save_pretrained
+    strip = lambda d: {k: strip(v) for k, v in d.items() if k != "memory_attn"} if isinstance(d, dict) else d
+    folder = save_pretrained(tmp_path / "hf", system.model_config, strip(system.load_base()["llm"]))
+    hf = transformers.LlamaForCausalLM.from_pretrained(folder, attn_implementation="eager").eval()
+    with torch.no_grad():
+        mem = enc(trip.tolist(), mask_query)
+    T = lambda a: torch.as_tensor(np.asarray(a))
+    return R.memory_forward(hf, blocks, T(b["input_ids"]).long(), T(b["attention_mask"]).long(), mem).numpy()
+
+
+@pytest.mark.parametrize("train_graph_module", [False, True])
+def test_import_into_system(tmp_path, train_graph_module):
+    """An original run (written by the gmt_reference modules, fp16, settings in gmt_config.json
+    that gmem's defaults do not share: top_k, mask_query, sgm_layers, LoRA alpha, memory
+    layers, add_inverse, train_graph_module) imported into a tiny GMT: its logits equal the
+    reference's forward on the same weights. Logits are 0.2-1 (checked), compared at 1e-5."""
+    kgd = _kg_folder(tmp_path)
+    probe = _gmem_system(kgd, "", "system.add_inverse=true")
+    orig = dict(ORIG, train_graph_module=train_graph_module)
+    folder, enc, blocks = _write_original(tmp_path, probe, orig)
+    # The tiny config's LoRA alpha is 8 (not gmem's default): a mismatch, listed with the rest.
+    with pytest.raises(GmemError) as e:
+        _gmem_system(kgd, folder, "system.top_k=5", "system.gate=tanh")
+    msg = str(e.value)
+    for part in ("system.top_k: 5 here, 3", "adapters[memory].alpha: 8.0 here, 16.0", "system.gate: 'tanh'"):
+        assert part in msg, msg
+    system = _gmem_system(kgd, folder, "adapters.0.alpha=128.0")      # left at the default: taken
+    p = system.p
+    assert (p.top_k, p.mask_query, p.sgm_layers, list(p.memory_layers), p.add_inverse, p.train_graph_module,
+            system.specs[0].alpha) == (3, False, 1, [0, 1], True, train_graph_module, 16.0)
+    f = system.load_base()
+    t = system.init_trainable(f, jax.random.PRNGKey(0))
+    assert ("sgm" in t["enc"]) == train_graph_module and ("table" in f) != train_graph_module
+    recs = system.records("test")[:4]
+    got, b = _logits(system, t, f, recs)
+    trip = np.asarray([r["embedding_ids"] for r in recs])
+    want = _reference_logits(tmp_path, system, enc, blocks, b, trip, mask_query=False)
+    real = np.asarray(b["attention_mask"]).astype(bool)
+    assert np.abs(want[real]).max() > 0.2
+    print("max |logit| %.3f, max |gmem - reference| %.2e" % (np.abs(want[real]).max(), np.abs(got[real] - want[real]).max()))
+    np.testing.assert_allclose(got[real], want[real], atol=1e-5, rtol=1e-5)
+    # The memory path matters at this size: with the gates shut the logits move.
+    shut = jax.tree_util.tree_map_with_path(
+        lambda q, x: x * 0 if any(getattr(k, "key", None) == "memory_gate" for k in q) else x, t)
+    assert np.abs(_logits(system, shut, f, recs)[0][real] - got[real]).max() > 1e-2
+
+
+def test_import_checks(tmp_path):
+    kgd = _kg_folder(tmp_path)
+    probe = _gmem_system(kgd, "", "system.add_inverse=true")
+    folder, _, _ = _write_original(tmp_path, probe, ORIG)
+    (folder / "gmt_config.json").write_text(json.dumps(dict(ORIG, lora_r=8)))
+    with pytest.raises(GmemError, match="lora_r is 8 but memory_attn.pth holds rank-4"):
+        _gmem_system(kgd, folder)
+    (folder / "gmt_config.json").write_text(json.dumps(dict(ORIG, memory_layers="0")))
     with pytest.raises(GmemError, match="memory_layers"):
         C.load_gmt_checkpoint(str(folder))

@@ -1,5 +1,6 @@
 """GMT system on a tiny random LLaMA + a tiny KG: loss on the response only vs train_on_inputs
-(against a brute-force CE over full logits), the dense graph memory vs the jraph encoder,
+(against a brute-force CE over full logits), the system's graph memory vs the loop reference
+(gmt_reference) with mask_query on and off,
 candidate scoring vs a brute-force loop, stage-1 and stage-2 steps reduce the loss."""
 
 import pathlib
@@ -11,9 +12,7 @@ import optax
 import pytest
 
 from gmem import config as gconfig
-from gmem.graph.batching import pad_graphs
-from gmem.graph.kg import extract_subgraph
-from gmem.graph.layers import GraphMemoryEncoder
+import gmt_reference as ref
 from gmem.systems.gmt import eval as E
 from gmem.systems.gmt import GMTStage1System, GMTSystem
 from gmem.train import sharding as shd
@@ -75,16 +74,66 @@ def test_loss_response_only_vs_train_on_inputs(kg_dir, toi):
         assert float(aux["target_tokens"]) < 0.1 * real      # only "True"/"False" bytes
 
 
-def test_dense_memory_equals_jraph_encoder(kg_dir):
-    s = make(kg_dir, "system.mask_query=false")
+@pytest.mark.parametrize("mask_query", [False, True])
+def test_system_memory_equals_reference(kg_dir, mask_query):
+    """The system's memory (its KG, edges, cached table) = the loop reference's GMT encoder
+    carrying the same weights, with mask_query on and off."""
+    from gmem.systems.gmt import graph as G
+    s = make(kg_dir, f"system.mask_query={str(mask_query).lower()}")
     t, f = setup(s)
-    trip = np.asarray(s.splits["test"][:4])
-    mem = s.memory(t, f, {k: jnp.asarray(v) for k, v in s.edges(trip).items()})
-    enc = GraphMemoryEncoder(s.gcfg)
-    params = {"sgm": f["sgm"], "tokenizer": t["enc"]["tokenizer"], "proj": t["enc"]["proj"]}
-    g = pad_graphs([extract_subgraph(s.index, h, r, tt, mask_query=False) for h, r, tt in trip.tolist()], 4)
-    want = enc.apply({"params": params}, jax.tree_util.tree_map(jnp.asarray, g))[:4]
-    np.testing.assert_allclose(np.asarray(mem), np.asarray(want), atol=2e-5)
+    noise = lambda tree, seed: jax.tree.map(lambda x, k: x + 0.3 * jax.random.normal(k, x.shape), tree, _keys(tree, seed))
+    t = dict(t, enc=noise(t["enc"], 1))                 # O(1) memories: weights off their small init
+    f = dict(f, sgm=dict(noise(f["sgm"], 2), rel_semantic=f["sgm"]["rel_semantic"]))
+    f["table"] = G.edge_table(s.gcfg, f["sgm"], f["hist"])
+    trip = np.concatenate([s.splits["train"][:3], s.splits["test"][:3]])
+    mem = np.asarray(s.memory(t, f, {k: jnp.asarray(v) for k, v in s.edges(trip).items()}))
+    want = _reference_memory(s, f["sgm"], t["enc"], trip, mask_query)
+    assert np.abs(want).max() > 0.5                                  # the scale compared at
+    np.testing.assert_allclose(mem, want, atol=1e-5, rtol=1e-5)
+
+
+def _keys(tree, seed):
+    leaves, tdef = jax.tree_util.tree_flatten(tree)
+    return jax.tree_util.tree_unflatten(tdef, list(jax.random.split(jax.random.PRNGKey(seed), len(leaves))))
+
+
+def _reference_memory(s, sgm, enc, triples, mask_query):
+    """gmt_reference.RefEncoder on the system's KG with the system's weights (torch layout)."""
+    import torch
+    c = s.gcfg
+    ridx = ref.RefKGIndex(s.kg.num_entities, s.kg.num_relations, s.kg.triples.tolist(), s.kg.add_inverse)
+    r = ref.RefEncoder(ridx, c.rel_dim, c.graph_dim, c.sgm_layers, c.sgm_heads, c.top_k,
+                       c.num_memory_tokens, c.memory_heads, c.llm_dim).eval()
+    T = lambda a: torch.tensor(np.asarray(a))
+    mha = lambda m, p: _load_mha(m, T, p["q_proj"], p["k_proj"], p["v_proj"], p["out_proj"])
+    with torch.no_grad():
+        r.sgm.rel_semantic.weight.copy_(T(sgm["rel_semantic"]))
+        if r.sgm.rel_proj is not None:
+            r.sgm.rel_proj.weight.copy_(T(sgm["rel_proj"]["kernel"]).T)
+            r.sgm.rel_proj.bias.copy_(T(sgm["rel_proj"]["bias"]))
+        for i, layer in enumerate(r.sgm.layers):
+            p = sgm[f"layers_{i}"]
+            zero = {"kernel": np.zeros_like(p["v_proj"]["kernel"]), "bias": np.zeros_like(p["v_proj"]["bias"])}
+            mha(layer.attn, {"q_proj": zero, "k_proj": zero, "v_proj": p["v_proj"], "out_proj": p["out_proj"]})
+            for n in ("norm1", "norm2"):
+                getattr(layer, n).weight.copy_(T(p[n]["scale"]))
+                getattr(layer, n).bias.copy_(T(p[n]["bias"]))
+            for n in ("linear1", "linear2"):
+                getattr(layer, n).weight.copy_(T(p[n]["kernel"]).T)
+                getattr(layer, n).bias.copy_(T(p[n]["bias"]))
+        r.tokenizer.memory_queries.copy_(T(enc["tokenizer"]["memory_queries"]))
+        mha(r.tokenizer.attn, enc["tokenizer"])
+        r.proj.weight.copy_(T(enc["proj"]["kernel"]).T)
+        r.proj.bias.copy_(T(enc["proj"]["bias"]))
+        return r(triples.tolist(), mask_query).numpy()
+
+
+def _load_mha(m, T, q, k, v, o):
+    import torch
+    m.in_proj_weight.copy_(torch.cat([T(x["kernel"]).T for x in (q, k, v)], 0))
+    m.in_proj_bias.copy_(torch.cat([T(x["bias"]) for x in (q, k, v)], 0))
+    m.out_proj.weight.copy_(T(o["kernel"]).T)
+    m.out_proj.bias.copy_(T(o["bias"]))
 
 
 def test_candidate_scoring_equals_brute_force(kg_dir):
@@ -149,10 +198,31 @@ def test_stage1_steps_reduce_loss(kg_dir):
 
 
 def test_classification_eval_and_modes(kg_dir):
+    """infer.py's classification: each generation equals the reference's greedy loop (one
+    prompt, full forward recomputed per token, memory from its triple), and the metrics are
+    those of the parsed answers against the gold labels; max_eval is class-balanced."""
     s = make(kg_dir, "system.max_eval=4", "system.max_new_tokens=2")
     t, f = setup(s)
     rows, m = E.predict(s, t, f)
-    assert m["tc/n"] == 4 and 0 <= m["tc/accuracy"] <= 1 and len(rows) == 4
+    assert m["tc/n"] == 4 and len(rows) == 4 and (m["tc/n_true"], m["tc/n_false"]) == (2, 2)
+    recs = E._split_records(s, "test")
+    variables = s.variables(t, f)
+    for rec, row in zip(recs, rows):
+        b = {k: jnp.asarray(v) for k, v in s.encode([dict(rec, output="")]).items()}
+        real = np.asarray(b["attention_mask"][0]).astype(bool)
+        ids = b["input_ids"][:, real]
+        mem = s.memory(t, f, b)
+        for _ in range(2):
+            logits, _ = s.module.apply(variables, ids, jnp.ones_like(ids), hook_inputs={"memory": mem})
+            ids = jnp.concatenate([ids, jnp.argmax(logits[:, -1], -1)[:, None].astype(ids.dtype)], 1)
+        text = s.tokenizer.decode(np.asarray(ids[0, int(real.sum()):]).tolist(), skip_special_tokens=True).strip()
+        assert row["generation"] == text and row["pred"] == int("true" in text.lower())
+    pred = np.asarray([r["pred"] for r in rows])
+    gold = np.asarray([E.D.parse_classification(r["output"]) for r in recs])
+    assert m["tc/accuracy"] == pytest.approx(float((pred == gold).mean()))
+    tp = int((pred & gold).sum())
+    assert m["tc/precision"] == pytest.approx(tp / pred.sum() if pred.sum() else 0.0)
+    assert m["tc/recall"] == pytest.approx(tp / gold.sum())
     base = make(kg_dir, "system.mode=base", "adapters=[]")
     fb = base.load_base()
     tb = base.init_trainable(fb, jax.random.PRNGKey(0))
@@ -235,8 +305,8 @@ def test_memory_ablation_diagnostics(kg_dir):
 
 
 def test_memory_norm_rms_normalises_each_memory_token(kg_dir):
-    """memory_norm: each memory token (dense path and jraph encoder) is the unnormalised token
-    divided by its RMS (eps 1e-5, no scale); the eval loss (rng None) stays finite."""
+    """memory_norm: each memory token is the unnormalised token divided by its RMS (eps 1e-5,
+    no scale); the eval loss (rng None) stays finite."""
     plain, normed = make(kg_dir, "system.mask_query=false"), make(
         kg_dir, "system.mask_query=false", "system.memory_norm=true")
     t, f = setup(plain)
@@ -245,15 +315,10 @@ def test_memory_norm_rms_normalises_each_memory_token(kg_dir):
     raw, mem = np.asarray(plain.memory(t, f, edges)), np.asarray(normed.memory(t, f, edges))
     want = raw / np.sqrt((raw.astype(np.float64) ** 2).mean(-1, keepdims=True) + 1e-5)   # RMSNorm, eps 1e-5
     np.testing.assert_allclose(mem, want, rtol=1e-5, atol=1e-7)
-    enc = GraphMemoryEncoder(normed.gcfg)
-    params = {"sgm": f["sgm"], "tokenizer": t["enc"]["tokenizer"], "proj": t["enc"]["proj"]}
-    g = pad_graphs([extract_subgraph(normed.index, h, r, tt, mask_query=False) for h, r, tt in trip.tolist()], 4)
-    want = enc.apply({"params": params}, jax.tree_util.tree_map(jnp.asarray, g))[:4]
-    np.testing.assert_allclose(mem, np.asarray(want), atol=2e-5)
     b = {k: jnp.asarray(v) for k, v in normed.batch(0).items()}
     assert np.isfinite(float(normed.loss(t, f, b, None)[0]))
     with pytest.raises(GmemError, match="memory_norm"):
-        make(kg_dir, "system.memory_norm=3")
+        make(kg_dir, "system.memory_norm=maybe")   # (OmegaConf reads 3 as true)
 
 
 def test_evaluation_loss_is_deterministic(kg_dir):
