@@ -25,7 +25,6 @@ import functools
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
-import numpy as np
 import optax
 
 from gmem.graph.gofa_gnn import GOFAGNNConv
@@ -113,12 +112,12 @@ def _tail_states(m, x, pos, mask, k):
     return h
 
 
-def compress(module, variables, table_RD, text_ids_SL, text_len_S, special: SpecialIds, dtype):
+def compress(module, variables, table_RD, text_ids_SL, text_len_S, special: SpecialIds, dtype, rngs=None):
     """Memory states [S, K, D] (post-final-norm) of S texts; `variables` carry the encoder
-    adapter set."""
+    adapter set; rngs: {"dropout": key} for adapter dropout (training)."""
     ids, pos, mask = encoder_inputs(text_ids_SL, text_len_S, special)
     x = embed_ids(_embedding(variables), table_RD, ids, dtype)
-    return module.apply(variables, x, pos, mask, special.k, method=_tail_states)
+    return module.apply(variables, x, pos, mask, special.k, method=_tail_states, rngs=rngs or {})
 
 
 def _graph_layers(m, x, pos, mask, row_map, first, graph, k, n):
@@ -155,7 +154,7 @@ def flat_graph(batch: dict) -> dict:
 
 
 def graph_encode(module, variables, table_RD, batch: dict, special: SpecialIds, first: int, dtype,
-                 gnn: bool = True):
+                 gnn: bool = True, rngs=None):
     """Memory states [B*N, K, D] of every node row after the graph language encoder (A4).
     `module` carries the GNN hooks in layers first..L-1 (their params in variables).
     gnn=False: the same computation with the hooks left out (the compressor on the node rows)."""
@@ -164,7 +163,7 @@ def graph_encode(module, variables, table_RD, batch: dict, special: SpecialIds, 
     x = embed_ids(_embedding(variables), table_RD, ids, dtype)
     n = f["graph"]["node_mask"].shape[0]
     return module.apply(variables, x, pos, mask, f["row_map"], first, f["graph"] if gnn else None,
-                        special.k, n, method=_graph_layers)
+                        special.k, n, method=_graph_layers, rngs=rngs or {})
 
 
 def _embedding(variables) -> jax.Array:
@@ -180,12 +179,12 @@ def decoder_embeds(embedding_VD, table_RD, dec_ids_RL, mem_RKD, special: Special
     return jnp.where(slot[..., None], m, x)
 
 
-def decoder_loss(module, variables, table_RD, mem_RKD, dec: dict, special: SpecialIds, dtype):
+def decoder_loss(module, variables, table_RD, mem_RKD, dec: dict, special: SpecialIds, dtype, rngs=None):
     """(sum of answer-token cross-entropies, number of answer tokens, correct argmax count);
     dec: dec_ids, dec_mask, dec_target [R, L] (gofa.layout.pad_decoder_rows)."""
     ids = dec["dec_ids"]
     x = decoder_embeds(_embedding(variables), table_RD, ids, mem_RKD, special, dtype)
-    logits, _ = module.apply(variables, None, dec["dec_mask"], inputs_embeds_BLD=x)
+    logits, _ = module.apply(variables, None, dec["dec_mask"], inputs_embeds_BLD=x, rngs=rngs or {})
     logits, tgt = logits[:, :-1], ids[:, 1:]
     w = dec["dec_target"][:, 1:].astype(jnp.float32)
     ce = optax.softmax_cross_entropy_with_integer_labels(logits, jnp.clip(tgt, 0, logits.shape[-1] - 1))
@@ -201,7 +200,7 @@ def generate_from_memory(module, variables, table_RD, mem_RKD, prompt_ids, promp
     embeddings, decoding then feeds the generated token ids through the KV cache."""
     from gmem.models.generate import generate
     x = decoder_embeds(_embedding(variables), table_RD, jnp.asarray(prompt_ids), mem_RKD, special, dtype)
-    ids = np.where(np.asarray(prompt_ids) < special.vocab, prompt_ids, pad_token_id)
+    ids = jnp.where(jnp.asarray(prompt_ids) < special.vocab, jnp.asarray(prompt_ids), pad_token_id)
     return generate(module, variables, ids, prompt_mask, max_new_tokens=max_new_tokens,
                     eos_token_id=eos_token_id, pad_token_id=pad_token_id, temperature=temperature,
                     top_k=top_k, rng=rng, prefill_kwargs={"inputs_embeds_BLD": x})
