@@ -15,5 +15,6 @@ scoring, graph_io: graph records, task samplers, TAGLAS scoring, users' graph fi
 
 from gmem.systems.gofa.compressor import GOFACompressorSystem
 from gmem.systems.gofa.options import GOFACompressorOptions, GOFAOptions
+from gmem.systems.gofa.system import GOFASystem
 
-__all__ = ["GOFACompressorOptions", "GOFACompressorSystem", "GOFAOptions"]
+__all__ = ["GOFACompressorOptions", "GOFACompressorSystem", "GOFAOptions", "GOFASystem"]

@@ -63,8 +63,10 @@ class Packer:
         q_ids = self.plain(q)[:self.max_question_len] if q else []
         return question_row(self.chat, self.special, q_ids, self.plain(target.answer), self.max_answer_len)
 
-    def pack(self, records: Sequence[GraphRecord], where: str = "graph") -> dict[str, np.ndarray]:
-        """The batch of the module docstring."""
+    def pack(self, records: Sequence[GraphRecord], where: str = "graph", decoder: bool = True
+             ) -> dict[str, np.ndarray]:
+        """The batch of the module docstring (decoder=False: without the dec_* rows, for
+        generation, which builds its own prompts)."""
         sizes = {f: self.buckets.fit(f, max(max(self.counts(r)[f] for r in records), 1), where)
                  for f in ("nodes", "edges", "texts", "targets")}
         n, e, t, q = sizes["nodes"], sizes["edges"], sizes["texts"], sizes["targets"]
@@ -74,11 +76,11 @@ class Packer:
             node_texts, node_map, _ = unique_texts(g.node_texts, [])
             edge_texts, _, edge_map = unique_texts([], g.edge_texts)
             tables.append((node_texts, node_map, edge_texts, edge_map))
-            rows.append([self._row(r, tg) for tg in r.targets])
+            rows.append([self._row(r, tg) for tg in r.targets] if decoder else [])
         longest = max([len(self.texts(s)) for tb in tables for s in tb[0] + tb[2]] + [1])
         lt = bucket(min(longest, self.max_text_len), self.text_len_buckets, f"{where}: text length")
         ld = bucket(max([len(x) for rs in rows for x, _ in rs] + [1]), self.dec_len_buckets,
-                    f"{where}: decoder row length (question + answer)")
+                    f"{where}: decoder row length (question + answer)") if decoder else 0
         b = len(records)
         out = {k: np.zeros((b,) + s, dt) for k, s, dt in (
             ("node_text_ids", (t, lt), np.int32), ("node_text_len", (t,), np.int32),
@@ -101,8 +103,9 @@ class Packer:
             out["targets"][i, :len(r.targets)] = r.target_nodes
             out["target_mask"][i, :len(r.targets)] = True
             dec += rs + [([self.pad_id], 1)] * (q - len(rs))
-        d = pad_decoder_rows(dec, ld, self.pad_id)
-        out.update({k: v.reshape(b, q, ld) for k, v in d.items()})
+        if decoder:
+            d = pad_decoder_rows(dec, ld, self.pad_id)
+            out.update({k: v.reshape(b, q, ld) for k, v in d.items()})
         return out
 
 

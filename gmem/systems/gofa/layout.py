@@ -169,6 +169,11 @@ def pad_decoder_rows(rows: Sequence[tuple[list[int], int]], width: int, pad_id: 
     return {"dec_ids": ids, "dec_mask": mask, "dec_target": tgt}
 
 
+def prompt_length(chat: ChatLayout, special: SpecialIds, question: Sequence[int]) -> int:
+    """Tokens of one generation prompt (gofa.layout.prompt_rows' row without padding)."""
+    return len(chat.prefix) + special.k + 1 + len(question) + len(chat.suffix) if question else special.k
+
+
 def prompt_rows(chat: ChatLayout, special: SpecialIds, questions: Sequence[Sequence[int]], multiple: int,
                 pad_id: int) -> tuple[np.ndarray, np.ndarray]:
     """Left-padded generation prompts (the decoder rows without the answer): ids int32 [R, W],

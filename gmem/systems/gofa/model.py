@@ -77,6 +77,15 @@ def init_gnn(layers, d: int, k: int, key: jax.Array, eps: float) -> tuple[dict, 
     return params, specs
 
 
+def gnn_specs(layers, d: int, k: int) -> dict:
+    """Logical PartitionSpecs of init_gnn's tree, from abstract shapes (allocates nothing)."""
+    x, ei = jax.ShapeDtypeStruct((2, k, d), jnp.float32), jax.ShapeDtypeStruct((1,), jnp.int32)
+    boxed = jax.eval_shape(lambda: GOFAGNNConv().init(jax.random.PRNGKey(0), jnp.zeros(x.shape), jnp.zeros((1, k, d)),
+                                                      jnp.zeros(ei.shape, jnp.int32), jnp.zeros(ei.shape, jnp.int32)))
+    spec = nn.get_partition_spec(boxed["params"])
+    return {f"layers_{i}": spec for i in layers}
+
+
 def with_gnn(llm: dict, gnn: dict) -> dict:
     """The LLM tree with each GNN layer at model/layers_i/gnn/conv (a new tree; llm unchanged)."""
     layers = dict(llm["model"])
