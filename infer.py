@@ -5,8 +5,11 @@
     python infer.py --checkpoint runs/lm_lora system.prompts='[ROMEO:, JULIET:]' system.max_new_tokens=64
     python infer.py --checkpoint runs/lm_lora --prompt "HAMLET:" --out preds/
     python infer.py --checkpoint runs/lm_lora --export-peft out/peft --export-hf out/merged
+    python infer.py --checkpoint runs/gofa_instruct --graph my_graph.json   # GOFA: answer a graph
 
 --checkpoint takes a run folder or its checkpoints/ folder (latest step, or --step N).
+--graph FILE sets system.graph=FILE, for systems that read a graph (GOFA answers each question
+node and completes each `complete` node of the file).
 Writes OUT/predictions.jsonl and OUT/metrics.json (OUT defaults to RUN_DIR/infer).
 The saved config is used; key.sub=value pairs override parts that do not change the model.
 """
@@ -46,12 +49,15 @@ def main(argv) -> int:
     prompts, argv = _take(argv, "--prompt", many=True)
     peft, argv = _take(argv, "--export-peft")
     hf, argv = _take(argv, "--export-hf")
+    graph, argv = _take(argv, "--graph")
     if ckpt is None:
         raise GmemError("--checkpoint DIR is required")
     path, files, pairs, rest = gconfig.parse_cli(argv)
     if rest or path:
         raise GmemError(f"unknown argument {(rest or ['--config'])[0]!r}; infer.py takes --checkpoint, "
-                        "--out, --step, --prompt, --export-peft, --export-hf, --override and key=value")
+                        "--out, --step, --prompt, --graph, --export-peft, --export-hf, --override and key=value")
+    if graph is not None:
+        pairs.append(f"system.graph={graph}")
     if step is not None and not step.isdigit():
         raise GmemError(f"--step: expected a step number, got {step!r}")
     from gmem.train.infer import run_inference
