@@ -3,16 +3,16 @@
 For B records, every count is rounded up to the smallest bucket that holds the batch's largest
 (so `jit` compiles once per bucket combination):
 
-  node_text_ids [B, Nu, Lt], node_text_len [B, Nu]   unique node texts (GOFA's x)
-  edge_text_ids [B, U, Lt],  edge_text_len [B, U]    unique edge texts (GOFA's edge_attr)
+  node_text_ids [B, Nu, Ln], node_text_len [B, Nu]   unique node texts (GOFA's x)
+  edge_text_ids [B, U, Le],  edge_text_len [B, U]    unique edge texts (GOFA's edge_attr)
   node_map [B, N] (-> node text row), node_mask [B, N]
   senders, receivers [B, E] (node indices), edge_map [B, E] (-> edge text row), edge_mask [B, E]
   targets [B, Q] (NOG node indices), target_mask [B, Q]
   dec_ids, dec_mask, dec_target [B, Q, Ld]           decoder rows (gofa.layout), one per target
 
 Padding entries point at row / node 0 and are masked; padding texts are one pad token. Texts
-are cut to max_text_len tokens and padded to the smallest of text_len_buckets that holds the
-longest; a decoder row is cut (question to max_question_len, answer to max_answer_len) and
+are cut to max_text_len tokens; node and edge slabs are each padded to the smallest of
+text_len_buckets that holds their longest text (edge texts are short); a decoder row is cut (question to max_question_len, answer to max_answer_len) and
 padded to a dec_len bucket. A graph over the largest bucket of any field is a GmemError naming
 the field and `where` (training skips such samples first with `fits`).
 """
@@ -77,14 +77,16 @@ class Packer:
             edge_texts, _, edge_map = unique_texts([], g.edge_texts)
             tables.append((node_texts, node_map, edge_texts, edge_map))
             rows.append([self._row(r, tg) for tg in r.targets] if decoder else [])
-        longest = max([len(self.texts(s)) for tb in tables for s in tb[0] + tb[2]] + [1])
-        lt = bucket(min(longest, self.max_text_len), self.text_len_buckets, f"{where}: text length")
+        width = {}
+        for key, col in (("node", 0), ("edge", 2)):
+            longest = max([len(self.texts(s)) for tb in tables for s in tb[col]] + [1])
+            width[key] = bucket(min(longest, self.max_text_len), self.text_len_buckets, f"{where}: text length")
         ld = bucket(max([len(x) for rs in rows for x, _ in rs] + [1]), self.dec_len_buckets,
                     f"{where}: decoder row length (question + answer)") if decoder else 0
         b = len(records)
         out = {k: np.zeros((b,) + s, dt) for k, s, dt in (
-            ("node_text_ids", (t, lt), np.int32), ("node_text_len", (t,), np.int32),
-            ("edge_text_ids", (t, lt), np.int32), ("edge_text_len", (t,), np.int32),
+            ("node_text_ids", (t, width["node"]), np.int32), ("node_text_len", (t,), np.int32),
+            ("edge_text_ids", (t, width["edge"]), np.int32), ("edge_text_len", (t,), np.int32),
             ("node_map", (n,), np.int32), ("node_mask", (n,), bool),
             ("senders", (e,), np.int32), ("receivers", (e,), np.int32), ("edge_map", (e,), np.int32),
             ("edge_mask", (e,), bool), ("targets", (q,), np.int32), ("target_mask", (q,), bool))}
@@ -92,7 +94,8 @@ class Packer:
         for i, (r, (node_texts, node_map, edge_texts, edge_map), rs) in enumerate(zip(records, tables, rows)):
             g = r.graph
             for key, texts in (("node", node_texts), ("edge", edge_texts)):
-                ids, lens = encoder_slab([self.texts(s) for s in texts] + [[]] * (t - len(texts)), lt, self.pad_id)
+                ids, lens = encoder_slab([self.texts(s) for s in texts] + [[]] * (t - len(texts)), width[key],
+                                         self.pad_id)
                 out[f"{key}_text_ids"][i], out[f"{key}_text_len"][i] = ids, lens
             out["node_map"][i, :g.num_nodes] = node_map
             out["node_mask"][i, :g.num_nodes] = True

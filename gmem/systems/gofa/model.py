@@ -5,11 +5,15 @@ One base serves three passes, told apart by the adapter set passed with the call
   compress      texts -> memory states [S, K, D]: encoder LoRA `encadapt` on; the final-layer
                 (post-final-norm) states at the K memory slots (ICAE).
   graph_encode  the same, with a GNN layer (GraphMemoryBlock, a DecoderHook where="pre",
-                input "graph") before each of the last n decoder layers: layers 0..first-1 run
-                on the unique texts under stop_gradient, node rows are then gathered from their
-                texts (node_map), and layers first..L-1 run on [node rows | edge-text rows]
-                with the GNN rewriting the memory columns of the node rows. Edge rows are read,
-                never written. Gates start at 0, so this is the compressor exactly.
+                input "graph") before each of the last n decoder layers. Edge texts and node
+                texts run as two slabs, each as wide as its own longest text (edge texts are
+                short): edge rows never change in the GNN and no trainable parameter acts on
+                them (the encoder is frozen in GOFA), so the edge slab runs alone under
+                stop_gradient, and its memory states at the input of each GNN layer are kept.
+                Node texts run layers 0..first-1 once per unique text under stop_gradient,
+                node rows are then gathered (node_map), and layers first..L-1 run on them with
+                the GNN rewriting their memory columns from the kept edge states. Gates start
+                at 0, so this is the compressor exactly.
   decode        memory states as soft input embeddings at the slot columns of decoder rows
                 (gofa.layout), decoder LoRA `default` on (or no adapter): logits, loss,
                 generation with the KV cache (prefill from input embeddings).
@@ -36,22 +40,23 @@ GNN_NAME = "gnn"      # the hook's scope inside a decoder layer: model/layers_i/
 
 
 class GraphMemoryBlock(nn.Module):
-    """(x_RLD, graph) -> x_RLD: rows are [N node rows | U edge-text rows]; the last k columns
-    are memory slots. graph: senders, receivers, edge_map (edge -> edge-text row in 0..U-1)
-    [E]; node_mask [N]; edge_mask [E]. Only x[:N, -k:] changes."""
+    """(x_NLD, graph) -> x_NLD: node rows whose last k columns are memory slots. graph:
+    edge_states [n, U, k, D] (edge-text memory at the input of GNN layer 0..n-1; this block is
+    layer `index`), senders, receivers, edge_map (edge -> edge-text row in 0..U-1) [E],
+    node_mask [N], edge_mask [E]. Only x[:, -k:] changes."""
 
     k: int
+    index: int
     eps: float = 1e-6
     mlp_ratio: int = 2
 
     @nn.compact
-    def __call__(self, x_RLD: jax.Array, graph: dict) -> jax.Array:
-        n = graph["node_mask"].shape[0]
-        mem = x_RLD[:, x_RLD.shape[1] - self.k:]
+    def __call__(self, x_NLD: jax.Array, graph: dict) -> jax.Array:
+        col = x_NLD.shape[1] - self.k
         new = GOFAGNNConv(self.eps, self.mlp_ratio, name="conv")(
-            mem[:n], mem[n:], graph["senders"], graph["receivers"], graph["node_mask"],
-            graph["edge_mask"], edge_map_E=graph["edge_map"])
-        return x_RLD.at[:n, x_RLD.shape[1] - self.k:].set(new)
+            x_NLD[:, col:], graph["edge_states"][self.index], graph["senders"], graph["receivers"],
+            graph["node_mask"], graph["edge_mask"], edge_map_E=graph["edge_map"])
+        return x_NLD.at[:, col:].set(new)
 
 
 def gnn_layers(num_hidden_layers: int, n: int) -> tuple[int, ...]:
@@ -59,9 +64,11 @@ def gnn_layers(num_hidden_layers: int, n: int) -> tuple[int, ...]:
     return tuple(range(num_hidden_layers - n, num_hidden_layers))
 
 
-def gnn_hook(layers, k: int, eps: float) -> DecoderHook:
-    return DecoderHook(block=functools.partial(GraphMemoryBlock, k=k, eps=eps), layers=tuple(layers),
-                       where="pre", input="graph", name=GNN_NAME)
+def gnn_hooks(layers, k: int, eps: float) -> tuple[DecoderHook, ...]:
+    """One hook per GNN layer (each reads its own edge states), params at
+    model/layers_i/gnn/conv."""
+    return tuple(DecoderHook(block=functools.partial(GraphMemoryBlock, k=k, index=g, eps=eps), layers=(i,),
+                             where="pre", input="graph", name=GNN_NAME) for g, i in enumerate(layers))
 
 
 def init_gnn(layers, d: int, k: int, key: jax.Array, eps: float) -> tuple[dict, dict]:
@@ -129,50 +136,64 @@ def compress(module, variables, table_RD, text_ids_SL, text_len_S, special: Spec
     return module.apply(variables, x, pos, mask, special.k, method=_tail_states, rngs=rngs or {})
 
 
-def _graph_layers(m, x, pos, mask, row_map, first, graph, k, n):
+def _edge_states(m, x, pos, mask, layers, k):
+    """Edge-text memory states [n, U, k, D] at the input of each GNN layer (layers: theirs)."""
+    h = m.model.run_layers(x, pos, mask, 0, layers[0])
+    states = [h[:, h.shape[1] - k:]]
+    for a, b in zip(layers[:-1], layers[1:]):
+        h = m.model.run_layers(h, pos, mask, a, b)
+        states.append(h[:, h.shape[1] - k:])
+    return jnp.stack(states)
+
+
+def _node_layers(m, x, pos, mask, node_map, first, graph, k):
     h = m.model.run_layers(x, pos, mask, 0, first)
     # partial_grad (A14.7): nothing below the first GNN layer is trained or differentiated.
     h = jax.lax.stop_gradient(h)
-    h, pos, mask = h[row_map], pos[row_map], mask[row_map]
+    h, pos, mask = h[node_map], pos[node_map], mask[node_map]
     h = m.model.run_layers(h, pos, mask, first, m.config.num_hidden_layers, {"graph": graph})
-    return m.model.norm(h[:n, h.shape[1] - k:])
+    return m.model.norm(h[:, h.shape[1] - k:])
 
 
 def flat_graph(batch: dict) -> dict:
-    """A batch of B padded graphs as one disjoint graph. batch: node_text_ids [B, Nu, L],
-    node_text_len [B, Nu], edge_text_ids [B, U, L], edge_text_len [B, U], node_map / node_mask
+    """A batch of B padded graphs as one disjoint graph. batch: node_text_ids [B, Nu, Ln],
+    node_text_len [B, Nu], edge_text_ids [B, U, Le], edge_text_len [B, U], node_map / node_mask
     [B, N], senders / receivers / edge_map / edge_mask [B, E], targets [B, Q].
-    -> text_ids [B*(Nu+U), L], text_len, row_map [B*N + B*U] (segment-2 rows: every graph's
-    nodes, then every graph's edge texts), graph (GraphMemoryBlock's input), targets [B*Q]
-    (node rows)."""
+    -> node_text_ids [B*Nu, Ln], node_text_len, edge_text_ids [B*U, Le], edge_text_len,
+    node_map [B*N] (-> node text rows), graph (GraphMemoryBlock's input without edge_states),
+    targets [B*Q] (node rows)."""
     b, nu = batch["node_text_len"].shape
     u = batch["edge_text_len"].shape[1]
-    n, s1 = batch["node_map"].shape[1], nu + u
+    n = batch["node_map"].shape[1]
     off = jnp.arange(b)[:, None]
-    text_ids = jnp.concatenate([batch["node_text_ids"], batch["edge_text_ids"]], 1)
-    text_len = jnp.concatenate([batch["node_text_len"], batch["edge_text_len"]], 1)
-    row_map = jnp.concatenate([(batch["node_map"] + off * s1).reshape(-1),
-                               (nu + jnp.arange(u)[None] + off * s1).reshape(-1)])
-    graph = {"senders": (batch["senders"] + off * n).reshape(-1),
-             "receivers": (batch["receivers"] + off * n).reshape(-1),
-             "edge_map": (batch["edge_map"] + off * u).reshape(-1),
-             "node_mask": batch["node_mask"].reshape(-1).astype(bool),
-             "edge_mask": batch["edge_mask"].reshape(-1).astype(bool)}
-    return {"text_ids": text_ids.reshape(b * s1, -1), "text_len": text_len.reshape(-1),
-            "row_map": row_map, "graph": graph, "targets": (batch["targets"] + off * n).reshape(-1)}
+    flat = lambda a: a.reshape((-1,) + a.shape[2:])
+    graph = {"senders": flat(batch["senders"] + off * n), "receivers": flat(batch["receivers"] + off * n),
+             "edge_map": flat(batch["edge_map"] + off * u), "node_mask": flat(batch["node_mask"]).astype(bool),
+             "edge_mask": flat(batch["edge_mask"]).astype(bool)}
+    return {"node_text_ids": flat(batch["node_text_ids"]), "node_text_len": flat(batch["node_text_len"]),
+            "edge_text_ids": flat(batch["edge_text_ids"]), "edge_text_len": flat(batch["edge_text_len"]),
+            "node_map": flat(batch["node_map"] + off * nu), "graph": graph,
+            "targets": flat(batch["targets"] + off * n)}
 
 
-def graph_encode(module, variables, table_RD, batch: dict, special: SpecialIds, first: int, dtype,
+def graph_encode(module, variables, table_RD, batch: dict, special: SpecialIds, layers, dtype,
                  gnn: bool = True, rngs=None):
     """Memory states [B*N, K, D] of every node row after the graph language encoder (A4).
-    `module` carries the GNN hooks in layers first..L-1 (their params in variables).
+    `module` carries the GNN hooks in `layers` (their params in variables).
     gnn=False: the same computation with the hooks left out (the compressor on the node rows)."""
     f = flat_graph(batch)
-    ids, pos, mask = encoder_inputs(f["text_ids"], f["text_len"], special)
-    x = embed_ids(_embedding(variables), table_RD, ids, dtype)
-    n = f["graph"]["node_mask"].shape[0]
-    return module.apply(variables, x, pos, mask, f["row_map"], first, f["graph"] if gnn else None,
-                        special.k, n, method=_graph_layers, rngs=rngs or {})
+    emb = _embedding(variables)
+    rngs = rngs or {}
+    graph = None
+    if gnn:
+        ids, pos, mask = encoder_inputs(f["edge_text_ids"], f["edge_text_len"], special)
+        x = embed_ids(emb, table_RD, ids, dtype)
+        states = module.apply(variables, x, pos, mask, tuple(layers), special.k, method=_edge_states, rngs=rngs)
+        graph = dict(f["graph"], edge_states=jax.lax.stop_gradient(states))
+    ids, pos, mask = encoder_inputs(f["node_text_ids"], f["node_text_len"], special)
+    x = embed_ids(emb, table_RD, ids, dtype)
+    return module.apply(variables, x, pos, mask, f["node_map"], layers[0], graph, special.k,
+                        method=_node_layers, rngs=rngs)
 
 
 def _embedding(variables) -> jax.Array:

@@ -65,7 +65,7 @@ class GOFASystem(GOFABase):
         if self.p.gnn_layers > c.num_hidden_layers:
             raise GmemError(f"system.gnn_layers: {self.p.gnn_layers} > the model's {c.num_hidden_layers} layers")
         self.gnn_layers = M.gnn_layers(c.num_hidden_layers, self.p.gnn_layers)
-        return (M.gnn_hook(self.gnn_layers, self.p.num_memory_tokens, c.rms_norm_eps),)
+        return M.gnn_hooks(self.gnn_layers, self.p.num_memory_tokens, c.rms_norm_eps)
 
     @property
     def structure(self) -> dict:
@@ -153,7 +153,7 @@ class GOFASystem(GOFABase):
     def node_memory(self, trainable, frozen, batch, rng=None):
         """Memory states [B*N, K, D] of every node row of a packed batch."""
         v = self.variables(M.with_gnn(frozen["llm"], trainable["gnn"]), self.enc_spec, frozen[ENCODER_ADAPTER])
-        return M.graph_encode(self.module, v, frozen["memory_table"], batch, self.special, self.gnn_layers[0],
+        return M.graph_encode(self.module, v, frozen["memory_table"], batch, self.special, self.gnn_layers,
                               self.dtype, rngs=self.rngs(rng, self.enc_spec))
 
     def decoder_variables(self, trainable, frozen):

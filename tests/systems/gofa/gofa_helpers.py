@@ -86,7 +86,7 @@ def gmem_twin(cfg, model):
             flat[hit[0]] = jnp.asarray(apply_transform(v, hit[1]))
     config = LlamaConfig.from_hf(cfg)
     layers = M.gnn_layers(LAYERS, N_GNN)
-    module = causal_lm(config, (M.gnn_hook(layers, K, EPS),))
+    module = causal_lm(config, M.gnn_hooks(layers, K, EPS))
     return module, unflatten(flat), {n: unflatten(t) for n, t in lora.items()}
 
 

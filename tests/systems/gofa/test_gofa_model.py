@@ -16,7 +16,8 @@ from gmem.systems.gofa.layout import SpecialIds
 import gofa_helpers as H
 
 SP = SpecialIds(H.V, H.K)
-FIRST = M.gnn_layers(H.LAYERS, H.N_GNN)[0]
+LAYERS = M.gnn_layers(H.LAYERS, H.N_GNN)
+FIRST = LAYERS[0]
 
 
 @pytest.fixture(scope="module")
@@ -42,7 +43,7 @@ def _vars(base, gnn, lora, name):
 
 def _gmem_forward(module, base, lora, table, gnn, batch):
     """(memory states of the node rows [N_pad, K, D], decoder logits [Q_pad, Ld, V])."""
-    mem = M.graph_encode(module, _vars(base, gnn, lora, "encadapt"), table, batch, SP, FIRST, jnp.float32)
+    mem = M.graph_encode(module, _vars(base, gnn, lora, "encadapt"), table, batch, SP, LAYERS, jnp.float32)
     f = M.flat_graph(batch)
     dv = _vars(base, gnn, lora, "default")
     dec = {k: batch[k].reshape((-1,) + batch[k].shape[2:]) for k in ("dec_ids", "dec_mask", "dec_target")}
@@ -74,7 +75,7 @@ def test_forward_matches_torch_reference(twin, forward):
 
 
 def _enc(module, base, lora, table, gnn_params, batch, **kw):
-    return M.graph_encode(module, _vars(base, gnn_params, lora, "encadapt"), table, batch, SP, FIRST, jnp.float32,
+    return M.graph_encode(module, _vars(base, gnn_params, lora, "encadapt"), table, batch, SP, LAYERS, jnp.float32,
                           **kw)
 
 
@@ -90,9 +91,9 @@ def test_zero_gates_are_the_compressor_exactly(twin):
     np.testing.assert_array_equal(np.asarray(got), np.asarray(plain))
     f = M.flat_graph(batch)
     alone = jax.jit(lambda ids, lens: M.compress(module, _vars(base, gnn, lora, "encadapt"), table, ids, lens,
-                                                 SP, jnp.float32))(f["text_ids"], f["text_len"])
+                                                 SP, jnp.float32))(f["node_text_ids"], f["node_text_len"])
     n = H.record().graph.num_nodes
-    want = np.asarray(alone)[np.asarray(f["row_map"][:n])]
+    want = np.asarray(alone)[np.asarray(f["node_map"][:n])]
     np.testing.assert_allclose(np.asarray(got[:n]), want, rtol=0, atol=1e-5 * np.abs(want).max())
 
 
