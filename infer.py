@@ -5,11 +5,14 @@
     python infer.py --checkpoint runs/lm_lora system.prompts='[ROMEO:, JULIET:]' system.max_new_tokens=64
     python infer.py --checkpoint runs/lm_lora --prompt "HAMLET:" --out preds/
     python infer.py --checkpoint runs/lm_lora --export-peft out/peft --export-hf out/merged
+    python infer.py --checkpoint runs/gofa_instruct --graph my_graph.json   # GOFA: answer a graph
 
 --checkpoint takes a run folder, its checkpoints/ folder (newest step that restores, or --step N)
 or one step folder (RUN/checkpoints/10). A damaged newest step is skipped with a line saying why.
 Writes OUT/predictions.jsonl and OUT/metrics.json; OUT defaults to RUN/infer for the run given
 (CHECKPOINT_DIR/infer for a checkpoint folder outside a run), not the saved train.run_dir.
+--graph FILE sets system.graph=FILE, for systems that read a graph (GOFA answers each question
+node and completes each `complete` node of the file).
 The saved config is used; key.sub=value pairs override parts that do not change the model.
 Base weights other than the ones the checkpoint was trained on are refused
 (train.allow_base_change=true uses them anyway).
@@ -50,12 +53,15 @@ def main(argv) -> int:
     prompts, argv = _take(argv, "--prompt", many=True)
     peft, argv = _take(argv, "--export-peft")
     hf, argv = _take(argv, "--export-hf")
+    graph, argv = _take(argv, "--graph")
     if ckpt is None:
         raise GmemError("--checkpoint DIR is required")
     path, files, pairs, rest = gconfig.parse_cli(argv)
     if rest or path:
         raise GmemError(f"unknown argument {(rest or ['--config'])[0]!r}; infer.py takes --checkpoint, "
-                        "--out, --step, --prompt, --export-peft, --export-hf, --override and key=value")
+                        "--out, --step, --prompt, --graph, --export-peft, --export-hf, --override and key=value")
+    if graph is not None:
+        pairs.append(f"system.graph={graph}")
     if step is not None and not step.isdigit():
         raise GmemError(f"--step: expected a step number, got {step!r}")
     from gmem.train.infer import run_inference

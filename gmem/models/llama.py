@@ -266,6 +266,16 @@ class LlamaModel(nn.Module):
                                         attention_mask_BL, cache, hook_inputs, keep)
         return self.norm(x), written_cache(cache, layer_kvs, valid, l)
 
+    def run_layers(self, x_BLD, position_ids_BL, attention_mask_BL, start: int, stop: int,
+                   hook_inputs=None):
+        """Decoder layers start..stop-1 on hidden states x_BLD [B, L, D] -> [B, L, D] (no cache,
+        no final norm; that is `self.norm`). For a system that changes the rows between layers:
+        GOFA runs its texts through the lower layers, expands node rows by a gather, and runs
+        the upper layers (with its GNN hooks) on the expanded rows."""
+        x, _, _ = self._run(range(start, stop), x_BLD, position_ids_BL, attention_mask_BL, None,
+                            hook_inputs)
+        return x
+
     def _run(self, layers, x, positions_BL, attention_mask_BL, cache, hook_inputs, keep=0):
         """Layers `layers` (indices) on x against `cache` (or alone); -> (x, [(k, v)], valid).
         keep > 0: x comes back as its last `keep` positions (the model's last layer, if among
