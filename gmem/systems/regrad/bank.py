@@ -59,6 +59,14 @@ def np_dtype(name: str):
     return np.float32
 
 
+def human(n: float) -> str:
+    """Bytes as kB / MB / GB (decimal)."""
+    for unit, f in (("GB", 1e9), ("MB", 1e6), ("kB", 1e3)):
+        if n >= f:
+            return f"{n / f:.2f} {unit}"
+    return f"{int(n)} B"
+
+
 def weights_sha256(frozen) -> str:
     """sha256 over the frozen tree's leaf paths, dtypes, shapes and bytes (sorted paths)."""
     h = hashlib.sha256()

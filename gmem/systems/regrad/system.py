@@ -187,8 +187,8 @@ class RegradSystem(LMSystem):
             B.write_json(out / B.INDEX, where)
             per = B.read_json(out / B.META)["bytes_per_passage"]
             size = sum(p.stat().st_size for p in out.glob("shard-*.safetensors"))
-            print(f"bank: {len(keys)} passages, {per / 1e6:.2f} MB per passage ({o.bank_dtype}), "
-                  f"{size / 1e9:.3f} GB in {out}", flush=True)
+            print(f"bank: {len(keys)} passages, {B.human(per)} per passage ({o.bank_dtype}), "
+                  f"{B.human(size)} in {out}", flush=True)
             return {"bytes_per_passage": per, "bank_bytes": size}
 
         return {"bank": OfflinePass("bank", len(keys), run_chunk, chunk=o.bank_chunk,

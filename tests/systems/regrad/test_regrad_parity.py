@@ -1,5 +1,6 @@
 """ReGrad's objective against PyTorch on a tiny random LLaMA (transformers + PEFT, fp32, eager
-attention), LoRA (r=4, scale 2) on gate/up/down of layers 2-3, lora_B non-zero.
+attention, 2 layers), LoRA (r=4, scale 2) on gate/up/down of layer 1 (the upper half), lora_B
+non-zero.
 
 1. The inner gradient of one passage, grad_theta L_LM(p) with HF's labels=input_ids loss,
    against torch.autograd.grad on the PEFT model: max error / max |g| <= 1e-5.
@@ -8,7 +9,8 @@ attention), LoRA (r=4, scale 2) on gate/up/down of layers 2-3, lora_B non-zero.
    create_graph=True, theta' = theta - alpha * g, the outer loss on the answer tokens through
    torch.func.functional_call on theta'; loss and gradients within 1e-4 (scaled to the
    reference's largest value).
-Measured (this machine): inner gradient ~4e-7, meta-loss ~1e-7, meta-gradients ~1e-6.
+Measured (this machine): inner gradient 9e-7, meta-loss 1e-7, meta-gradients 2.3e-6 (theta)
+and 1.7e-6 (alpha).
 """
 
 import jax
