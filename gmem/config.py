@@ -90,6 +90,8 @@ class OptimConfig:
 
     lr: float = 1e-3
     warmup_steps: int = 10
+    # Warmup starts at lr * warmup_start_ratio (torch's LinearLR start_factor; 0 = from zero).
+    warmup_start_ratio: float = 0.0
     schedule: str = "cosine"
     end_lr_ratio: float = 0.1
     weight_decay: float = 0.0
@@ -102,6 +104,9 @@ class OptimConfig:
     grad_accum: int = 1
     # Parameters whose path contains one of these names (or that are 1-D) get no weight decay.
     no_decay: List[str] = field(default_factory=lambda: ["bias", "norm", "scale"])
+    # ... except these: a path containing one of them is decayed whatever its rank (scalar
+    # step sizes that torch's AdamW decays along with everything else, e.g. ReGrad's alpha).
+    decay: List[str] = field(default_factory=list)
 
 
 @dataclass

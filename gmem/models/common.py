@@ -10,7 +10,8 @@ import jax.numpy as jnp
 from gmem.errors import GmemError
 
 DTYPES = {"float32": jnp.float32, "fp32": jnp.float32, "bfloat16": jnp.bfloat16,
-          "bf16": jnp.bfloat16, "float16": jnp.float16, "fp16": jnp.float16}
+          "bf16": jnp.bfloat16, "float16": jnp.float16, "fp16": jnp.float16,
+          "float64": jnp.float64}  # float64: finite-difference tests only (needs jax_enable_x64)
 
 
 def to_dtype(name: str):

@@ -354,7 +354,9 @@ class LlamaForCausalLM(nn.Module):
                               inputs_embeds_BLD=inputs_embeds_BLD, hook_inputs=hook_inputs,
                               keep=logits_to_keep)
         logits = self.lm_head(h) if not self.config.tie_word_embeddings else self.model.embed_tokens.attend(h)
-        logits = constrain(logits.astype(jnp.float32), ("batch", "length", "vocab"))
+        # fp32 (float64 under a float64 compute dtype: x64 finite-difference tests)
+        logits = logits.astype(jnp.promote_types(jnp.float32, logits.dtype))
+        logits = constrain(logits, ("batch", "length", "vocab"))
         if return_hidden:
             return logits, cache, h
         return logits, cache

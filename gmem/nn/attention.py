@@ -85,7 +85,9 @@ def _attend(q_BLHD, k_BSKD, v_BSKD, mask_B1LS, scale, rate=0.0, rng=None):
     b, l, h, d = q_BLHD.shape
     kvh = k_BSKD.shape[2]
     q = q_BLHD.reshape(b, l, kvh, h // kvh, d)
-    scores = jnp.einsum("blkgd,bskd->bkgls", q, k_BSKD).astype(jnp.float32) * scale
+    # fp32 at least; float64 inputs (x64 finite-difference tests) keep float64.
+    acc = jnp.promote_types(jnp.float32, q.dtype)
+    scores = jnp.einsum("blkgd,bskd->bkgls", q, k_BSKD).astype(acc) * scale
     if mask_B1LS is not None:
         scores = jnp.where(mask_B1LS[:, :, None], scores, _MASK_VALUE)
     probs = jax.nn.softmax(scores, axis=-1)

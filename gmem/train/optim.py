@@ -19,8 +19,9 @@ SCHEDULES = ("cosine", "linear", "constant")
 
 
 def schedule(lr: float, total_steps: int, warmup_steps: int = 0, kind: str = "cosine",
-             end_lr_ratio: float = 0.0) -> optax.Schedule:
-    """Linear warmup from 0 to lr, then cosine/linear decay to lr*end_lr_ratio at total_steps."""
+             end_lr_ratio: float = 0.0, warmup_start_ratio: float = 0.0) -> optax.Schedule:
+    """Linear warmup from lr*warmup_start_ratio to lr, then cosine/linear decay to
+    lr*end_lr_ratio at total_steps."""
     if kind not in SCHEDULES:
         raise GmemError(f"optim.schedule: unknown value {kind!r}; use one of {SCHEDULES}")
     warmup_steps = max(0, min(warmup_steps, total_steps))
@@ -34,7 +35,8 @@ def schedule(lr: float, total_steps: int, warmup_steps: int = 0, kind: str = "co
         decay = optax.constant_schedule(lr)
     if warmup_steps == 0:
         return decay
-    return optax.join_schedules([optax.linear_schedule(0.0, lr, warmup_steps), decay], [warmup_steps])
+    warmup = optax.linear_schedule(lr * warmup_start_ratio, lr, warmup_steps)
+    return optax.join_schedules([warmup, decay], [warmup_steps])
 
 
 def _path_names(path, names: Sequence[str]) -> bool:
@@ -43,9 +45,13 @@ def _path_names(path, names: Sequence[str]) -> bool:
     return any(n.lower() in key for n in names)
 
 
-def decay_mask(params, no_decay: Sequence[str] = ("bias", "norm", "scale")):
-    """True where weight decay applies: matrices whose path names none of `no_decay`."""
+def decay_mask(params, no_decay: Sequence[str] = ("bias", "norm", "scale"),
+               decay: Sequence[str] = ()):
+    """True where weight decay applies: matrices whose path names none of `no_decay`, and any
+    leaf (whatever its rank) whose path names one of `decay`."""
     def keep(path, leaf):
+        if decay and _path_names(path, decay):
+            return True
         return leaf.ndim >= 2 and not _path_names(path, no_decay)
     return jax.tree_util.tree_map_with_path(keep, params)
 
@@ -71,11 +77,12 @@ def make_optimizer(cfg, total_steps: int) -> tuple[optax.GradientTransformation,
     """From an OptimConfig: (optimizer, lr schedule)."""
     if cfg.grad_accum < 1:
         raise GmemError(f"optim.grad_accum: must be >= 1, got {cfg.grad_accum}")
-    sched = schedule(cfg.lr, total_steps, cfg.warmup_steps, cfg.schedule, cfg.end_lr_ratio)
+    sched = schedule(cfg.lr, total_steps, cfg.warmup_steps, cfg.schedule, cfg.end_lr_ratio,
+                     cfg.warmup_start_ratio)
     parts = []
     if cfg.clip_norm:
         parts.append(clip_by_global_norm_except(cfg.clip_norm, tuple(cfg.clip_exclude)))
-    no_decay = tuple(cfg.no_decay)
+    no_decay, decay = tuple(cfg.no_decay), tuple(cfg.decay)
     parts.append(optax.adamw(sched, b1=cfg.b1, b2=cfg.b2, eps=cfg.eps, weight_decay=cfg.weight_decay,
-                             mask=lambda p: decay_mask(p, no_decay)))
+                             mask=lambda p: decay_mask(p, no_decay, decay)))
     return optax.chain(*parts), sched

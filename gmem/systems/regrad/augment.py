@@ -37,7 +37,9 @@ TOP_K = 3
 
 def augment(records: Sequence[dict], retriever: Retriever, k: int = TOP_K, start: int = 0,
             end: int | None = None, batch_size: int = 64, progress: bool = True) -> list[dict]:
-    """records[start:end], each copied with "passages" (k passage texts) appended."""
+    """records[start:end], each copied with "passages" (k passage texts) appended, then
+    "passage_ids" (their corpus ids, "" for padding: the keys of the gradient bank; files
+    from the original have no ids, see gmem.systems.regrad.data.passage_keys)."""
     recs = slice_records(records, start, end)
     for i, r in enumerate(recs):
         check_record(r, "augment input", start + i)
@@ -46,8 +48,9 @@ def augment(records: Sequence[dict], retriever: Retriever, k: int = TOP_K, start
         for s in range(0, len(recs), batch_size):
             batch = recs[s:s + batch_size]
             hits = retriever.search([r["question"] for r in batch], k)
-            for r, texts in zip(batch, hits.passages):
-                out.append({**r, "passages": [str(t) for t in texts]})
+            for r, texts, ids in zip(batch, hits.passages, hits.ids):
+                out.append({**r, "passages": [str(t) for t in texts],
+                            "passage_ids": [str(i) for i in ids]})
             bar.update(len(batch))
     return out
 

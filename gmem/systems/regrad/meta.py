@@ -1,0 +1,117 @@
+"""ReGrad's bi-level objective (spec §3.5) as pure functions of (trainable, frozen, rows).
+
+trainable = {"lora": LoRA tree theta (gmem.adapters layout: {"model": {"layers_i": {"mlp":
+{"gate_proj": {"lora_A": [D_in, r], "lora_B": [r, D_out]}, ...}}}}), "alpha": step sizes}, where
+"alpha" mirrors the LoRA tree with scalar leaves (tie), with full-shape leaves (full), is one
+scalar [] (same), or is absent (fix: the constant init_alpha).
+
+  inner:  g = sum_i grad_theta L_LM(p_i; theta)      (one jax.grad over the K passages)
+          theta' = theta - gamma * alpha (.) g       (per tensor)
+  outer:  L_QA(q, a; theta')                         (mean CE over the answer tokens + "\\n")
+
+The meta-gradient of L_QA with respect to theta and alpha is jax.grad of `meta_loss`: JAX
+differentiates through the inner jax.grad, so this is full second-order MAML (the original's
+create_graph=True), and no first-order shortcut is taken.
+
+L_LM(p) is the mean next-token CE over the passage's real tokens (HF's labels=input_ids loss);
+an empty passage (retrieval padding) contributes nothing.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import optax
+
+from gmem.adapters import adapter_collection
+from gmem.systems.regrad.options import AlphaMode
+
+Tree = Any
+
+
+class Model:
+    """A decoder module, its one LoRA spec and the alpha mode: what every loss here needs."""
+
+    def __init__(self, module, spec, alpha_mode: AlphaMode | str = AlphaMode.tie,
+                 init_alpha: float = 0.01):
+        self.module, self.spec = module, spec
+        self.alpha_mode = AlphaMode(alpha_mode)
+        self.init_alpha = float(init_alpha)
+
+    def logits(self, lora: Tree | None, frozen: Tree, ids_BL, mask_BL) -> jax.Array:
+        """logits [B, L, V] fp32; lora None = the base model."""
+        variables = {"params": frozen}
+        if lora is not None:
+            variables["adapter"] = adapter_collection([self.spec], lora)
+        return self.module.apply(variables, ids_BL, mask_BL)[0]
+
+    # ---- alpha -------------------------------------------------------------------------
+    def init_alpha_tree(self, lora: Tree):
+        """The learnable alpha of init (None for fix)."""
+        a = self.init_alpha
+        m = self.alpha_mode
+        if m == AlphaMode.tie:
+            return jax.tree_util.tree_map(lambda _: jnp.asarray(a, jnp.float32), lora)
+        if m == AlphaMode.full:
+            return jax.tree_util.tree_map(lambda x: jnp.full(x.shape, a, jnp.float32), lora)
+        if m == AlphaMode.same:
+            return jnp.asarray(a, jnp.float32)
+        return None
+
+    def step_sizes(self, trainable: Tree) -> Tree:
+        """alpha broadcast to the LoRA tree (a scalar or a full array per tensor)."""
+        lora = trainable["lora"]
+        m = self.alpha_mode
+        if m in (AlphaMode.tie, AlphaMode.full):
+            return trainable["alpha"]
+        value = trainable["alpha"] if m == AlphaMode.same else jnp.asarray(self.init_alpha, jnp.float32)
+        return jax.tree_util.tree_map(lambda _: value, lora)
+
+    # ---- losses ------------------------------------------------------------------------
+    def passage_losses(self, lora: Tree, frozen: Tree, ids_KL, mask_KL) -> jax.Array:
+        """Per-passage mean next-token CE [K] over real tokens (0 for an empty row)."""
+        logits = self.logits(lora, frozen, ids_KL[:, :-1], mask_KL[:, :-1])
+        ce = optax.softmax_cross_entropy_with_integer_labels(logits, ids_KL[:, 1:])
+        m = mask_KL[:, 1:].astype(ce.dtype)
+        return (ce * m).sum(-1) / jnp.maximum(m.sum(-1), 1.0)
+
+    def inner_grads(self, lora: Tree, frozen: Tree, ids_KL, mask_KL) -> tuple[jax.Array, Tree]:
+        """(sum of the K passage losses, its gradient = sum_i grad L_LM(p_i)) w.r.t. lora."""
+        fn = lambda t: self.passage_losses(t, frozen, ids_KL, mask_KL).sum()
+        return jax.value_and_grad(fn)(lora)
+
+    def per_passage_grads(self, lora: Tree, frozen: Tree, ids_NL, mask_NL) -> tuple[jax.Array, Tree]:
+        """(losses [N], gradients with leading dim N): one gradient per passage (the bank)."""
+        one = lambda ids, mask: self.inner_grads(lora, frozen, ids[None], mask[None])
+        return jax.vmap(one)(ids_NL, mask_NL)
+
+    def adapt(self, trainable: Tree, grads: Tree, gamma=1.0) -> Tree:
+        """theta' = theta - gamma * alpha (.) g."""
+        alpha = self.step_sizes(trainable)
+        return jax.tree_util.tree_map(lambda t, a, g: t - gamma * a * g.astype(t.dtype),
+                                      trainable["lora"], alpha, grads)
+
+    def qa_loss(self, lora: Tree | None, frozen: Tree, ids_L, mask_L, labels_L) -> tuple[jax.Array, jax.Array]:
+        """(mean CE over the answer tokens, their count) of one QA row [Lq]."""
+        logits = self.logits(lora, frozen, ids_L[None, :-1], mask_L[None, :-1])[0]
+        ce = optax.softmax_cross_entropy_with_integer_labels(logits, ids_L[1:])
+        m = labels_L[1:].astype(ce.dtype)
+        return (ce * m).sum() / jnp.maximum(m.sum(), 1.0), m.sum()
+
+    def task_loss(self, trainable: Tree, frozen: Tree, task: dict) -> tuple[jax.Array, dict]:
+        """Outer loss of one task {"passage_ids" [K, Lp], "passage_mask", "qa_ids" [Lq],
+        "qa_mask", "qa_labels"} after the inner step."""
+        inner, g = self.inner_grads(trainable["lora"], frozen, task["passage_ids"], task["passage_mask"])
+        adapted = self.adapt(trainable, g)
+        loss, n = self.qa_loss(adapted, frozen, task["qa_ids"], task["qa_mask"], task["qa_labels"])
+        return loss, {"inner_loss": inner / task["passage_ids"].shape[0], "answer_tokens": n}
+
+    def meta_loss(self, trainable: Tree, frozen: Tree, batch: dict) -> tuple[jax.Array, dict]:
+        """Mean task loss over a batch of tasks (leading dim B); aux: mean inner loss per
+        passage, answer token count. vmap over tasks: each has its own inner step."""
+        losses, aux = jax.vmap(lambda t: self.task_loss(trainable, frozen, t))(batch)
+        return losses.mean(), {"inner_loss": aux["inner_loss"].mean(),
+                               "answer_tokens": aux["answer_tokens"].sum()}
+
