@@ -160,7 +160,7 @@ class VardaModel:
 
     def __call__(self, heads_params, backbone_vars, state: MemoryState, ids_BT, rng=None):
         """ids [B, T] (T a multiple of segment_len) -> (logits [B, T, V] fp32, new state, stats)."""
-        c, mem = self.cfg, self.memory
+        c = self.cfg
         b, t = ids_BT.shape
         seg = min(c.segment_len, t)
         if t % seg:
@@ -175,7 +175,7 @@ class VardaModel:
             i, seg_ids = xs
             x = self.backbone.apply(backbone_vars, seg_ids, method="embed")
             if c.use_memory:
-                idx, _, r = jax.vmap(mem.search, (0, 0, None))(state, x, c.num_search_results)
+                idx, r = self.read(state, x)
                 x = self.heads.apply(hp, x, r, method="fuse")
             out, _, h = self.backbone.apply(backbone_vars, inputs_embeds_BLD=x, return_hidden=True)
             st = {}
@@ -188,6 +188,20 @@ class VardaModel:
         state, (logits, stats) = jax.lax.scan(segment, state, xs)
         logits = logits.swapaxes(0, 1).reshape(b, t, -1)
         return logits, state, {k: v.mean() for k, v in stats.items()}
+
+    def without_memory(self) -> "VardaModel":
+        """The same backbone and heads with the memory path off (the backbone alone)."""
+        return VardaModel(dataclasses.replace(self.cfg, use_memory=False), self.backbone, self.hidden)
+
+    def read(self, state: MemoryState, x_BLD):
+        """Each row's k nearest stored vectors to its tokens' embeddings: (slots [B, L, k],
+        vectors [B, L, k, D], zeros where the slot is -1)."""
+        idx, _, r = jax.vmap(self.memory.search, (0, 0, None))(state, x_BLD, self.cfg.num_search_results)
+        return idx, r
+
+    def write(self, state: MemoryState, s_BLD, mask_BL) -> MemoryState:
+        """Row b stores its tokens' vectors s[b, t] where mask[b, t], in time order."""
+        return jax.vmap(self.memory.add)(state, s_BLD, mask_BL)
 
     def _update(self, hp, state, h_BLD, idx_BLK, rng):
         c, mem = self.cfg, self.memory
@@ -213,7 +227,7 @@ class VardaModel:
             state = state.replace(vectors_MD=jax.vmap(scale)(state.vectors_MD, ids, keep))
             state = jax.vmap(mem.remove)(state, jnp.where(hard.reshape(b, -1), ids, -1))
             deleted = hard.mean(dtype=jnp.float32)
-        state = jax.vmap(mem.add)(state, s * w[..., None], mask)
+        state = self.write(state, s * w[..., None], mask)
         if c.forgetfulness > 0 and rng is not None:
             state = jax.vmap(mem.forget, (0, None, 0))(state, c.forgetfulness, jax.random.split(rng, b))
         return state, {"memory/store_rate": mask.mean(dtype=jnp.float32), "memory/delete_rate": deleted,
