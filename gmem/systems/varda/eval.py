@@ -99,9 +99,10 @@ def probe_rows(system, trial: int, gap: int, in_window: bool):
     name = PROBE_NAMES[trial % len(PROBE_NAMES)]
     fact, q = enc(PROBE_FACT.format(name=name)), enc(PROBE_QUESTION)
     cands = [enc(" " + c) for c in PROBE_NAMES]
-    need = len(fact) + len(q) + max(map(len, cands))
-    if need > seg:
-        raise GmemError(f"fact probe: fact + question + name take {need} tokens, more than "
+    need = (len(fact) if in_window else 0) + len(q) + max(map(len, cands))
+    if need > seg or len(fact) > seg:
+        what = "fact + question + name" if in_window else "the fact or question + name"
+        raise GmemError(f"fact probe: {what} take {max(need, len(fact))} tokens, more than "
                         f"system.segment_len={seg}")
     if len(filler) < (gap + 3) * seg:
         raise GmemError(f"fact probe: {len(filler)} held-out tokens, fewer than {(gap + 3) * seg} "
@@ -131,7 +132,10 @@ def fact_probe(system, trainable, frozen, trials: int = 10, gap: int = 2) -> dic
                 "VardaGPT": carried_logits}
     run = {k: jax.jit(lambda t, f, ids, fn=fn: jax.nn.log_softmax(fn(system, t, f, ids), -1))
            for k, fn in variants.items()}
-    run["backbone, fact in window"] = run["backbone alone"]
+    enc = lambda t: list(encode_text(system.tokenizer, t, add_special_tokens=False))
+    longest = max(len(enc(PROBE_FACT.format(name=n))) + len(enc(" " + n)) for n in PROBE_NAMES)
+    if longest + len(enc(PROBE_QUESTION)) <= system.varda_cfg.segment_len:
+        run["backbone, fact in window"] = run["backbone alone"]   # else it does not fit: left out
     hits = dict.fromkeys(run, 0)
     for t in range(trials):
         for variant, fn in run.items():

@@ -22,7 +22,9 @@ Deviations from the original, each because the original cannot work as written:
   oldest entry (the original crashed); delete removes slot ids (the original removed row numbers).
 - The store test is sigmoid(logit) > threshold (the original compared the raw logit with 0.5).
 - Fusion is gated (fusion="gated", default): z = x + tanh(g) * fc([x, r_1 .. r_k]) with a
-  per-channel gate g = 0 at init and each retrieved vector rescaled to the RMS of x. Step 0
+  per-channel gate g = gate_init (0) at init and each retrieved vector rescaled to the RMS of x.
+  With g = 0 neither fc nor g gets a useful gradient at first (fc's is scaled by tanh(g) = 0,
+  g's by a random fc): gate_init > 0 gives a read the model can use from step 0. Step 0
   equals the backbone alone, and the update size stays small next to a frozen model's input
   embeddings (the original's z = fc([x, r]), fusion="original", diverged within a few steps on
   SmolLM2: final hidden states, hence stored vectors, are far larger than the embeddings).
@@ -67,6 +69,7 @@ class VardaConfig:
     forgetfulness: float = 0.0
     use_memory: bool = True
     fusion: str = "gated"
+    gate_init: float = 0.0  # initial fusion gate g (tanh(g) scales the read); 0: step 0 = the backbone
     tokenizer: str = "auto"  # auto (the source's own / bytes for random) | gpt2 (embedded BPE)
 
     @classmethod
@@ -104,12 +107,14 @@ class VardaHeads(nn.Module):
     hidden: int
     k: int
     fusion: str = "gated"
+    gate_init: float = 0.0
 
     def setup(self):
         d = self.hidden
         self.fc = Projection(d, axes=("memory", "embed"), use_bias=True, kernel_init=nn.initializers.lecun_normal())
         if self.fusion == "gated":
-            self.gate = self.param("gate", nn.with_logical_partitioning(nn.initializers.zeros_init(), ("embed",)), (d,))
+            init = nn.initializers.constant(self.gate_init)
+            self.gate = self.param("gate", nn.with_logical_partitioning(init, ("embed",)), (d,))
         self.fc_storable_vector = Projection(d, axes=("embed", "memory"), use_bias=True)
         self.fc_store_decision = Projection(1, axes=("embed", None), use_bias=True)
         # Bias -2: deletions start closed (sigmoid(-2) = 0.12 < 0.5) and open only if learned.
@@ -148,7 +153,7 @@ class VardaModel:
         self.memory = cfg.check(hidden)
         self.backbone = backbone
         self.hidden = hidden
-        self.heads = VardaHeads(hidden, cfg.num_search_results, cfg.fusion)
+        self.heads = VardaHeads(hidden, cfg.num_search_results, cfg.fusion, cfg.gate_init)
 
     def init_heads(self, rng) -> dict:
         k, d = self.cfg.num_search_results, self.hidden
