@@ -70,6 +70,7 @@ class VardaConfig:
     use_memory: bool = True
     fusion: str = "gated"
     gate_init: float = 0.0  # initial fusion gate g (tanh(g) scales the read); 0: step 0 = the backbone
+    weighting: str = "none"  # none (the original: results concatenated as they are) | softmax
     tokenizer: str = "auto"  # auto (the source's own / bytes for random) | gpt2 (embedded BPE)
 
     @classmethod
@@ -89,6 +90,8 @@ class VardaConfig:
                           f"memory_size={self.memory_size}]")
         if self.gate not in _GATES:
             errors.append(f"gate={self.gate!r} must be one of {_GATES}")
+        if self.weighting not in ("none", "softmax"):
+            errors.append(f"weighting={self.weighting!r} must be 'none' or 'softmax'")
         if self.fusion not in ("gated", "original"):
             errors.append(f"fusion={self.fusion!r} must be 'gated' or 'original'")
         if self.segment_len <= 0:
@@ -108,6 +111,7 @@ class VardaHeads(nn.Module):
     k: int
     fusion: str = "gated"
     gate_init: float = 0.0
+    weighting: str = "none"
 
     def setup(self):
         d = self.hidden
@@ -120,6 +124,19 @@ class VardaHeads(nn.Module):
         # Bias -2: deletions start closed (sigmoid(-2) = 0.12 < 0.5) and open only if learned.
         self.fc_delete_decision = Projection(self.k, axes=("embed", None), use_bias=False)
         self.delete_bias = self.param("delete_bias", nn.initializers.constant(-2.0), (self.k,))
+        if self.weighting == "softmax":
+            self.beta = self.param("beta", nn.initializers.ones_init(), ())
+
+    def weigh(self, x_BLD, r_BLKD):
+        """weighting="softmax": result j scaled by k * softmax_j(-beta d_j / mean_j d_j), d_j its
+        squared distance to the query (empty results 0). A differentiable ranking, so the search
+        (which vectors are near which queries) gets a gradient; the original has none."""
+        valid = jnp.any(r_BLKD != 0, -1)
+        d = jnp.mean(jnp.square(x_BLD[:, :, None].astype(jnp.float32) - r_BLKD), -1)
+        n = jnp.maximum(valid.sum(-1, keepdims=True), 1)
+        scale = jnp.sum(jnp.where(valid, d, 0.0), -1, keepdims=True) / n + 1e-9
+        a = jax.nn.softmax(jnp.where(valid, -self.beta * d / scale, -1e9), -1) * n
+        return r_BLKD * jnp.where(valid, a, 0.0)[..., None]
 
     def fuse(self, x_BLD, r_BLKD):
         b, l, k, d = r_BLKD.shape
@@ -127,6 +144,8 @@ class VardaHeads(nn.Module):
             return self.fc(jnp.concatenate([x_BLD, r_BLKD.reshape(b, l, k * d).astype(x_BLD.dtype)], -1))
         rms = lambda v: jnp.sqrt(jnp.mean(jnp.square(v), -1, keepdims=True) + 1e-6)
         r = r_BLKD / rms(r_BLKD) * rms(x_BLD)[:, :, None]  # empty results stay zero
+        if self.weighting == "softmax":
+            r = self.weigh(x_BLD, r_BLKD) / rms(r_BLKD) * rms(x_BLD)[:, :, None]
         y = self.fc(jnp.concatenate([x_BLD, r.reshape(b, l, k * d).astype(x_BLD.dtype)], -1))
         return x_BLD + jnp.tanh(self.gate) * y
 
@@ -153,7 +172,7 @@ class VardaModel:
         self.memory = cfg.check(hidden)
         self.backbone = backbone
         self.hidden = hidden
-        self.heads = VardaHeads(hidden, cfg.num_search_results, cfg.fusion, cfg.gate_init)
+        self.heads = VardaHeads(hidden, cfg.num_search_results, cfg.fusion, cfg.gate_init, cfg.weighting)
 
     def init_heads(self, rng) -> dict:
         k, d = self.cfg.num_search_results, self.hidden

@@ -47,6 +47,7 @@ class VardaOptions(LMOptions):
     use_memory: bool = True
     fusion: str = "gated"
     gate_init: float = 0.0
+    weighting: str = "none"
     tokenizer: str = "auto"
     report: bool = True         # infer.py: the perplexity table and the fact probe as well
     train_backbone: bool = False  # every backbone weight trainable (the original's full fine-tuning)
