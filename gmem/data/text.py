@@ -114,6 +114,29 @@ def chunk_tokens(texts: Sequence[str], encode: Callable[[str], list[int]], seq_l
     return np.asarray(ids[: n * (seq_len + 1)], np.int32).reshape(n, seq_len + 1)
 
 
+def line_rows(texts: Sequence[str], encode: Callable[[str], list[int]], seq_len: int,
+              pad_id: int = 0) -> tuple[np.ndarray, np.ndarray]:
+    """Every line of every document is its own row, as the original VardaGPT's data loader reads
+    WikiText (one example per raw line, newline kept): encoded, cut to seq_len + 1 tokens and
+    right-padded with pad_id. Lines that are blank or encode to fewer than 2 tokens (no
+    next-token target) are skipped. Returns (ids int32 [N, seq_len + 1], mask float32 of the
+    same shape: 1 on real tokens, 0 on pads)."""
+    rows, masks = [], []
+    for t in texts:
+        for line in t.splitlines(keepends=True):
+            if not line.strip():
+                continue
+            ids = list(encode(line))[: seq_len + 1]
+            if len(ids) < 2:
+                continue
+            n = len(ids)
+            rows.append(ids + [pad_id] * (seq_len + 1 - n))
+            masks.append([1.0] * n + [0.0] * (seq_len + 1 - n))
+    if not rows:
+        raise GmemError("data: system.line_split found no line of at least 2 tokens in the corpus")
+    return np.asarray(rows, np.int32), np.asarray(masks, np.float32)
+
+
 def split_rows(rows: np.ndarray, eval_fraction: float) -> tuple[np.ndarray, np.ndarray]:
     """Last eval_fraction of the rows (at least one, when the fraction is > 0) for evaluation."""
     n_eval = int(round(len(rows) * eval_fraction))
@@ -126,14 +149,16 @@ def split_rows(rows: np.ndarray, eval_fraction: float) -> tuple[np.ndarray, np.n
 
 class BatchStream:
     """Global batch i (of `batch_size` rows) of a shuffled, epoch-repeating stream of rows;
-    `host_batch(i, rows)` returns only this host's rows."""
+    `host_batch(i, rows)` returns only this host's rows (and their `mask`, when given)."""
 
-    def __init__(self, rows: np.ndarray, batch_size: int, seed: int = 0, shuffle: bool = True):
+    def __init__(self, rows: np.ndarray, batch_size: int, seed: int = 0, shuffle: bool = True,
+                 mask: np.ndarray | None = None):
         if batch_size < 1:
             raise GmemError(f"data.batch_size={batch_size}: must be at least 1")
         if len(rows) < batch_size:
             raise GmemError(f"data.batch_size={batch_size} is larger than the {len(rows)} rows of data")
         self.rows, self.batch_size, self.seed, self.shuffle = rows, batch_size, seed, shuffle
+        self.mask = mask
         self.per_epoch = len(rows) // batch_size
 
     def indices(self, i: int) -> np.ndarray:
@@ -143,7 +168,11 @@ class BatchStream:
         return order[j * self.batch_size:(j + 1) * self.batch_size]
 
     def host_batch(self, i: int, host: slice = slice(None)) -> dict:
-        return {"input_ids": self.rows[self.indices(i)[host]]}
+        idx = self.indices(i)[host]
+        out = {"input_ids": self.rows[idx]}
+        if self.mask is not None:
+            out["mask"] = self.mask[idx]
+        return out
 
     def iterate(self, start: int = 0, host: slice = slice(None)) -> Iterator[dict]:
         i = start

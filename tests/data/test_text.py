@@ -21,7 +21,7 @@ def test_load_txt_folder_json_and_jsonl(tmp_path):
     assert load_texts(str(tmp_path / "d.jsonl"), text_field="body") == ["one", "two"]
     (tmp_path / "d.json").write_text(json.dumps([{"text": "x"}, {"text": "y"}]))
     assert load_texts(str(tmp_path / "d.json")) == ["x", "y"]
-    with pytest.raises(GmemError, match=r"d\.jsonl: no field 'text' \(data\.text_field\); fields are \['body'\]"):
+    with pytest.raises(GmemError, match=r"d\.jsonl: no field 'text' \(system\.text_field\); fields are \['body'\]"):
         load_texts(str(tmp_path / "d.jsonl"))
     with pytest.raises(GmemError, match="system.corpus: '/no/such' is not 'shakespeare', a file or a folder"):
         load_texts("/no/such")
@@ -58,3 +58,21 @@ def test_batch_stream_is_a_function_of_the_index():
     np.testing.assert_array_equal(next(it)["input_ids"], full)
     with pytest.raises(GmemError, match="data.batch_size=11 is larger than the 10 rows"):
         BatchStream(rows, batch_size=11)
+
+
+def test_line_rows_one_row_per_line_padded_and_masked():
+    from gmem.data.text import line_rows
+    tok = ByteTokenizer()
+    text = "ab\n\n   \nabcdefgh\nx\n"   # blank lines skipped; "x\n" has 2 tokens, kept
+    rows, mask = line_rows([text, "last line"], tok.encode, seq_len=4, pad_id=tok.pad_token_id)
+    assert rows.dtype == np.int32 and mask.dtype == np.float32 and rows.shape == (4, 5) == mask.shape
+    assert tok.decode(rows[0][mask[0] > 0]) == "ab\n" and mask[0].tolist() == [1, 1, 1, 0, 0]
+    assert rows[0, 3:].tolist() == [tok.pad_token_id] * 2
+    assert tok.decode(rows[1]) == "abcde"              # cut to seq_len + 1 tokens
+    assert tok.decode(rows[2][mask[2] > 0]) == "x\n"
+    assert tok.decode(rows[3][mask[3] > 0]) == "last "
+    with pytest.raises(GmemError, match="no line of at least 2 tokens"):
+        line_rows(["\n\na\n"], lambda t: tok.encode(t.strip()), seq_len=4)
+    s = BatchStream(rows, 2, seed=0, mask=mask)
+    b = s.host_batch(0)
+    np.testing.assert_array_equal(b["mask"], mask[s.indices(0)])

@@ -19,7 +19,7 @@ import optax
 from gmem.adapters import adapter_collection, init_adapters, specs_from_config
 from gmem.adapters.sharding import adapter_logical_specs
 from gmem.config import SystemOptions, register_system
-from gmem.data.text import BatchStream, ByteTokenizer, chunk_tokens, load_texts, split_rows
+from gmem.data.text import BatchStream, ByteTokenizer, chunk_tokens, line_rows, load_texts, split_rows
 from gmem.hf.sources import load_source, resolve_source
 from gmem.models.common import to_dtype
 from gmem.models.family import causal_lm, sizes, tiny_config
@@ -29,7 +29,8 @@ from gmem.models.family import causal_lm, sizes, tiny_config
 class LMOptions(SystemOptions):
     """corpus: 'shakespeare' (embedded), a .txt file, a folder of .txt files (matching `glob`),
     or a .json/.jsonl file with `text_field`; max_chars: read at most this much; eval_fraction of
-    the rows is held out. prompts / max_new_tokens / temperature / top_k: infer.py's generation
+    the rows is held out. line_split: every line is its own row, padded (the original VardaGPT's
+    loader; gmem.data.text.line_rows), instead of the documents concatenated and cut. prompts / max_new_tokens / temperature / top_k: infer.py's generation
     (temperature 0 = greedy)."""
 
     name: str = "lm"
@@ -38,6 +39,7 @@ class LMOptions(SystemOptions):
     text_field: str = "text"
     eval_fraction: float = 0.02
     max_chars: Optional[int] = None
+    line_split: bool = False
     prompts: List[str] = field(default_factory=lambda: ["ROMEO:"])
     max_new_tokens: int = 32
     temperature: float = 0.0
@@ -77,6 +79,7 @@ class LMSystem:
         self.module = causal_lm(self.model_config, self.decoder_hooks())
         self.specs = specs_from_config(cfg.adapters)
         self._data = None
+        self.eval_mask = None  # [N_eval, L+1] with system.line_split: 0 on pads
         if load_data:
             self.data()
 
@@ -149,6 +152,12 @@ class LMSystem:
             texts = load_texts(o.corpus, o.glob, o.text_field, o.max_chars)
             encode = lambda t: self.tokenizer.encode(t, add_special_tokens=False)
             eos = getattr(self.tokenizer, "eos_token_id", None)
+            if o.line_split:
+                pad = getattr(self.tokenizer, "pad_token_id", None)
+                rows, mask = line_rows(texts, _ids(encode), d.seq_len, pad if pad is not None else (eos or 0))
+                (train, ev), (train_mask, self.eval_mask) = split_rows(rows, o.eval_fraction), split_rows(mask, o.eval_fraction)
+                self._data = (BatchStream(train, d.batch_size, d.seed, mask=train_mask), ev)
+                return self._data
             rows = chunk_tokens(texts, _ids(encode), d.seq_len, eos)
             train, ev = split_rows(rows, o.eval_fraction)
             self._data = (BatchStream(train, d.batch_size, d.seed), ev)
@@ -156,7 +165,11 @@ class LMSystem:
 
     def batch_shapes(self) -> dict:
         d = self.cfg.data
-        return {"input_ids": jax.ShapeDtypeStruct((d.batch_size, d.seq_len + 1), jnp.int32)}
+        shape = (d.batch_size, d.seq_len + 1)
+        out = {"input_ids": jax.ShapeDtypeStruct(shape, jnp.int32)}
+        if self.opts.line_split:
+            out["mask"] = jax.ShapeDtypeStruct(shape, jnp.float32)
+        return out
 
     def batch(self, index: int, host: slice = slice(None)) -> dict:
         """Host-local rows of global batch `index` (numpy)."""
@@ -171,7 +184,10 @@ class LMSystem:
         fn = eval_fn or jax.jit(lambda t, f, x: self.loss(t, f, x, None)[0])
         losses = []
         for i in range(min(self.cfg.eval.batches, len(rows) // b)):
-            losses.append(float(fn(trainable, frozen, {"input_ids": jnp.asarray(rows[i * b:(i + 1) * b])})))
+            batch = {"input_ids": jnp.asarray(rows[i * b:(i + 1) * b])}
+            if self.eval_mask is not None:
+                batch["mask"] = jnp.asarray(self.eval_mask[i * b:(i + 1) * b])
+            losses.append(float(fn(trainable, frozen, batch)))
         if not losses:
             return {}
         loss = float(np.mean(losses))

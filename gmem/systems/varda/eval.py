@@ -1,89 +1,146 @@
-"""VardaGPT evaluation: generation with the memory, the perplexity table (backbone alone, memory
-wiped every segment, memory carried) and the long-context fact probe (specs/gift-varda-regrad.md
-§2). `python infer.py --checkpoint RUN` reports both (VardaSystem.predict, system.report)."""
+"""VardaGPT evaluation: the perplexity table (backbone alone, backbone with the whole row in its
+window, memory wiped every segment, memory carried) and the long-context fact probe
+(specs/gift-varda-regrad.md §2). `python infer.py --checkpoint RUN` reports both
+(VardaSystem.predict, system.report).
+
+Every variant is one of the module-level functions *_logits(system, trainable, frozen, ids):
+the table and the probe look them up when they run, so both always score the same variants.
+"""
 
 from __future__ import annotations
-
-import dataclasses
-import functools
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
 
+from gmem.errors import GmemError
 from gmem.models.generate import encode_text
-from gmem.systems.varda.model import VardaModel
+from gmem.systems.varda.recall import PROBE_FACT, PROBE_NAMES, PROBE_QUESTION
+
+NAMES = PROBE_NAMES  # the probe's candidates (kept under the old name)
 
 
-def _ce(logits, targets):
-    return float(optax.softmax_cross_entropy_with_integer_labels(logits, targets).mean())
+def _with_memory(system, trainable, frozen, ids_BT):
+    m = system.model
+    return m(trainable["varda"], system.backbone_variables(trainable, frozen), m.init_memory(ids_BT.shape[0]), ids_BT)[0]
+
+
+def carried_logits(system, trainable, frozen, ids_BT):
+    """VardaGPT: one fresh memory per row, carried across the row's segments."""
+    return _with_memory(system, trainable, frozen, ids_BT)
+
+
+def wiped_logits(system, trainable, frozen, ids_BT):
+    """The trained memory layers with the memory emptied before every segment."""
+    b, t = ids_BT.shape
+    seg = min(system.varda_cfg.segment_len, t)
+    return _with_memory(system, trainable, frozen, ids_BT.reshape(b * (t // seg), seg)).reshape(b, t, -1)
+
+
+def alone_logits(system, trainable, frozen, ids_BT):
+    """The backbone alone on each segment (no memory path), the same window as VardaGPT."""
+    m = system.model.without_memory()
+    return m(trainable["varda"], system.backbone_variables(trainable, frozen), m.init_memory(ids_BT.shape[0]), ids_BT)[0]
+
+
+def full_window_logits(system, trainable, frozen, ids_BT):
+    """The backbone alone with the whole row in its window (the honest upper reference)."""
+    return system.module.apply(system.backbone_variables(trainable, frozen), ids_BT)[0]
+
+
+def _variants():
+    return {"backbone alone": alone_logits, "backbone, whole row in window": full_window_logits,
+            "memory layers, memory wiped every segment": wiped_logits,
+            "VardaGPT (memory carried)": carried_logits}
+
+
+def eval_tokens(system) -> np.ndarray:
+    """The held-out rows' tokens in order, pads (line_split rows) left out."""
+    rows = np.asarray(system.data()[1])
+    mask = getattr(system, "eval_mask", None)
+    return rows.reshape(-1) if mask is None else rows[np.asarray(mask, bool)]
 
 
 def perplexity_table(system, trainable, frozen, batches: int = 8) -> dict:
-    """Held-out loss of three variants on the same rows and segments: the backbone alone (no
-    memory path), the trained model with its memory wiped before every segment, and VardaGPT."""
-    rows = system.data()[1]
+    """Held-out loss and perplexity of every variant on the same rows: {name: (loss, ppl)}."""
+    rows = np.asarray(system.data()[1])
+    mask = getattr(system, "eval_mask", None)
+    mask = np.ones(rows.shape, np.float32) if mask is None else np.asarray(mask, np.float32)
     bs = system.cfg.data.batch_size
-    rows = rows[: max(1, min(batches, len(rows) // bs)) * bs]
-    seg = system.varda_cfg.segment_len
-    alone = VardaModel(dataclasses.replace(system.varda_cfg, use_memory=False), system.module, system.model.hidden)
+    n = max(1, min(batches, len(rows) // bs)) * bs
+    rows, mask = rows[:n], mask[:n]
+    variants = _variants()
 
     @jax.jit  # weights as arguments, not closed-over constants (XLA would constant-fold them)
-    def losses(trainable, frozen, ids):
-        bv = system.variables(trainable["adapters"], frozen)
-        x, y = ids[:, :-1], ids[:, 1:]
-        b, t = x.shape
-        full, _, _ = system.model(trainable["varda"], bv, system.model.init_memory(b), x)
-        xs = x.reshape(b * (t // seg), seg)  # every segment alone, empty memory
-        wiped, _, _ = system.model(trainable["varda"], bv, system.model.init_memory(xs.shape[0]), xs)
-        base, _, _ = alone(trainable["varda"], bv, alone.init_memory(b), x)
-        return [optax.softmax_cross_entropy_with_integer_labels(l.reshape(b, t, -1), y).mean()
-                for l in (base, wiped, full)]
+    def losses(trainable, frozen, ids, w):
+        x, y, w = ids[:, :-1], ids[:, 1:], w[:, 1:]
+        out = []
+        for fn in variants.values():
+            ce = optax.softmax_cross_entropy_with_integer_labels(fn(system, trainable, frozen, x), y)
+            out.append((ce * w).sum())
+        return out
 
-    out = np.mean([[float(v) for v in losses(trainable, frozen, jnp.asarray(rows[i:i + bs]))] for i in range(0, len(rows), bs)], 0)
-    names = ("backbone alone", "memory layers, memory wiped every segment", "VardaGPT (memory carried)")
-    return {n: (float(l), float(np.exp(l))) for n, l in zip(names, out)} | {"rows": len(rows)}
+    tot = np.zeros(len(variants))
+    for i in range(0, n, bs):
+        tot += [float(v) for v in losses(trainable, frozen, jnp.asarray(rows[i:i + bs]), jnp.asarray(mask[i:i + bs]))]
+    tok = max(float(mask[:, 1:].sum()), 1.0)
+    return {k: (float(v / tok), float(np.exp(min(v / tok, 50.0)))) for k, v in zip(variants, tot)} | {"rows": n}
 
 
-NAMES = ("Antonio", "Beatrice", "Claudio", "Desdemona", "Emilia", "Ferdinand", "Gonzalo", "Hermia",
-         "Isabella", "Lysander")
+def probe_rows(system, trial: int, gap: int, in_window: bool):
+    """The 10 candidate rows of one trial: (ids [10, (gap+2)*seg], answer spans, gold index).
+    Segment 0 opens with the fact, `gap` segments of held-out text follow, and the last segment
+    ends with the question and a candidate name; in_window puts the fact into the last segment
+    instead (what the backbone can do when it sees the fact)."""
+    tok, seg = system.tokenizer, system.varda_cfg.segment_len
+    enc = lambda t: list(encode_text(tok, t, add_special_tokens=False))
+    filler = eval_tokens(system)
+    name = PROBE_NAMES[trial % len(PROBE_NAMES)]
+    fact, q = enc(PROBE_FACT.format(name=name)), enc(PROBE_QUESTION)
+    cands = [enc(" " + c) for c in PROBE_NAMES]
+    need = (len(fact) if in_window else 0) + len(q) + max(map(len, cands))
+    if need > seg or len(fact) > seg:
+        what = "fact + question + name" if in_window else "the fact or question + name"
+        raise GmemError(f"fact probe: {what} take {max(need, len(fact))} tokens, more than "
+                        f"system.segment_len={seg}")
+    if len(filler) < (gap + 3) * seg:
+        raise GmemError(f"fact probe: {len(filler)} held-out tokens, fewer than {(gap + 3) * seg} "
+                        "(raise system.eval_fraction)")
+    text = list(filler[(trial * 997) % (len(filler) - (gap + 2) * seg):][: (gap + 2) * seg])
+    rows, spans = [], []
+    for c in cands:
+        if in_window:
+            last = text[: seg - len(fact) - len(q) - len(c)] + fact + q + c
+            head = text[seg: (gap + 2) * seg]
+        else:
+            last = text[: seg - len(q) - len(c)] + q + c
+            head = (fact + text[seg:])[:seg] + text[2 * seg: (gap + 2) * seg]
+        rows.append(head[: (gap + 1) * seg] + last)
+        spans.append((len(rows[-1]) - len(c), len(rows[-1])))
+    return np.asarray(rows, np.int32), spans, PROBE_NAMES.index(name)
 
 
 def fact_probe(system, trainable, frozen, trials: int = 10, gap: int = 2) -> dict:
     """A fact in segment 0 ("the keeper of the key is NAME"), `gap` segments of held-out text,
-    then the question at the end of the last segment; the model picks NAME among 10 by summed
-    log-probability. 'in window' puts the fact inside the last segment (what the backbone can
-    do when it sees the fact); chance is 10%."""
-    tok, seg = system.tokenizer, system.varda_cfg.segment_len
-    enc = lambda t: encode_text(tok, t, add_special_tokens=False)
-    filler = np.asarray(system.data()[1]).reshape(-1)
-    q = enc(" Question: who is the keeper of the key? Answer: the keeper of the key is")
-    alone = VardaModel(dataclasses.replace(system.varda_cfg, use_memory=False), system.module, system.model.hidden)
-    def logits(m, t, f, ids):
-        return m(t["varda"], system.variables(t["adapters"], f), m.init_memory(len(NAMES)), ids)[0]
-    run = {m: jax.jit(functools.partial(logits, m)) for m in (alone, system.model)}
-    models = {"backbone alone": alone, "VardaGPT": system.model}
-    hits = {"backbone alone": 0, "VardaGPT": 0, "backbone, fact in window": 0}
+    then the question at the end of segment gap+1; the model picks NAME among 10 by summed
+    log-probability. The fact is gap+1 segments back, outside the backbone's window; chance is
+    10%. Variants: the backbone alone, the memory wiped every segment, VardaGPT, and the backbone
+    with the fact in its window. The probe's names and fact are held out from the recall rows
+    of the training curriculum (gmem.systems.varda.recall)."""
+    variants = {"backbone alone": alone_logits, "memory wiped every segment": wiped_logits,
+                "VardaGPT": carried_logits}
+    run = {k: jax.jit(lambda t, f, ids, fn=fn: jax.nn.log_softmax(fn(system, t, f, ids), -1))
+           for k, fn in variants.items()}
+    enc = lambda t: list(encode_text(system.tokenizer, t, add_special_tokens=False))
+    longest = max(len(enc(PROBE_FACT.format(name=n))) + len(enc(" " + n)) for n in PROBE_NAMES)
+    if longest + len(enc(PROBE_QUESTION)) <= system.varda_cfg.segment_len:
+        run["backbone, fact in window"] = run["backbone alone"]   # else it does not fit: left out
+    hits = dict.fromkeys(run, 0)
     for t in range(trials):
-        name = NAMES[t % len(NAMES)]
-        fact = enc(f" Remember: the keeper of the key is {name}.")
-        text = list(filler[(t * 997) % (len(filler) - (gap + 2) * seg):][: (gap + 2) * seg])
-        for variant in hits:
-            rows, spans = [], []
-            for cand in NAMES:
-                c = enc(" " + cand)
-                if variant.endswith("in window"):
-                    last = text[: seg - len(fact) - len(q) - len(c)] + fact + q + c
-                    head = text[seg: (gap + 1) * seg + seg]
-                else:
-                    last = text[: seg - len(q) - len(c)] + q + c
-                    head = (fact + text[seg:])[:seg] + text[2 * seg: (gap + 1) * seg + seg]
-                rows.append(head[: (gap + 1) * seg] + last)
-                spans.append((len(rows[-1]) - len(c), len(rows[-1])))
-            ids = jnp.asarray(rows, jnp.int32)
-            logp = np.asarray(jax.nn.log_softmax(run[models.get(variant, alone)](trainable, frozen, ids), -1))
-            ids = np.asarray(ids)
+        for variant, fn in run.items():
+            ids, spans, gold = probe_rows(system, t, gap, variant.endswith("in window"))
+            logp = np.asarray(fn(trainable, frozen, jnp.asarray(ids)))
             scores = [sum(logp[i, p - 1, ids[i, p]] for p in range(a, b)) for i, (a, b) in enumerate(spans)]
-            hits[variant] += int(np.argmax(scores) == NAMES.index(name))
+            hits[variant] += int(np.argmax(scores) == gold)
     return {k: v / trials for k, v in hits.items()} | {"trials": trials, "gap_segments": gap}

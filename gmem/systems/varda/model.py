@@ -22,7 +22,9 @@ Deviations from the original, each because the original cannot work as written:
   oldest entry (the original crashed); delete removes slot ids (the original removed row numbers).
 - The store test is sigmoid(logit) > threshold (the original compared the raw logit with 0.5).
 - Fusion is gated (fusion="gated", default): z = x + tanh(g) * fc([x, r_1 .. r_k]) with a
-  per-channel gate g = 0 at init and each retrieved vector rescaled to the RMS of x. Step 0
+  per-channel gate g = gate_init (0) at init and each retrieved vector rescaled to the RMS of x.
+  With g = 0 neither fc nor g gets a useful gradient at first (fc's is scaled by tanh(g) = 0,
+  g's by a random fc): gate_init > 0 gives a read the model can use from step 0. Step 0
   equals the backbone alone, and the update size stays small next to a frozen model's input
   embeddings (the original's z = fc([x, r]), fusion="original", diverged within a few steps on
   SmolLM2: final hidden states, hence stored vectors, are far larger than the embeddings).
@@ -67,6 +69,8 @@ class VardaConfig:
     forgetfulness: float = 0.0
     use_memory: bool = True
     fusion: str = "gated"
+    gate_init: float = 0.0  # initial fusion gate g (tanh(g) scales the read); 0: step 0 = the backbone
+    weighting: str = "none"  # none (the original: results concatenated as they are) | softmax
     tokenizer: str = "auto"  # auto (the source's own / bytes for random) | gpt2 (embedded BPE)
 
     @classmethod
@@ -86,6 +90,8 @@ class VardaConfig:
                           f"memory_size={self.memory_size}]")
         if self.gate not in _GATES:
             errors.append(f"gate={self.gate!r} must be one of {_GATES}")
+        if self.weighting not in ("none", "softmax"):
+            errors.append(f"weighting={self.weighting!r} must be 'none' or 'softmax'")
         if self.fusion not in ("gated", "original"):
             errors.append(f"fusion={self.fusion!r} must be 'gated' or 'original'")
         if self.segment_len <= 0:
@@ -104,17 +110,33 @@ class VardaHeads(nn.Module):
     hidden: int
     k: int
     fusion: str = "gated"
+    gate_init: float = 0.0
+    weighting: str = "none"
 
     def setup(self):
         d = self.hidden
         self.fc = Projection(d, axes=("memory", "embed"), use_bias=True, kernel_init=nn.initializers.lecun_normal())
         if self.fusion == "gated":
-            self.gate = self.param("gate", nn.with_logical_partitioning(nn.initializers.zeros_init(), ("embed",)), (d,))
+            init = nn.initializers.constant(self.gate_init)
+            self.gate = self.param("gate", nn.with_logical_partitioning(init, ("embed",)), (d,))
         self.fc_storable_vector = Projection(d, axes=("embed", "memory"), use_bias=True)
         self.fc_store_decision = Projection(1, axes=("embed", None), use_bias=True)
         # Bias -2: deletions start closed (sigmoid(-2) = 0.12 < 0.5) and open only if learned.
         self.fc_delete_decision = Projection(self.k, axes=("embed", None), use_bias=False)
         self.delete_bias = self.param("delete_bias", nn.initializers.constant(-2.0), (self.k,))
+        if self.weighting == "softmax":
+            self.beta = self.param("beta", nn.initializers.ones_init(), ())
+
+    def weigh(self, x_BLD, r_BLKD):
+        """weighting="softmax": result j scaled by k * softmax_j(-beta d_j / mean_j d_j), d_j its
+        squared distance to the query (empty results 0). A differentiable ranking, so the search
+        (which vectors are near which queries) gets a gradient; the original has none."""
+        valid = jnp.any(r_BLKD != 0, -1)
+        d = jnp.mean(jnp.square(x_BLD[:, :, None].astype(jnp.float32) - r_BLKD), -1)
+        n = jnp.maximum(valid.sum(-1, keepdims=True), 1)
+        scale = jnp.sum(jnp.where(valid, d, 0.0), -1, keepdims=True) / n + 1e-9
+        a = jax.nn.softmax(jnp.where(valid, -self.beta * d / scale, -1e9), -1) * n
+        return r_BLKD * jnp.where(valid, a, 0.0)[..., None]
 
     def fuse(self, x_BLD, r_BLKD):
         b, l, k, d = r_BLKD.shape
@@ -122,6 +144,8 @@ class VardaHeads(nn.Module):
             return self.fc(jnp.concatenate([x_BLD, r_BLKD.reshape(b, l, k * d).astype(x_BLD.dtype)], -1))
         rms = lambda v: jnp.sqrt(jnp.mean(jnp.square(v), -1, keepdims=True) + 1e-6)
         r = r_BLKD / rms(r_BLKD) * rms(x_BLD)[:, :, None]  # empty results stay zero
+        if self.weighting == "softmax":
+            r = self.weigh(x_BLD, r_BLKD) / rms(r_BLKD) * rms(x_BLD)[:, :, None]
         y = self.fc(jnp.concatenate([x_BLD, r.reshape(b, l, k * d).astype(x_BLD.dtype)], -1))
         return x_BLD + jnp.tanh(self.gate) * y
 
@@ -148,7 +172,7 @@ class VardaModel:
         self.memory = cfg.check(hidden)
         self.backbone = backbone
         self.hidden = hidden
-        self.heads = VardaHeads(hidden, cfg.num_search_results, cfg.fusion)
+        self.heads = VardaHeads(hidden, cfg.num_search_results, cfg.fusion, cfg.gate_init, cfg.weighting)
 
     def init_heads(self, rng) -> dict:
         k, d = self.cfg.num_search_results, self.hidden
@@ -160,7 +184,7 @@ class VardaModel:
 
     def __call__(self, heads_params, backbone_vars, state: MemoryState, ids_BT, rng=None):
         """ids [B, T] (T a multiple of segment_len) -> (logits [B, T, V] fp32, new state, stats)."""
-        c, mem = self.cfg, self.memory
+        c = self.cfg
         b, t = ids_BT.shape
         seg = min(c.segment_len, t)
         if t % seg:
@@ -175,7 +199,7 @@ class VardaModel:
             i, seg_ids = xs
             x = self.backbone.apply(backbone_vars, seg_ids, method="embed")
             if c.use_memory:
-                idx, _, r = jax.vmap(mem.search, (0, 0, None))(state, x, c.num_search_results)
+                idx, r = self.read(state, x)
                 x = self.heads.apply(hp, x, r, method="fuse")
             out, _, h = self.backbone.apply(backbone_vars, inputs_embeds_BLD=x, return_hidden=True)
             st = {}
@@ -188,6 +212,20 @@ class VardaModel:
         state, (logits, stats) = jax.lax.scan(segment, state, xs)
         logits = logits.swapaxes(0, 1).reshape(b, t, -1)
         return logits, state, {k: v.mean() for k, v in stats.items()}
+
+    def without_memory(self) -> "VardaModel":
+        """The same backbone and heads with the memory path off (the backbone alone)."""
+        return VardaModel(dataclasses.replace(self.cfg, use_memory=False), self.backbone, self.hidden)
+
+    def read(self, state: MemoryState, x_BLD):
+        """Each row's k nearest stored vectors to its tokens' embeddings: (slots [B, L, k],
+        vectors [B, L, k, D], zeros where the slot is -1)."""
+        idx, _, r = jax.vmap(self.memory.search, (0, 0, None))(state, x_BLD, self.cfg.num_search_results)
+        return idx, r
+
+    def write(self, state: MemoryState, s_BLD, mask_BL) -> MemoryState:
+        """Row b stores its tokens' vectors s[b, t] where mask[b, t], in time order."""
+        return jax.vmap(self.memory.add)(state, s_BLD, mask_BL)
 
     def _update(self, hp, state, h_BLD, idx_BLK, rng):
         c, mem = self.cfg, self.memory
@@ -213,7 +251,7 @@ class VardaModel:
             state = state.replace(vectors_MD=jax.vmap(scale)(state.vectors_MD, ids, keep))
             state = jax.vmap(mem.remove)(state, jnp.where(hard.reshape(b, -1), ids, -1))
             deleted = hard.mean(dtype=jnp.float32)
-        state = jax.vmap(mem.add)(state, s * w[..., None], mask)
+        state = self.write(state, s * w[..., None], mask)
         if c.forgetfulness > 0 and rng is not None:
             state = jax.vmap(mem.forget, (0, None, 0))(state, c.forgetfulness, jax.random.split(rng, b))
         return state, {"memory/store_rate": mask.mean(dtype=jnp.float32), "memory/delete_rate": deleted,

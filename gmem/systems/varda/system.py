@@ -27,7 +27,9 @@ class VardaOptions(LMOptions):
     """The lm system's corpus and generation options, plus the memory's (VardaConfig: size,
     search, segmenting, gates, fusion) and the tokenizer: auto (the source's own, bytes for a
     random model) | gpt2 (the embedded GPT-2 BPE). report: infer.py also computes the
-    perplexity table (backbone alone, memory wiped, memory carried) and the long-context probe."""
+    perplexity table (backbone alone, memory wiped, memory carried) and the long-context probe.
+    train_backbone: the backbone is trained too, every weight (the frozen tree is then empty).
+    recall_fraction / recall_weight: the recall curriculum (gmem.systems.varda.recall)."""
 
     name: str = "varda"
     memory_size: int = 1024
@@ -44,15 +46,22 @@ class VardaOptions(LMOptions):
     forgetfulness: float = 0.0
     use_memory: bool = True
     fusion: str = "gated"
+    gate_init: float = 0.0
+    weighting: str = "none"
     tokenizer: str = "auto"
     report: bool = True         # infer.py: the perplexity table and the fact probe as well
+    train_backbone: bool = False  # every backbone weight trainable (the original's full fine-tuning)
+    recall_fraction: float = 0.0  # share of training rows turned into recall rows (varda/recall.py)
+    recall_weight: float = 1.0    # loss weight of a recall row's answer tokens
 
 
 @register_system("varda")
 class VardaSystem(LMSystem):
     """VardaGPT for gmem.train: frozen backbone (+ optional LoRA) and trainable memory layers.
 
-    Trainable tree: {"adapters": LoRA sets (may be empty), "varda": memory layers}.
+    Trainable tree: {"adapters": LoRA sets (may be empty), "varda": memory layers}, plus
+    "backbone": every backbone weight (float32) with system.train_backbone, when the frozen
+    tree is empty.
     """
 
     Options = VardaOptions
@@ -67,32 +76,79 @@ class VardaSystem(LMSystem):
         if cfg.data.seq_len % min(self.varda_cfg.segment_len, cfg.data.seq_len):
             raise GmemError(f"data.seq_len={cfg.data.seq_len} must be a multiple of "
                             f"system.segment_len={self.varda_cfg.segment_len}")
+        o = cfg.system
+        if not 0.0 <= o.recall_fraction <= 1.0:
+            raise GmemError(f"system.recall_fraction={o.recall_fraction} must be in [0, 1]")
+        if o.recall_fraction > 0 and o.line_split:
+            raise GmemError("system.recall_fraction needs whole corpus rows; it cannot be used with system.line_split")
         if load_data:
             self.data()
 
     @property
     def structure(self) -> dict:
         s = dict(super().structure)
-        s["varda"] = dataclasses.asdict(self.varda_cfg)
+        s["varda"] = dataclasses.asdict(self.varda_cfg) | {"train_backbone": self.opts.train_backbone}
         return s
 
+    # ---- the partition: frozen backbone (+ LoRA), or every backbone weight trainable ----------
+    def abstract_base(self):
+        return ({}, {}) if self.opts.train_backbone else super().abstract_base()
+
+    def load_base(self):
+        return {} if self.opts.train_backbone else super().load_base()
+
     def init_trainable(self, base, rng):
-        return {"adapters": super().init_trainable(base, rng),
-                "varda": self.model.init_heads(jax.random.fold_in(rng, 1))}
+        out = {}
+        if self.opts.train_backbone:
+            base = out["backbone"] = jax.tree_util.tree_map(lambda x: jnp.asarray(x, jnp.float32), super().load_base())
+        out.update(adapters=super().init_trainable(base, rng), varda=self.model.init_heads(jax.random.fold_in(rng, 1)))
+        return out
 
     def abstract_trainable(self, abstract_base):
-        return jax.eval_shape(lambda b: self.init_trainable(b, jax.random.PRNGKey(0)), abstract_base)
+        if not self.opts.train_backbone:
+            return jax.eval_shape(lambda b: self.init_trainable(b, jax.random.PRNGKey(0)), abstract_base)
+        f32 = lambda a: jax.ShapeDtypeStruct(a.shape, jnp.float32 if jnp.issubdtype(a.dtype, jnp.floating) else a.dtype)
+        bb = jax.tree_util.tree_map(f32, super().abstract_base()[0])
+        rest = jax.eval_shape(lambda b: {"adapters": super(VardaSystem, self).init_trainable(b, jax.random.PRNGKey(0)),
+                                         "varda": self.model.init_heads(jax.random.PRNGKey(1))}, bb)
+        return {"backbone": bb, **rest}
 
     def trainable_specs(self, abstract_trainable, base_specs):
         d, k = self.model.hidden, self.varda_cfg.num_search_results
         z = jnp.zeros((1, 1, d))
         boxed = jax.eval_shape(lambda: self.model.heads.init(jax.random.PRNGKey(0), z, jnp.zeros((1, 1, k, d)), z))
-        return {"adapters": adapter_logical_specs(abstract_trainable["adapters"], base_specs),
-                "varda": nn.get_partition_spec(boxed)["params"]}
+        out = {}
+        if self.opts.train_backbone:
+            base_specs = out["backbone"] = super().abstract_base()[1]
+        out.update(adapters=adapter_logical_specs(abstract_trainable["adapters"], base_specs),
+                   varda=nn.get_partition_spec(boxed)["params"])
+        return out
+
+    def backbone_variables(self, trainable, frozen) -> dict:
+        """The backbone's variables: its weights (frozen, or trainable["backbone"]) and LoRA."""
+        base = trainable["backbone"] if self.opts.train_backbone else frozen
+        return self.variables(trainable["adapters"], base)
 
     def forward(self, trainable, frozen, state, ids_BT, rng=None):
-        backbone_vars = self.variables(trainable["adapters"], frozen)
-        return self.model(trainable["varda"], backbone_vars, state, ids_BT, rng)
+        return self.model(trainable["varda"], self.backbone_variables(trainable, frozen), state, ids_BT, rng)
+
+    # ---- data: corpus rows, with recall rows mixed in ------------------------------------------
+    def batch_shapes(self) -> dict:
+        s = super().batch_shapes()
+        if self.opts.recall_fraction > 0 and "mask" not in s:
+            s["mask"] = jax.ShapeDtypeStruct(s["input_ids"].shape, jnp.float32)
+        return s
+
+    def batch(self, index: int, host: slice = slice(None)) -> dict:
+        o = self.opts
+        if o.recall_fraction <= 0:
+            return super().batch(index, host)
+        from gmem.systems.varda.recall import recall_batch
+        stream = self.data()[0]
+        encode = lambda t: encode_text(self.tokenizer, t, add_special_tokens=False)
+        ids, w = recall_batch(stream.rows[stream.indices(index)], encode, self.varda_cfg.segment_len,
+                              o.recall_fraction, o.recall_weight, self.cfg.data.seed, index)
+        return {"input_ids": ids[host], "mask": w[host]}
 
     def loss(self, trainable, frozen, batch: dict, rng):
         """Next-token CE over rows [B, L+1], memory fresh per row; aux: tokens, memory stats."""
