@@ -20,6 +20,7 @@ import yaml
 from omegaconf import OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
+from gmem.dtypes import DTYPE_NAMES
 from gmem.errors import GmemError, read_utf8
 
 CONFIG_DIR = pathlib.Path(__file__).resolve().parent.parent / "configs"
@@ -366,14 +367,13 @@ def _check_list_index(cfg, item: str, key: str) -> None:
 
 def _check_dtypes(cfg) -> None:
     """model.dtype / model.frozen_dtype name a dtype gmem knows (checked here, where the key is known)."""
-    from gmem.models.common import DTYPES
     model = cfg.get("model") if hasattr(cfg, "get") else None
     if model is None:
         return
     for field_name in ("dtype", "frozen_dtype"):
         value = model.get(field_name)
-        if value is not None and str(value) not in DTYPES:
-            raise GmemError(f"model.{field_name}: unknown dtype {value!r}; use one of {sorted(DTYPES)}")
+        if value is not None and str(value) not in DTYPE_NAMES:
+            raise GmemError(f"model.{field_name}: unknown dtype {value!r}; use one of {sorted(DTYPE_NAMES)}")
 
 
 # Keys that moved into a system's own options (issue: each config holds only what applies).

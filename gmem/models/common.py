@@ -7,11 +7,10 @@ from typing import Any, Mapping
 import jax
 import jax.numpy as jnp
 
+from gmem.dtypes import DTYPE_NAMES
 from gmem.errors import GmemError
 
-DTYPES = {"float32": jnp.float32, "fp32": jnp.float32, "bfloat16": jnp.bfloat16,
-          "bf16": jnp.bfloat16, "float16": jnp.float16, "fp16": jnp.float16,
-          "float64": jnp.float64}  # float64: finite-difference tests only (needs jax_enable_x64)
+DTYPES = {name: getattr(jnp, canonical) for name, canonical in DTYPE_NAMES.items()}
 
 
 def to_dtype(name: str):
