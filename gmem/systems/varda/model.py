@@ -48,9 +48,10 @@ from gmem.nn.projection import Projection
 _GATES = ("straight_through", "soft")
 
 
-@dataclasses.dataclass(frozen=True)
+@dataclasses.dataclass
 class VardaConfig:
-    """Memory and fusion options (the memory fields of the `system:` section, VardaOptions).
+    """Memory and fusion options: the memory fields of the `system:` section (VardaOptions
+    inherits them) and what VardaModel reads.
 
     memory_dim must equal the backbone's hidden size (queries are input embeddings); None = it.
     """

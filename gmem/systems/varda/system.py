@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import dataclasses
 from dataclasses import dataclass
-from typing import Optional
 
 import flax.linen as nn
 import jax
@@ -23,32 +22,15 @@ from gmem.systems.varda.model import VardaConfig, VardaModel
 
 
 @dataclass
-class VardaOptions(LMOptions):
-    """The lm system's corpus and generation options, plus the memory's (VardaConfig: size,
-    search, segmenting, gates, fusion) and the tokenizer: auto (the source's own, bytes for a
+class VardaOptions(LMOptions, VardaConfig):
+    """The lm system's corpus and generation options, plus the memory's (inherited from
+    VardaConfig: size, search, segmenting, gates, fusion) and the tokenizer: auto (the source's own, bytes for a
     random model) | gpt2 (the embedded GPT-2 BPE). report: infer.py also computes the
     perplexity table (backbone alone, memory wiped, memory carried) and the long-context probe.
     train_backbone: the backbone is trained too, every weight (the frozen tree is then empty).
     recall_fraction / recall_weight: the recall curriculum (gmem.systems.varda.recall)."""
 
     name: str = "varda"
-    memory_size: int = 1024
-    memory_dim: Optional[int] = None
-    num_search_results: int = 5
-    metric: str = "l2"
-    nlist: int = 0
-    nprobe: int = 1
-    segment_len: int = 64
-    gate: str = "straight_through"
-    store_threshold: float = 0.5
-    delete: bool = True
-    delete_threshold: float = 0.5
-    forgetfulness: float = 0.0
-    use_memory: bool = True
-    fusion: str = "gated"
-    gate_init: float = 0.0
-    weighting: str = "none"
-    tokenizer: str = "auto"
     report: bool = True         # infer.py: the perplexity table and the fact probe as well
     train_backbone: bool = False  # every backbone weight trainable (the original's full fine-tuning)
     recall_fraction: float = 0.0  # share of training rows turned into recall rows (varda/recall.py)
