@@ -42,6 +42,8 @@ if not os.path.isfile(os.path.join(ROOT, "gmt_model.py")):
 torch = pytest.importorskip("torch")
 transformers = pytest.importorskip("transformers")
 sys.path.insert(0, ROOT)
+sys.path.insert(1, str(pathlib.Path(__file__).resolve().parents[1] / "systems" / "gmt"))
+from gmt_reference import perturb as _perturb  # noqa: E402  (every weight off its init)
 from gmt_model import (GMTForCausalLM, GraphMemoryEncoder, GraphMemoryTokenizer,  # noqa: E402
                        SemanticGraphModule)
 from graph_data import load_kg_index, load_relation_semantics  # noqa: E402
@@ -65,14 +67,6 @@ def _record(case, got, want):
     err = float(np.abs(got - want).max())
     ERRORS[case] = max(err, ERRORS.get(case, 0.0))
     assert err <= TOL, f"{case}: max abs error {err:.2e}"
-
-
-def _perturb(module, scale=0.3, seed=0):
-    g = torch.Generator().manual_seed(seed)
-    with torch.no_grad():
-        for p in module.parameters():
-            p.add_(torch.randn(p.shape, generator=g) * scale)
-    return module
 
 
 @pytest.fixture(scope="module")
@@ -118,7 +112,7 @@ def _cfg(kg, **kw):
 def test_semantic_graph_module(kg_dir, add_inverse, mask_query):
     d, train, test = kg_dir
     index, rel = _sgm(d, add_inverse)
-    sgm = _perturb(SemanticGraphModule(index, rel, D_G, 2, HEADS, TOP_K, 0.1)).eval()
+    sgm = _perturb(SemanticGraphModule(index, rel, D_G, 2, HEADS, TOP_K, 0.1), 0.3).eval()
     q = _queries(train, test)
     with torch.no_grad():
         states, mask = sgm(torch.as_tensor(q), mask_query=mask_query)
@@ -137,7 +131,7 @@ def test_semantic_graph_module(kg_dir, add_inverse, mask_query):
 
 
 def test_graph_memory_tokenizer(kg_dir):
-    tok = _perturb(GraphMemoryTokenizer(M, D_G, HEADS)).eval()
+    tok = _perturb(GraphMemoryTokenizer(M, D_G, HEADS), 0.3).eval()
     rng = np.random.default_rng(1)
     s = rng.standard_normal((3, 5, D_G)).astype(np.float32)
     mask = np.asarray([[1, 1, 1, 0, 0], [1] * 5, [0] * 5], np.float32)
@@ -156,7 +150,7 @@ def test_graph_memory_tokenizer(kg_dir):
 def test_graph_memory_encoder(kg_dir, add_inverse, mask_query):
     d, train, test = kg_dir
     index, rel = _sgm(d, add_inverse)
-    enc = _perturb(GraphMemoryEncoder(index, rel, D_G, 2, HEADS, TOP_K, M, HEADS, 24, 0.1, False)).eval()
+    enc = _perturb(GraphMemoryEncoder(index, rel, D_G, 2, HEADS, TOP_K, M, HEADS, 24, 0.1, False), 0.3).eval()
     q = _queries(train, test)
     with torch.no_grad():
         want = enc(torch.as_tensor(q), mask_query=mask_query).numpy()

@@ -174,7 +174,7 @@ def _reference_logits(tmp_path, system, enc, blocks, b, trip, mask_query):
     hf = transformers.LlamaForCausalLM.from_pretrained(folder, attn_implementation="eager").eval()
     with torch.no_grad():
         mem = enc(trip.tolist(), mask_query)
-    T = lambda a: torch.as_tensor(np.asarray(a))
+    T = lambda a: torch.as_tensor(np.array(a))
     return R.memory_forward(hf, blocks, T(b["input_ids"]).long(), T(b["attention_mask"]).long(), mem).numpy()
 
 
