@@ -130,10 +130,11 @@ def run(n, dim, nq, k, nprobe, n_rounds, parts, seed=0):
             part_rows.append([n, "exact", stage, f"{s * 1e3:,.1f}"])
         total = ep["total (mem.search, arrays on the device)"]
         mm, tk = (next(v for st, v in ep.items() if st.startswith(w)) for w in ("matmul", "top-k"))
+        tr = ep["transfer (numpy queries in, numpy ids + distances out)"]
         shares = (f"N={n:,}, exact: matmul {mm / total:.0%} of the call ({2 * nq * n * dim / mm / 1e9:.0f} GFLOP/s), "
                   f"top-k {tk / total:.0%}, key norms {ep['key norms + mask'] / total:.0%}, not covered by the stages "
                   f"{max(total - mm - tk - ep['key norms + mask'] - ep['merge of the blocks'], 0) / total:.0%}; transfer "
-                  f"{max(ep['total with transfer (numpy queries in, numpy ids + distances out)'] - total, 0) / total:.0%}")
+                  f"{tr / total:.1%} on top")
         ip, scored = ivf_parts(imem, istate, q, k, 5) if imem.uses_ivf else ({}, None)
         for stage, s in ip.items():
             part_rows.append([n, "IVF", stage, f"{s * 1e3:,.1f}"])

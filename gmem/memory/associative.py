@@ -37,14 +37,15 @@ import numpy as np
 
 from gmem.errors import GmemError
 from gmem.memory import ivf
-from gmem.memory.flat import flat_top_k
+from gmem.memory.flat import KEY_BLOCK, flat_top_k
 from gmem.memory.ivf_search import ivf_top_k
 
 _HI = jax.lax.Precision.HIGHEST
 _METRICS = ("l2", "ip")
-# Below this many slots exact search is as fast as IVF on CPU, and exact (the crossover table
-# of bench/bench_memory_search.py: nlist = sqrt(N), nprobe 8, 1,024 queries).
-EXACT_BELOW = 5_000
+# Below this many slots exact search is faster than IVF on CPU, and exact (the crossover table
+# of bench/bench_memory_search.py, nlist = sqrt(N), nprobe 8, 1,024 queries, at load ~6 on 2
+# cores: IVF 0.80x exact at 5k, 1.31x at 7k, 1.20x at 10k).
+EXACT_BELOW = 6_000
 
 
 @flax.struct.dataclass
@@ -90,7 +91,7 @@ class AssociativeMemory:
       nprobe: lists scanned per query.
       list_cap: capacity N of each IVF list; default 3 * ceil(M / nlist) + 16.
       query_chunk: queries searched at once; with key_block it bounds the score block
-        [query_chunk, key_block] (32 MiB at the defaults).
+        [query_chunk, key_block] (16 MiB at the defaults).
       key_block: keys scored per matmul in an exact search (gmem/memory/flat.py).
       exact_below: an IVF memory with fewer slots is searched exactly (see `uses_ivf`).
     """
@@ -102,7 +103,7 @@ class AssociativeMemory:
     nprobe: int = 1
     list_cap: Optional[int] = None
     query_chunk: int = 1024
-    key_block: int = 8192
+    key_block: int = KEY_BLOCK
     exact_below: int = EXACT_BELOW
 
     def __post_init__(self):
