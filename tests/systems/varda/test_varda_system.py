@@ -161,3 +161,17 @@ def test_predict_writes_generations(tmp):
     rows, metrics = system.predict(trainable, frozen, ["to be or", "the question"])
     assert [r["prompt"] for r in rows] == ["to be or", "the question"] and metrics == {}
     assert all(isinstance(r["generation"], str) and r["generation"] for r in rows)
+
+
+def test_softmax_weighting_ranks_results_and_passes_a_gradient_to_the_search():
+    from gmem.systems.varda.model import VardaHeads
+    heads = VardaHeads(4, 3, "gated", 1.0, "softmax")
+    x = jnp.ones((1, 1, 4))
+    r = jnp.stack([x[0, 0] * 1.1, x[0, 0] * 3.0, jnp.zeros(4)])[None, None]   # near, far, empty
+    params = heads.init(jax.random.PRNGKey(0), x, r, x)["params"]
+    w = heads.apply({"params": params}, x, r, method="weigh")
+    a = np.asarray(w[0, 0, :, 0] / r[0, 0, :, 0].clip(1e-9))
+    assert a[0] > 1.0 > a[1] > 0 and float(w[0, 0, 2].sum()) == 0.0 and abs(a[0] + a[1] - 2.0) < 1e-5
+    g = jax.grad(lambda r: heads.apply({"params": params}, x, r, method="fuse").sum())(r)
+    assert float(jnp.abs(g[0, 0, :2]).sum()) > 0   # the stored vectors get a gradient
+    assert np.isfinite(np.asarray(heads.apply({"params": params}, x, jnp.zeros_like(r), method="fuse"))).all()
