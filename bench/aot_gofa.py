@@ -24,7 +24,7 @@ MISTRAL = dict(vocab_size=32000, hidden_size=4096, intermediate_size=14336, num_
                num_attention_heads=32, num_key_value_heads=8, max_position_embeddings=32768)
 
 
-def measure(layers: int, devices: int, remat: bool = True, k: int = 128, gnn: int = 6) -> dict:
+def measure(layers: int, devices: int, remat: bool = True, k: int = 128, gnn: int = 6, shard_graph: bool = True) -> dict:
     import jax
 
     from gmem.config import load_config, to_object
@@ -39,7 +39,8 @@ def measure(layers: int, devices: int, remat: bool = True, k: int = 128, gnn: in
         "system.max_text_len=128", "system.text_len_buckets=[128]", "system.nodes_buckets=[20]",
         "system.edges_buckets=[40]", "system.texts_buckets=[20]", "system.targets_buckets=[4]",
         "system.dec_len_buckets=[256]", f"data.batch_size={devices}", "sharding.mesh.data=1",
-        f"sharding.mesh.fsdp={devices}", "sharding.rules={nodes: [data, fsdp], edges: [data, fsdp]}",
+        f"sharding.mesh.fsdp={devices}",
+        *(["sharding.rules={nodes: [data, fsdp], edges: [data, fsdp]}"] if shard_graph else []),
         "adapters=[{name: encadapt, targets: [q_proj, v_proj], rank: 512, alpha: 32.0}]"]
     root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
     cfg = to_object(load_config(os.path.join(root, "configs", "gofa_pretrain.yaml"), over))
@@ -72,13 +73,14 @@ def main(argv=None) -> int:
     ap.add_argument("--no-remat", action="store_true")
     ap.add_argument("--gnn", type=int, default=6, help="GNN layers")
     ap.add_argument("--k", type=int, default=128, help="memory slots per text")
+    ap.add_argument("--replicated-graph", action="store_true", help="leave the nodes/edges axes unsharded")
     ap.add_argument("--limit-gib", type=float, default=16.0)
     ap.add_argument("--write", action="store_true", help="add the row to bench/RESULTS.md section aot_gofa")
     a = ap.parse_args(argv)
     os.environ.setdefault("XLA_FLAGS", f"--xla_force_host_platform_device_count={a.devices} "
                           "--xla_cpu_enable_concurrency_optimized_scheduler=false")
     sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-    r = measure(a.layers, a.devices, not a.no_remat, a.k, a.gnn)
+    r = measure(a.layers, a.devices, not a.no_remat, a.k, a.gnn, not a.replicated_graph)
     for key, v in r.items():
         print(f"{key:>22}: {v:.3f}" if isinstance(v, float) else f"{key:>22}: {v}")
     ok = r["total_GiB"] < a.limit_gib
