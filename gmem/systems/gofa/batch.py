@@ -1,7 +1,8 @@
 """GraphRecords -> one padded numpy batch for gofa.model (static shapes from a few buckets).
 
 For B records, every count is rounded up to the smallest bucket that holds the batch's largest
-(so `jit` compiles once per bucket combination):
+(so `jit` compiles once per bucket combination; unique node texts and unique edge texts are
+fitted to the `texts` buckets separately):
 
   node_text_ids [B, Nu, Ln], node_text_len [B, Nu]   unique node texts (GOFA's x)
   edge_text_ids [B, U, Le],  edge_text_len [B, U]    unique edge texts (GOFA's edge_attr)
@@ -50,12 +51,13 @@ class Packer:
     def counts(self, rec: GraphRecord) -> dict[str, int]:
         g = rec.graph
         return {"nodes": g.num_nodes, "edges": g.num_edges, "texts": max(len(set(g.node_texts)),
-                len(set(g.edge_texts))), "targets": len(rec.targets)}
+                len(set(g.edge_texts))), "node_texts": len(set(g.node_texts)),
+                "edge_texts": len(set(g.edge_texts)), "targets": len(rec.targets)}
 
     def fits(self, rec: GraphRecord) -> bool:
         """Whether the record fits the largest bucket of every field (training skips others)."""
         c = self.counts(rec)
-        return all(c[f] <= max(getattr(self.buckets, f)) for f in c) and all(
+        return all(c[f] <= max(getattr(self.buckets, f)) for f in ("nodes", "edges", "texts", "targets")) and all(
             len(self._row(rec, t)[0]) <= max(self.dec_len_buckets) for t in rec.targets)
 
     def _row(self, rec: GraphRecord, target) -> tuple[list[int], int]:
@@ -67,9 +69,11 @@ class Packer:
              ) -> dict[str, np.ndarray]:
         """The batch of the module docstring (decoder=False: without the dec_* rows, for
         generation, which builds its own prompts)."""
-        sizes = {f: self.buckets.fit(f, max(max(self.counts(r)[f] for r in records), 1), where)
-                 for f in ("nodes", "edges", "texts", "targets")}
-        n, e, t, q = sizes["nodes"], sizes["edges"], sizes["texts"], sizes["targets"]
+        most = lambda f: max(max(self.counts(r)[f] for r in records), 1)
+        sizes = {f: self.buckets.fit(f, most(f), where) for f in ("nodes", "edges", "targets")}
+        sizes.update({f: self.buckets.fit("texts", most(f), where) for f in ("node_texts", "edge_texts")})
+        n, e, q = sizes["nodes"], sizes["edges"], sizes["targets"]
+        t = {"node": sizes["node_texts"], "edge": sizes["edge_texts"]}
         tables, rows = [], []
         for r in records:
             g = r.graph
@@ -85,8 +89,8 @@ class Packer:
                     f"{where}: decoder row length (question + answer)") if decoder else 0
         b = len(records)
         out = {k: np.zeros((b,) + s, dt) for k, s, dt in (
-            ("node_text_ids", (t, width["node"]), np.int32), ("node_text_len", (t,), np.int32),
-            ("edge_text_ids", (t, width["edge"]), np.int32), ("edge_text_len", (t,), np.int32),
+            ("node_text_ids", (t["node"], width["node"]), np.int32), ("node_text_len", (t["node"],), np.int32),
+            ("edge_text_ids", (t["edge"], width["edge"]), np.int32), ("edge_text_len", (t["edge"],), np.int32),
             ("node_map", (n,), np.int32), ("node_mask", (n,), bool),
             ("senders", (e,), np.int32), ("receivers", (e,), np.int32), ("edge_map", (e,), np.int32),
             ("edge_mask", (e,), bool), ("targets", (q,), np.int32), ("target_mask", (q,), bool))}
@@ -94,7 +98,7 @@ class Packer:
         for i, (r, (node_texts, node_map, edge_texts, edge_map), rs) in enumerate(zip(records, tables, rows)):
             g = r.graph
             for key, texts in (("node", node_texts), ("edge", edge_texts)):
-                ids, lens = encoder_slab([self.texts(s) for s in texts] + [[]] * (t - len(texts)), width[key],
+                ids, lens = encoder_slab([self.texts(s) for s in texts] + [[]] * (t[key] - len(texts)), width[key],
                                          self.pad_id)
                 out[f"{key}_text_ids"][i], out[f"{key}_text_len"][i] = ids, lens
             out["node_map"][i, :g.num_nodes] = node_map

@@ -112,7 +112,7 @@ def answer_baseline(system, frozen, records):
     out, counts = [], []
     for r in records:
         seqs = [baseline_prompt(system, r, tg) for tg in r.targets]
-        ids, mask = left_pad(seqs, system.pad_id, 16)
+        ids, mask = left_pad(seqs, system.pad_id, 64)   # widths vary a lot: fewer compilations
         res = generate(system.module, {"params": frozen["llm"]}, ids, mask, max_new_tokens=o.max_new_tokens,
                        eos_token_id=system.packer.chat.eos, pad_token_id=system.pad_id,
                        temperature=o.temperature, top_k=o.top_k)

@@ -40,10 +40,16 @@ GNN_NAME = "gnn"      # the hook's scope inside a decoder layer: model/layers_i/
 
 
 class GraphMemoryBlock(nn.Module):
-    """(x_NLD, graph) -> x_NLD: node rows whose last k columns are memory slots. graph:
-    edge_states [n, U, k, D] (edge-text memory at the input of GNN layer 0..n-1; this block is
-    layer `index`), senders, receivers, edge_map (edge -> edge-text row in 0..U-1) [E],
-    node_mask [N], edge_mask [E]. Only x[:, -k:] changes."""
+    """(x_RLD, graph) -> x_RLD: the node rows of B graphs (R = B*N, graph-major) whose last k
+    columns are memory slots. graph: edge_states [n, B*U, k, D] (edge-text memory at the input
+    of GNN layer 0..n-1; this block is layer `index`); per graph, indices local to it:
+    senders, receivers, edge_map (edge -> its graph's edge-text row) [B, E], node_mask [B, N],
+    edge_mask [B, E]. Only x[:, -k:] changes.
+
+    The layer runs vmapped over the B graphs, with the graph axis on the batch's mesh axes and
+    every inner axis unsharded: a graph's nodes and edges stay on the device that holds its
+    rows (run on the flat disjoint union, XLA's partitioner replicates the gathers, and with
+    them the [E, k, D] scores, on every device)."""
 
     k: int
     index: int
@@ -51,12 +57,18 @@ class GraphMemoryBlock(nn.Module):
     mlp_ratio: int = 2
 
     @nn.compact
-    def __call__(self, x_NLD: jax.Array, graph: dict) -> jax.Array:
-        col = x_NLD.shape[1] - self.k
-        new = GOFAGNNConv(self.eps, self.mlp_ratio, name="conv")(
-            x_NLD[:, col:], graph["edge_states"][self.index], graph["senders"], graph["receivers"],
-            graph["node_mask"], graph["edge_mask"], edge_map_E=graph["edge_map"])
-        return x_NLD.at[:, col:].set(new)
+    def __call__(self, x_RLD: jax.Array, graph: dict) -> jax.Array:
+        b = graph["senders"].shape[0]
+        col, d = x_RLD.shape[1] - self.k, x_RLD.shape[2]
+        mem = x_RLD[:, col:].reshape(b, -1, self.k, d)
+        xe = graph["edge_states"][self.index].reshape(b, -1, self.k, d)
+        batch = nn.logical_to_mesh_axes(("batch",))[0]
+        conv = nn.vmap(GOFAGNNConv, variable_axes={"params": None}, split_rngs={"params": False},
+                       spmd_axis_name=batch)(self.eps, self.mlp_ratio, name="conv")
+        with nn.logical_axis_rules([(a, None) for a in ("nodes", "edges", "memory", "embed", "heads", "mlp")]):
+            new = conv(mem, xe, graph["senders"], graph["receivers"], graph["node_mask"], graph["edge_mask"],
+                       graph["edge_map"])
+        return x_RLD.at[:, col:].set(new.reshape(-1, self.k, d).astype(x_RLD.dtype))
 
 
 def gnn_layers(num_hidden_layers: int, n: int) -> tuple[int, ...]:
@@ -156,20 +168,18 @@ def _node_layers(m, x, pos, mask, node_map, first, graph, k):
 
 
 def flat_graph(batch: dict) -> dict:
-    """A batch of B padded graphs as one disjoint graph. batch: node_text_ids [B, Nu, Ln],
-    node_text_len [B, Nu], edge_text_ids [B, U, Le], edge_text_len [B, U], node_map / node_mask
-    [B, N], senders / receivers / edge_map / edge_mask [B, E], targets [B, Q].
+    """The texts and node rows of a batch of B padded graphs, flat. batch: node_text_ids
+    [B, Nu, Ln], node_text_len [B, Nu], edge_text_ids [B, U, Le], edge_text_len [B, U],
+    node_map / node_mask [B, N], senders / receivers / edge_map / edge_mask [B, E], targets [B, Q].
     -> node_text_ids [B*Nu, Ln], node_text_len, edge_text_ids [B*U, Le], edge_text_len,
-    node_map [B*N] (-> node text rows), graph (GraphMemoryBlock's input without edge_states),
-    targets [B*Q] (node rows)."""
+    node_map [B*N] (-> flat node text rows), graph (GraphMemoryBlock's input without
+    edge_states: per-graph arrays), targets [B*Q] (flat node rows)."""
     b, nu = batch["node_text_len"].shape
-    u = batch["edge_text_len"].shape[1]
     n = batch["node_map"].shape[1]
     off = jnp.arange(b)[:, None]
     flat = lambda a: a.reshape((-1,) + a.shape[2:])
-    graph = {"senders": flat(batch["senders"] + off * n), "receivers": flat(batch["receivers"] + off * n),
-             "edge_map": flat(batch["edge_map"] + off * u), "node_mask": flat(batch["node_mask"]).astype(bool),
-             "edge_mask": flat(batch["edge_mask"]).astype(bool)}
+    graph = {"senders": batch["senders"], "receivers": batch["receivers"], "edge_map": batch["edge_map"],
+             "node_mask": batch["node_mask"].astype(bool), "edge_mask": batch["edge_mask"].astype(bool)}
     return {"node_text_ids": flat(batch["node_text_ids"]), "node_text_len": flat(batch["node_text_len"]),
             "edge_text_ids": flat(batch["edge_text_ids"]), "edge_text_len": flat(batch["edge_text_len"]),
             "node_map": flat(batch["node_map"] + off * nu), "graph": graph,

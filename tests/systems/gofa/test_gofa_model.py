@@ -164,3 +164,23 @@ def test_run_layers_in_two_parts_equal_the_model(twin):
     _, _, want = module.apply({"params": base}, ids, return_hidden=True)
     got = module.apply({"params": base}, ids, method=parts)
     np.testing.assert_allclose(np.asarray(got), np.asarray(want), rtol=0, atol=1e-6)
+
+
+def test_sharded_over_graphs_equals_one_device(twin, forward):
+    """8 graphs on a fsdp=8 mesh of the suite's virtual devices (the GNN vmapped with the graph
+    axis on the batch's mesh axes): the same memory states and logits as without a mesh."""
+    import flax.linen as nn
+    from jax.sharding import NamedSharding, PartitionSpec as P
+    from gmem.train import sharding as shd
+    if len(jax.devices()) < 8:
+        pytest.skip("needs 8 (virtual) devices")
+    _, module, base, lora, table = twin
+    gnn = H.random_gnn()
+    batch = {k: jnp.asarray(v) for k, v in H.packer().pack([H.record()] * 8).items()}
+    want = forward(base, lora, table, gnn, batch)
+    mesh = shd.make_mesh(data=1, fsdp=8)
+    with jax.set_mesh(mesh), nn.logical_axis_rules(list(shd.RULES)):
+        rows = {k: jax.device_put(v, NamedSharding(mesh, P(("data", "fsdp")))) for k, v in batch.items()}
+        got = jax.jit(lambda b: _gmem_forward(module, base, lora, table, gnn, b))(rows)
+    for g, w in zip(got, want):
+        np.testing.assert_allclose(np.asarray(g), np.asarray(w), rtol=0, atol=1e-5 * max(1.0, float(np.abs(w).max())))

@@ -1,0 +1,110 @@
+"""AOT memory of a GOFA training step on Mistral-7B shapes, from abstract shapes only:
+ShapeDtypeStructs with shardings -> plan.step.lower(...).compile().memory_analysis(); no weight
+is allocated.
+
+Default: Mistral-7B-v0.2 (32 layers, D 4096, GQA 32/8, vocab 32000), bf16 compute and frozen
+storage, remat, 6 GNN layers (fp32, ~1.0 B trainable, AdamW), K = 128 memory slots, ICAE's
+encoder LoRA r 512 on q/v (frozen), one graph per device: 20 nodes on 20 unique 128-token texts,
+40 edges on 20 unique 128-token edge texts, 4 targets, decoder rows of 256; mesh fsdp = 8, with
+the graph axes (nodes, edges) sharded like the batch.
+
+    python bench/aot_gofa.py [--layers 8] [--devices 8] [--write]
+
+Runs on N virtual CPU devices (XLA:CPU's memory-aware scheduler, as bench/aot_memory.py).
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+import time
+
+MISTRAL = dict(vocab_size=32000, hidden_size=4096, intermediate_size=14336, num_hidden_layers=32,
+               num_attention_heads=32, num_key_value_heads=8, max_position_embeddings=32768)
+
+
+def measure(layers: int, devices: int, remat: bool = True, k: int = 128, gnn: int = 6, shard_graph: bool = True) -> dict:
+    import jax
+
+    from gmem.config import load_config, to_object
+    from gmem.systems.gofa import GOFASystem
+    from gmem.train.checkpoint import abstract_with_shardings
+    from gmem.train.loop import make_plan
+
+    model = dict(MISTRAL, num_hidden_layers=layers or MISTRAL["num_hidden_layers"])
+    over = [f"model.{a}={b}" for a, b in model.items()] + [
+        "model.source=random", "model.dtype=bfloat16", "model.frozen_dtype=bfloat16", f"model.remat={str(remat).lower()}",
+        f"system.num_memory_tokens={k}", f"system.gnn_layers={gnn}", "system.compressor_ckpt=''",
+        "system.max_text_len=128", "system.text_len_buckets=[128]", "system.nodes_buckets=[20]",
+        "system.edges_buckets=[40]", "system.texts_buckets=[20]", "system.targets_buckets=[4]",
+        "system.dec_len_buckets=[256]", f"data.batch_size={devices}", "sharding.mesh.data=1",
+        f"sharding.mesh.fsdp={devices}",
+        *(["sharding.rules={nodes: [data, fsdp], edges: [data, fsdp]}"] if shard_graph else []),
+        "adapters=[{name: encadapt, targets: [q_proj, v_proj], rank: 512, alpha: 32.0}]"]
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    cfg = to_object(load_config(os.path.join(root, "configs", "gofa_pretrain.yaml"), over))
+    system = GOFASystem(cfg, load_data=False)
+    t0 = time.perf_counter()
+    plan = make_plan(cfg, system)
+    with plan.context():
+        state = abstract_with_shardings(plan.abstract_state, plan.state_sh)
+        frozen = abstract_with_shardings(plan.abstract_frozen, plan.frozen_sh)
+        batch = {n: jax.ShapeDtypeStruct(s.shape, s.dtype, sharding=plan.batch_sh[n])
+                 for n, s in system.batch_shapes().items()}
+        compiled = plan.step.lower(state, frozen, batch).compile()
+    secs = time.perf_counter() - t0
+    ma = compiled.memory_analysis()
+    gib = 1024 ** 3
+    count = lambda t: sum(x.size for x in jax.tree_util.tree_leaves(t))
+    args, temp = ma.argument_size_in_bytes / gib, ma.temp_size_in_bytes / gib
+    out, alias = ma.output_size_in_bytes / gib, ma.alias_size_in_bytes / gib
+    e_scores = devices * 40 * k * MISTRAL["hidden_size"] * 4 / devices / gib
+    return {"layers": model["num_hidden_layers"], "gnn": gnn, "k": k, "devices": devices, "remat": remat,
+            "frozen_M": count(plan.abstract_frozen) / 1e6, "trainable_M": count(plan.abstract_trainable) / 1e6,
+            "args_GiB": args, "temp_GiB": temp, "total_GiB": args + temp + out - alias,
+            "scores_GiB_per_tensor": e_scores, "compile_s": secs}
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--layers", type=int, default=0, help="decoder layers (0 = Mistral's 32; probes use fewer)")
+    ap.add_argument("--devices", type=int, default=8)
+    ap.add_argument("--no-remat", action="store_true")
+    ap.add_argument("--gnn", type=int, default=6, help="GNN layers")
+    ap.add_argument("--k", type=int, default=128, help="memory slots per text")
+    ap.add_argument("--replicated-graph", action="store_true", help="leave the nodes/edges axes unsharded")
+    ap.add_argument("--limit-gib", type=float, default=16.0)
+    ap.add_argument("--write", action="store_true", help="add the row to bench/RESULTS.md section aot_gofa")
+    a = ap.parse_args(argv)
+    os.environ.setdefault("XLA_FLAGS", f"--xla_force_host_platform_device_count={a.devices} "
+                          "--xla_cpu_enable_concurrency_optimized_scheduler=false")
+    sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+    r = measure(a.layers, a.devices, not a.no_remat, a.k, a.gnn, not a.replicated_graph)
+    for key, v in r.items():
+        print(f"{key:>22}: {v:.3f}" if isinstance(v, float) else f"{key:>22}: {v}")
+    ok = r["total_GiB"] < a.limit_gib
+    print(f"per-device total {r['total_GiB']:.2f} GiB {'<' if ok else '>='} {a.limit_gib} GiB")
+    if a.write:
+        from bench.results import RESULTS, table, write_section
+        import re
+        head = ["decoder layers", "GNN layers", "K", "mesh", "remat", "frozen params (M)", "trainable (M)", "args GiB/dev",
+                "temp GiB/dev", "total GiB/dev", "compile s"]
+        row = [r["layers"], r["gnn"], r["k"], f"fsdp={r['devices']}", r["remat"], r["frozen_M"], r["trainable_M"],
+               round(r["args_GiB"], 2), round(r["temp_GiB"], 2), round(r["total_GiB"], 2), r["compile_s"]]
+        old = RESULTS.read_text() if RESULTS.exists() else ""
+        m = re.search(r"<!-- bench:aot_gofa -->.*?(\| decoder layers.*?)\n\n", old, re.S)
+        rows = [ln for ln in (m.group(1).splitlines()[2:] if m else [])]
+        body = ("## AOT memory of a GOFA step on Mistral-7B shapes (`python bench/aot_gofa.py --write`)\n\n"
+                "Compiled from ShapeDtypeStructs with shardings (no weights allocated) on virtual CPU devices; "
+                "per-device bytes from `compiled.memory_analysis()`. bf16 compute and frozen base, 6 GNN layers "
+                "(fp32 + AdamW), K = 128, ICAE LoRA r 512 on q/v (frozen), one graph per device (20 nodes, 40 "
+                "edges, 128-token texts), fsdp = 8, nodes/edges sharded like the batch. Rows with fewer decoder "
+                "layers are probes (2 of them below the GNN).\n\n"
+                + "\n".join([table(head, [row])] + rows))
+        write_section("aot_gofa", body)
+    return 0 if ok else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
