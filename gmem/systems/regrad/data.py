@@ -14,6 +14,7 @@ what they were built from; a DATA_DIR built otherwise is rebuilt).
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 import pathlib
@@ -172,6 +173,7 @@ class TaskRows:
         return {k: np.stack(v) for k, v in out.items()}
 
 
+@functools.lru_cache(maxsize=4)
 def epoch_order(n: int, epoch: int, seed: int) -> np.ndarray:
     """The permutation of n training tasks used in `epoch` (seeded: resumable)."""
     return np.random.default_rng([seed, epoch]).permutation(n)

@@ -122,14 +122,15 @@ class RegradSystem(LMSystem):
         micro = max(1, self.cfg.data.batch_size // self.cfg.optim.grad_accum)
         out, losses, f1s = {}, [], []
         for name, recs in self.regrad_data.dev_sets().items():
-            ls = [float(fn(trainable, frozen, self.rows.rows(recs[s:s + micro])))
-                  for s in range(0, min(len(recs), self.cfg.eval.batches * micro) - micro + 1, micro)]
+            b = min(micro, len(recs))      # full micro-batches only: one compiled shape
+            n = min(len(recs), self.cfg.eval.batches * b) // b * b if b else 0
+            ls = [float(fn(trainable, frozen, self.rows.rows(recs[s:s + b]))) for s in range(0, n, b)]
             if ls:
                 out[f"eval/{name}/loss"] = float(np.mean(ls))
                 losses.append(out[f"eval/{name}/loss"])
-            n = self.opts.eval_questions
-            if n > 0 and recs:
-                _, m = Answerer(self, trainable, frozen, "fly").run(name, recs[:n], ["regrad"])
+            q = self.opts.eval_questions
+            if q > 0 and recs:
+                _, m = Answerer(self, trainable, frozen, "fly").run(name, recs[:q], ["regrad"])
                 out[f"eval/{name}/em"], out[f"eval/{name}/f1"] = m[f"{name}/regrad/em"], m[f"{name}/regrad/f1"]
                 f1s.append(out[f"eval/{name}/f1"])
         if losses:
@@ -211,7 +212,7 @@ class RegradSystem(LMSystem):
             recs = self._retrieved(prompts)
             ans = Answerer(self, trainable, frozen, "fly", o.gamma)
             rows = []
-            for mode in modes:
+            for mode in (m for m in modes if m != "shift"):   # shift needs a set of questions
                 for r, t in zip(recs, ans.answer(recs, mode, "prompts")):
                     rows.append({"prompt": r["question"], "mode": mode, "generation": t,
                                  "prediction": extract_answer(t), "passages": r["passages"]})

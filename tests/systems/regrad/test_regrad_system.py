@@ -100,3 +100,17 @@ def test_bad_options_and_records_are_one_line(make_cfg, regrad_files, tmp_path):
     bad.write_text(regrad_files["train"].read_text().replace('"passage_ids": [', '"passage_ids": [7, ', 1))
     with pytest.raises(GmemError, match=rf"{bad}: record 0: field 'passage_ids' must be a list of 3 strings"):
         _system(make_cfg, f"system.train_file={bad}")
+
+
+def test_a_broken_corpus_line_and_an_index_of_another_corpus_are_one_line(make_cfg, regrad_files, tmp_path):
+    broken = tmp_path / "broken.tsv"
+    lines = regrad_files["corpus"].read_text().splitlines()
+    broken.write_text("\n".join(lines[:3] + ["42\tonly two fields"] + lines[3:]) + "\n")
+    s = _system(make_cfg, f"system.corpus={broken}")
+    with pytest.raises(GmemError, match=rf"{broken}, line 4: 2 tab-separated fields, expected 3"):
+        s.data().corpus_identity()
+    other = tmp_path / "other.tsv"
+    other.write_text("\n".join(lines[:-1]) + "\n")                  # one passage fewer
+    s = _system(make_cfg, f"system.corpus={other}")
+    with pytest.raises(GmemError, match=r"gmem-retriever.json: this index was built from corpus "):
+        s.data().retriever()

@@ -1,0 +1,191 @@
+"""ReGrad on SmolLM2-135M-Instruct (CPU, fp32): a second-order meta-training step and the gradient
+bank's passages/s, gmem (JAX) vs a PyTorch re-implementation (transformers + peft + second-order
+torch.autograd), same weights, same LoRA values, same batch, in one run.
+
+Setup (both sides): LoRA r=8, alpha=16 (scale 2) on gate/up/down of layers 15-29 (the upper half),
+PEFT's A (copied from peft into gmem, so both start identical) and B = 0; alpha `tie` (one scalar
+per LoRA tensor, 0.01). One task = K passages of --passage random tokens and a QA row of --qa
+tokens whose last 6 are the answer.
+
+  meta step  inner g = grad_theta sum_i L_LM(p_i) (create_graph), theta' = theta - alpha g, outer
+             loss on the answer under theta', its gradient w.r.t. theta and alpha, AdamW update.
+             gmem: one jitted function (jax.value_and_grad through the inner jax.grad + optax);
+             torch: torch.autograd.grad(create_graph=True), torch.func.functional_call on theta',
+             backward, torch.optim.AdamW (eager attention: it supports double backward).
+  bank       per-passage gradients g = grad_theta L_LM(p), no graph: gmem vmaps --bank-batch
+             passages per jitted call; torch runs one passage per backward (as the original's
+             encode.py).
+
+    python bench/bench_regrad.py            # writes the "regrad" section of bench/RESULTS.md
+    python bench/bench_regrad.py --quick    # short sequences, 1 rep, nothing written
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+import time
+
+import numpy as np
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+from bench.results import add_threads_arg, limit_xla_threads, table, timed, write_section  # noqa: E402
+
+RANK, ALPHA, LR, INIT_ALPHA = 8, 16.0, 4e-4, 0.01
+TARGETS = ("gate_proj", "up_proj", "down_proj")
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--k", type=int, default=3, help="passages per task")
+    ap.add_argument("--passage", type=int, default=128, help="tokens per passage")
+    ap.add_argument("--qa", type=int, default=96, help="tokens of the QA row")
+    ap.add_argument("--bank-batch", type=int, default=8)
+    ap.add_argument("--reps", type=int, default=2)
+    add_threads_arg(ap)
+    ap.add_argument("--quick", action="store_true")
+    args = ap.parse_args()
+    if args.quick:
+        args.passage, args.qa, args.reps, args.bank_batch = 32, 24, 1, 2
+
+    limit_xla_threads(args.threads)
+    import jax
+    import jax.numpy as jnp
+    import optax
+    import peft
+    import torch
+    import transformers
+    from torch.func import functional_call
+
+    torch.set_num_threads(args.threads)
+    import gmem.assets
+    from gmem.adapters import AdapterSpec
+    from gmem.hf.gguf import converted_folder, load_gguf
+    from gmem.systems.regrad.meta import Model
+    from gmem.tree import flatten, unflatten
+
+    path = gmem.assets.path("smollm2-135m-instruct")
+    module, config, params = load_gguf(path)
+    n = config.num_hidden_layers
+    layers = tuple(range(n // 2, n))
+    rng = np.random.default_rng(0)
+    V = config.vocab_size
+    pid = rng.integers(100, V, (args.k, args.passage)).astype(np.int32)
+    qid = rng.integers(100, V, (args.qa,)).astype(np.int32)
+    labels = (np.arange(args.qa) >= args.qa - 6).astype(np.int32)
+    task = {"passage_ids": pid, "passage_mask": np.ones_like(pid), "qa_ids": qid,
+            "qa_mask": np.ones_like(qid), "qa_labels": labels}
+
+    # ---- torch side first: its LoRA A values seed both ----------------------------------------
+    hf = transformers.AutoModelForCausalLM.from_pretrained(converted_folder(path), dtype=torch.float32,
+                                                           attn_implementation="eager")
+    pm = peft.get_peft_model(hf, peft.LoraConfig(r=RANK, lora_alpha=ALPHA, lora_dropout=0.0,
+                                                 target_modules=list(TARGETS),
+                                                 layers_to_transform=list(layers)))
+    theta = {nm: p for nm, p in pm.named_parameters() if "lora_" in nm}
+
+    def gpath(nm):
+        parts = nm.split(".")
+        i = parts.index("layers")
+        return f"model/layers_{parts[i + 1]}/mlp/{parts[i + 3]}/{parts[i + 4]}"
+
+    lora = unflatten({gpath(nm): jnp.asarray(p.detach().numpy().T) for nm, p in theta.items()})
+
+    # ---- gmem ---------------------------------------------------------------------------------
+    spec = AdapterSpec(targets=TARGETS, rank=RANK, alpha=ALPHA, layers_to_transform=layers)
+    model = Model(module, spec, "tie", INIT_ALPHA)
+    trainable = {"lora": lora, "alpha": model.init_alpha_tree(lora)}
+    opt = optax.chain(optax.clip_by_global_norm(0.5), optax.adamw(LR, weight_decay=0.01))
+    opt_state = opt.init(trainable)
+
+    def step(tr, st, frozen, t):
+        loss, g = jax.value_and_grad(lambda x: model.task_loss(x, frozen, t)[0])(tr)
+        upd, st = opt.update(g, st, tr)
+        return optax.apply_updates(tr, upd), st, loss
+
+    t0 = time.perf_counter()
+    compiled = jax.jit(step).lower(trainable, opt_state, params, task).compile()
+    compile_s = time.perf_counter() - t0
+    state = {"tr": trainable, "st": opt_state}
+
+    def gmem_step():
+        state["tr"], state["st"], loss = compiled(state["tr"], state["st"], params, task)
+        return float(loss)
+
+    g_first, g_med, g_losses = timed(gmem_step, args.reps)
+    print(f"gmem meta step: compile {compile_s:.1f}s, first {g_first:.1f}s, median {g_med:.1f}s, {g_losses}", flush=True)
+
+    bank_fn = jax.jit(model.per_passage_grads)
+    bids = rng.integers(100, V, (args.bank_batch, args.passage)).astype(np.int32)
+    t0 = time.perf_counter()
+    bank_c = bank_fn.lower(lora, params, bids, np.ones_like(bids)).compile()
+    bank_compile = time.perf_counter() - t0
+    b_first, b_med, _ = timed(lambda: jax.block_until_ready(bank_c(lora, params, bids, np.ones_like(bids))), args.reps)
+    print(f"gmem bank: {args.bank_batch / b_med:.2f} passages/s", flush=True)
+
+    # ---- torch: the reference meta step -----------------------------------------------------
+    alpha = {nm: torch.tensor(INIT_ALPHA, requires_grad=True) for nm in theta}
+    topt = torch.optim.AdamW(list(theta.values()) + list(alpha.values()), lr=LR, weight_decay=0.01)
+    tp = torch.as_tensor(pid, dtype=torch.long)
+    tq = torch.as_tensor(qid, dtype=torch.long)[None]
+    tl = torch.where(torch.as_tensor(labels)[None] > 0, tq, torch.full_like(tq, -100))
+
+    def torch_step():
+        inner = sum(pm(input_ids=tp[i:i + 1], labels=tp[i:i + 1]).loss for i in range(args.k))
+        grads = torch.autograd.grad(inner, list(theta.values()), create_graph=True)
+        adapted = {nm: theta[nm] - alpha[nm] * g for nm, g in zip(theta, grads)}
+        outer = functional_call(pm, adapted, (), {"input_ids": tq, "labels": tl}).loss
+        outer.backward()
+        torch.nn.utils.clip_grad_norm_(list(theta.values()) + list(alpha.values()), 0.5)
+        topt.step()
+        topt.zero_grad(set_to_none=True)
+        return float(outer)
+
+    t_first, t_med, t_losses = timed(torch_step, args.reps)
+    print(f"torch meta step: first {t_first:.1f}s, median {t_med:.1f}s, {t_losses}", flush=True)
+
+    tb = torch.as_tensor(bids, dtype=torch.long)
+
+    def torch_bank():
+        for i in range(args.bank_batch):
+            loss = pm(input_ids=tb[i:i + 1], labels=tb[i:i + 1]).loss
+            torch.autograd.grad(loss, list(theta.values()))
+
+    tb_first, tb_med, _ = timed(torch_bank, args.reps)
+    print(f"torch bank: {args.bank_batch / tb_med:.2f} passages/s", flush=True)
+
+    n_lora = sum(int(np.prod(np.shape(x))) for x in flatten(lora).values())
+    rows = [["gmem (JAX, jit)", f"{g_med:.1f}", f"{compile_s:.0f}", f"{g_losses[0]:.5f}",
+             f"{args.bank_batch / b_med:.2f}", f"{bank_compile:.0f}"],
+            ["transformers + peft + autograd", f"{t_med:.1f}", "-", f"{t_losses[0]:.5f}",
+             f"{args.bank_batch / tb_med:.2f}", "-"]]
+    body = (
+        "## ReGrad on SmolLM2-135M-Instruct (CPU, fp32): meta step and bank, gmem vs PyTorch "
+        "(`bench/bench_regrad.py`)\n\n"
+        f"Same weights (the embedded GGUF dequantised to fp32), LoRA r={RANK} (scale 2) on "
+        f"gate/up/down of layers {layers[0]}-{layers[-1]} ({n_lora:,} values, PEFT's A copied into "
+        f"gmem, B = 0), alpha `tie` {INIT_ALPHA}. One task: {args.k} passages x {args.passage} "
+        f"random tokens, a QA row of {args.qa} tokens (answer: the last 6). Meta step = inner "
+        "gradient with its graph, theta' = theta - alpha g, outer loss, the full second-order "
+        "gradient w.r.t. theta and alpha, clip 0.5 and AdamW (gmem: one jitted function; torch: "
+        "`autograd.grad(create_graph=True)` + `torch.func.functional_call` on theta' + backward, "
+        "eager attention). Bank = per-passage gradients without graph (gmem: "
+        f"{args.bank_batch} passages vmapped per call; torch: one passage per backward, as the "
+        f"original's encode.py). Medians of {args.reps} after a warm-up call; compile times apart.\n\n"
+        + table(["side", "meta step s", "compile s", "first meta-loss", "bank passages/s",
+                 "bank compile s"], rows)
+        + f"\n\nMeta step torch / gmem: {t_med / g_med:.2f}x; bank gmem / torch: "
+          f"{tb_med / b_med:.2f}x. {args.threads} CPU thread(s) per side; the CPU is shared with "
+          f"other jobs (load average {os.getloadavg()[0]:.1f} at the end), so compare the rows, "
+          f"not runs. jax {jax.__version__}, torch {torch.__version__}, transformers "
+          f"{transformers.__version__}, peft {peft.__version__}."
+    )
+    print(body)
+    if not args.quick:
+        write_section("regrad", body)
+
+
+if __name__ == "__main__":
+    main()
