@@ -93,7 +93,7 @@ def test_system_options_are_typed_per_system(tmp_path):
     lm = to_object(load_config(CONFIG_DIR / "tiny_lm.yaml"))
     assert type(lm.system).__name__ == "LMOptions" and lm.system.prompts == ["HAMLET:"]
     bad = write(tmp_path, "bad.yaml", "extends: " + str(CONFIG_DIR / "gmt_tiny.yaml") + "\nsystem:\n  top_kk: 3\n")
-    with pytest.raises(GmemError, match=r"bad\.yaml: system\.top_kk: Key 'top_kk' not in 'GMTOptions'\. "
+    with pytest.raises(GmemError, match=r"bad\.yaml:3: system\.top_kk: Key 'top_kk' not in 'GMTOptions'\. "
                                         r"Did you mean: 'top_k'\?") as e:
         load_config(bad)
     assert "\n" not in str(e.value)

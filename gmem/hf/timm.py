@@ -36,7 +36,8 @@ import numpy as np
 
 from gmem.errors import GmemError, collect_errors
 from gmem.hf.convert import load_params
-from gmem.hf.keymap import _pattern, flatten, gmem_to_hf, hf_to_gmem
+from gmem.hf.keymap import _pattern, gmem_to_hf, hf_to_gmem
+from gmem.tree import flatten
 from gmem.hf.keymaps import timm_vit as keys
 from gmem.hf.readers import SafetensorsSource, open_weights, torch_load_checkpoint
 from gmem.hf.registry import family_named

@@ -57,7 +57,7 @@ def _shards(mesh, axis) -> int:
 def sharded_search(mem: AssociativeMemory, state: MemoryState, q_QD: jax.Array, k: int, mesh, axis):
     """mem.search's result (indices [Q, k], distances [Q, k], vectors [Q, k, D], replicated)
     for a state whose slots are split over `axis` of `mesh` (shard_memory). Exact search."""
-    mem._check(q_QD, "queries")
+    mem._check(q_QD, "queries", state)
     s_n = _shards(mesh, axis)
     if mem.size % s_n:
         raise GmemError(f"sharded_search: memory size {mem.size} is not a multiple of the {s_n} shards of {axis!r}")

@@ -56,7 +56,8 @@ from gmem.adapters import adapter_collection, merge  # noqa: E402
 from gmem.adapters.gift_io import (gift_spec_from_checkpoint, load_gift_checkpoint,  # noqa: E402
                                 original_act, read_gift_file)
 from gmem.errors import GmemError  # noqa: E402
-from gmem.hf.keymap import apply_transform, hf_to_gmem, unflatten  # noqa: E402
+from gmem.hf.keymap import apply_transform, hf_to_gmem  # noqa: E402
+from gmem.tree import unflatten  # noqa: E402
 from gmem.hf.keymaps import bert as bert_keys  # noqa: E402
 from gmem.hf.keymaps import llama as llama_keys  # noqa: E402
 from gmem.hf.keymaps import vit as vit_keys  # noqa: E402

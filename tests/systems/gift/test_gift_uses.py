@@ -89,7 +89,8 @@ def test_load_original_roberta_checkpoint_with_classifier(tmp_path):
     weight and the classifier replaced by the file's, independently of gmem's GIFT code."""
     torch = pytest.importorskip("torch")
     transformers = pytest.importorskip("transformers")
-    from gmem.hf.keymap import apply_transform, hf_to_gmem, unflatten
+    from gmem.hf.keymap import apply_transform, hf_to_gmem
+    from gmem.tree import unflatten
     torch.manual_seed(0)
     hf_cfg = transformers.RobertaConfig(vocab_size=61, hidden_size=32, num_hidden_layers=2,
                                         num_attention_heads=4, intermediate_size=48,
