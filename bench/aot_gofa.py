@@ -18,7 +18,6 @@ from __future__ import annotations
 import argparse
 import os
 import sys
-import time
 
 MISTRAL = dict(vocab_size=32000, hidden_size=4096, intermediate_size=14336, num_hidden_layers=32,
                num_attention_heads=32, num_key_value_heads=8, max_position_embeddings=32768)
@@ -29,8 +28,8 @@ def measure(layers: int, devices: int, remat: bool = True, k: int = 128, gnn: in
 
     from gmem.config import load_config, to_object
     from gmem.systems.gofa import GOFASystem
-    from gmem.train.checkpoint import abstract_with_shardings
-    from gmem.train.loop import make_plan
+
+    from bench.aot_memory import compile_abstract_step, step_memory_gib
 
     model = dict(MISTRAL, num_hidden_layers=layers or MISTRAL["num_hidden_layers"])
     over = [f"model.{a}={b}" for a, b in model.items()] + [
@@ -45,24 +44,14 @@ def measure(layers: int, devices: int, remat: bool = True, k: int = 128, gnn: in
     root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
     cfg = to_object(load_config(os.path.join(root, "configs", "gofa_pretrain.yaml"), over))
     system = GOFASystem(cfg, load_data=False)
-    t0 = time.perf_counter()
-    plan = make_plan(cfg, system)
-    with plan.context():
-        state = abstract_with_shardings(plan.abstract_state, plan.state_sh)
-        frozen = abstract_with_shardings(plan.abstract_frozen, plan.frozen_sh)
-        batch = {n: jax.ShapeDtypeStruct(s.shape, s.dtype, sharding=plan.batch_sh[n])
-                 for n, s in system.batch_shapes().items()}
-        compiled = plan.step.lower(state, frozen, batch).compile()
-    secs = time.perf_counter() - t0
-    ma = compiled.memory_analysis()
-    gib = 1024 ** 3
+    plan, compiled, secs = compile_abstract_step(cfg, system)
+    mem = step_memory_gib(compiled)
     count = lambda t: sum(x.size for x in jax.tree_util.tree_leaves(t))
-    args, temp = ma.argument_size_in_bytes / gib, ma.temp_size_in_bytes / gib
-    out, alias = ma.output_size_in_bytes / gib, ma.alias_size_in_bytes / gib
+    gib = 1024 ** 3
     e_scores = devices * 40 * k * MISTRAL["hidden_size"] * 4 / devices / gib
     return {"layers": model["num_hidden_layers"], "gnn": gnn, "k": k, "devices": devices, "remat": remat,
             "frozen_M": count(plan.abstract_frozen) / 1e6, "trainable_M": count(plan.abstract_trainable) / 1e6,
-            "args_GiB": args, "temp_GiB": temp, "total_GiB": args + temp + out - alias,
+            "args_GiB": mem["args_GiB"], "temp_GiB": mem["temp_GiB"], "total_GiB": mem["total_GiB"],
             "scores_GiB_per_tensor": e_scores, "compile_s": secs}
 
 

@@ -28,6 +28,36 @@ MODELS = {
 }
 
 
+def compile_abstract_step(cfg, system):
+    """(plan, compiled train step, compile seconds) for cfg's system, lowered on abstract state,
+    frozen base and batch carrying the plan's shardings: nothing is allocated."""
+    import jax
+
+    from gmem.train.checkpoint import abstract_with_shardings
+    from gmem.train.loop import make_plan
+
+    t0 = time.perf_counter()
+    plan = make_plan(cfg, system)
+    with plan.context():
+        state = abstract_with_shardings(plan.abstract_state, plan.state_sh)
+        frozen = abstract_with_shardings(plan.abstract_frozen, plan.frozen_sh)
+        batch = {k: jax.ShapeDtypeStruct(s.shape, s.dtype, sharding=plan.batch_sh[k])
+                 for k, s in system.batch_shapes().items()}
+        compiled = plan.step.lower(state, frozen, batch).compile()
+    return plan, compiled, time.perf_counter() - t0
+
+
+def step_memory_gib(compiled) -> dict:
+    """Per-device GiB of a compiled step: arguments, temporaries, outputs, aliased outputs, and
+    the total (outputs aliased to donated inputs take no extra memory)."""
+    ma = compiled.memory_analysis()
+    gib = 1024 ** 3
+    args, temp = ma.argument_size_in_bytes / gib, ma.temp_size_in_bytes / gib
+    out, alias = ma.output_size_in_bytes / gib, ma.alias_size_in_bytes / gib
+    return {"args_GiB": args, "temp_GiB": temp, "out_GiB": out, "alias_GiB": alias,
+            "total_GiB": args + temp + out - alias}
+
+
 def parse_mesh(s: str) -> dict:
     out = {"data": 1, "fsdp": 1, "tensor": 1}
     for part in filter(None, s.split(",")):
@@ -43,8 +73,6 @@ def measure(model: str, mesh: dict, seq: int, batch: int, remat: bool, dtype: st
 
     from gmem.config import load_config, to_object
     from gmem.systems.lm import LMSystem
-    from gmem.train.checkpoint import abstract_with_shardings
-    from gmem.train.loop import make_plan
 
     fields = [f"model.{k}={v}" for k, v in MODELS[model].items()]
     if layers:
@@ -55,29 +83,13 @@ def measure(model: str, mesh: dict, seq: int, batch: int, remat: bool, dtype: st
         f"data.seq_len={seq}", f"data.batch_size={batch}", f"adapters.0.targets=[{','.join(targets)}]",
         f"adapters.0.rank={rank}", *(f"sharding.mesh.{k}={v}" for k, v in mesh.items())]))
     system = LMSystem(cfg, load_data=False)
-    t0 = time.perf_counter()
-    plan = make_plan(cfg, system)
-    with plan.context():
-        state = abstract_with_shardings(plan.abstract_state, plan.state_sh)
-        frozen = abstract_with_shardings(plan.abstract_frozen, plan.frozen_sh)
-        batch_abs = {k: jax.ShapeDtypeStruct(s.shape, s.dtype, sharding=plan.batch_sh[k])
-                     for k, s in system.batch_shapes().items()}
-        compiled = plan.step.lower(state, frozen, batch_abs).compile()
-    secs = time.perf_counter() - t0
-    ma = compiled.memory_analysis()
-    gib = 1024 ** 3
+    plan, compiled, secs = compile_abstract_step(cfg, system)
+    mem = step_memory_gib(compiled)
     n_base = sum(x.size for x in jax.tree_util.tree_leaves(plan.abstract_frozen))
     n_train = sum(x.size for x in jax.tree_util.tree_leaves(plan.abstract_trainable))
-    args = ma.argument_size_in_bytes / gib
-    temp = ma.temp_size_in_bytes / gib
-    out = ma.output_size_in_bytes / gib
-    alias = ma.alias_size_in_bytes / gib
     return {"model": model, "mesh": ",".join(f"{k}={v}" for k, v in mesh.items() if v != 1) or "1 device",
             "devices": plan.mesh.devices.size, "seq": seq, "batch": batch, "remat": remat, "dtype": dtype,
-            "base_params_M": n_base / 1e6, "trainable_M": n_train / 1e6,
-            "args_GiB": args, "temp_GiB": temp, "out_GiB": out, "alias_GiB": alias,
-            # Outputs aliased to donated inputs take no extra memory.
-            "total_GiB": args + temp + out - alias, "compile_s": secs}
+            "base_params_M": n_base / 1e6, "trainable_M": n_train / 1e6, **mem, "compile_s": secs}
 
 
 def main(argv=None) -> int:

@@ -16,7 +16,6 @@ from __future__ import annotations
 import argparse
 import os
 import sys
-import time
 
 # meta-llama/Llama-3.2-1B-Instruct config.json (tied embeddings, 8 KV heads)
 LLAMA_32_1B = dict(vocab_size=128256, hidden_size=2048, intermediate_size=8192, num_hidden_layers=16,
@@ -30,8 +29,8 @@ def measure(mesh: str, passage: int, prompt: int, k: int, remat: bool, dtype: st
 
     from gmem.config import load_config, to_object
     from gmem.systems.regrad import RegradSystem
-    from gmem.train.checkpoint import abstract_with_shardings
-    from gmem.train.loop import make_plan
+
+    from bench.aot_memory import compile_abstract_step, step_memory_gib
 
     sizes = dict(LLAMA_32_1B, **({"num_hidden_layers": layers} if layers else {}))
     m = dict(p.split("=") for p in mesh.split(","))
@@ -45,26 +44,15 @@ def measure(mesh: str, passage: int, prompt: int, k: int, remat: bool, dtype: st
         f"data.batch_size={devices}", "optim.grad_accum=1", "sharding.mesh.data=1",
         *(f"sharding.mesh.{a}={b}" for a, b in m.items())]))
     system = RegradSystem(cfg, load_data=False)
-    t0 = time.perf_counter()
-    plan = make_plan(cfg, system)
-    with plan.context():
-        state = abstract_with_shardings(plan.abstract_state, plan.state_sh)
-        frozen = abstract_with_shardings(plan.abstract_frozen, plan.frozen_sh)
-        batch = {n: jax.ShapeDtypeStruct(s.shape, s.dtype, sharding=plan.batch_sh[n])
-                 for n, s in system.batch_shapes().items()}
-        compiled = plan.step.lower(state, frozen, batch).compile()
-    secs = time.perf_counter() - t0
-    ma = compiled.memory_analysis()
-    gib = 1024 ** 3
+    plan, compiled, secs = compile_abstract_step(cfg, system)
+    mem = step_memory_gib(compiled)
     n_base = sum(x.size for x in jax.tree_util.tree_leaves(plan.abstract_frozen))
     n_lora = sum(x.size for x in jax.tree_util.tree_leaves(plan.abstract_trainable["lora"]))
-    args, temp = ma.argument_size_in_bytes / gib, ma.temp_size_in_bytes / gib
-    out, alias = ma.output_size_in_bytes / gib, ma.alias_size_in_bytes / gib
     return {"layers": sizes["num_hidden_layers"], "mesh": mesh, "devices": devices, "passages": f"{k} x {passage}",
             "prompt": prompt, "remat": remat, "dtype": dtype, "frozen": frozen_dtype,
             "base_params_M": round(n_base / 1e6, 1), "lora_params_M": round(n_lora / 1e6, 3),
-            "args_GiB": round(args, 2), "temp_GiB": round(temp, 2),
-            "total_GiB": round(args + temp + out - alias, 2), "compile_s": round(secs, 1)}
+            "args_GiB": round(mem["args_GiB"], 2), "temp_GiB": round(mem["temp_GiB"], 2),
+            "total_GiB": round(mem["total_GiB"], 2), "compile_s": round(secs, 1)}
 
 
 def main(argv=None) -> int:

@@ -170,7 +170,7 @@ def _lock(key: str):
     locks.mkdir(parents=True, exist_ok=True)
     with open(locks / f"{key}.lock", "w") as f:
         try:
-            import fcntl
+            import fcntl  # POSIX only; imported where the lock is taken
         except ImportError:  # Windows: rely on the atomic renames alone
             yield
             return

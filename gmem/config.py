@@ -12,16 +12,19 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
+import importlib
 import pathlib
+import pkgutil
 from dataclasses import dataclass, field
 from typing import Any, Dict, List, Optional, Sequence
 
 import yaml
-from omegaconf import OmegaConf
+from omegaconf import DictConfig, ListConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
 from gmem.dtypes import DTYPE_NAMES
-from gmem.errors import GmemError, read_utf8
+from gmem.errors import GmemError
+from gmem.yaml_files import file_layers, locate_in_file
 
 CONFIG_DIR = pathlib.Path(__file__).resolve().parent.parent / "configs"
 DEFAULT_CONFIG = CONFIG_DIR / "default.yaml"
@@ -112,11 +115,13 @@ class OptimConfig:
 
 @dataclass
 class MeshConfig:
-    """Device mesh shape; -1 on one axis takes the devices left over."""
+    """Device mesh shape; -1 on one axis takes the devices left over. `devices: N` builds the
+    mesh on the first N devices only (null: all), e.g. 1 for a notebook on an 8-device host."""
 
     data: int = -1
     fsdp: int = 1
     tensor: int = 1
+    devices: Optional[int] = None
 
 
 @dataclass
@@ -197,9 +202,6 @@ def system_class(name: str) -> type:
     package gmem.systems.<name> is tried first, then every package under gmem/systems/ (one
     package may hold several systems, as gmt holds gmt and gmt_stage1). The imports are by
     name, at run time: gmem.train and this module never import a system statically."""
-    import importlib
-    import pkgutil
-
     if name not in SYSTEMS:
         try:
             importlib.import_module(f"gmem.systems.{name}")
@@ -235,103 +237,12 @@ def _one_line(e: OmegaConfBaseException) -> str:
     return f"{key}: {msg}" if key else msg
 
 
-def read_yaml(path: str | pathlib.Path) -> dict:
-    """safe_load a YAML mapping; syntax errors name the file and line, other encodings than
-    UTF-8 the line and byte."""
-    p = pathlib.Path(path)
-    if not p.is_file():
-        raise GmemError(f"{p}: config file not found")
-    text = read_utf8(p, "a YAML config")
-    try:
-        data = yaml.safe_load(text)
-    except yaml.MarkedYAMLError as e:
-        mark = e.problem_mark or e.context_mark
-        where = f"{p}:{mark.line + 1}" if mark else str(p)
-        raise GmemError(f"{where}: bad YAML: {e.problem or e.context}") from None
-    except yaml.YAMLError as e:
-        raise GmemError(f"{p}: bad YAML: {e}") from None
-    if data is None:
-        return {}
-    if not isinstance(data, dict):
-        raise GmemError(f"{p}: a config file must be a mapping of sections, got {type(data).__name__}")
-    return data
-
-
-def yaml_key_lines(text: str) -> dict[str, tuple[int, str | None]]:
-    """Every key path of a YAML document ('train.steps', 'adapters[0].rank') -> (its 1-based
-    line, its scalar value's text or None). Composed, never constructed: nothing in the file runs."""
-    try:
-        root = yaml.compose(text, Loader=yaml.SafeLoader)
-    except yaml.YAMLError:
-        return {}
-    out: dict[str, tuple[int, str | None]] = {}
-
-    def walk(node, prefix):
-        if isinstance(node, yaml.MappingNode):
-            for k, v in node.value:
-                if isinstance(k, yaml.ScalarNode):
-                    path = f"{prefix}.{k.value}" if prefix else str(k.value)
-                    out.setdefault(path, (k.start_mark.line + 1,
-                                          v.value if isinstance(v, yaml.ScalarNode) else None))
-                    walk(v, path)
-        elif isinstance(node, yaml.SequenceNode):
-            for i, v in enumerate(node.value):
-                path = f"{prefix}[{i}]"
-                out.setdefault(path, (v.start_mark.line + 1, v.value if isinstance(v, yaml.ScalarNode) else None))
-                walk(v, path)
-
-    walk(root, "")
-    return out
-
-
-def _locate_in_file(where: str, key: str | None, value: Any = None) -> tuple[str, str | None]:
-    """('FILE:LINE', full key path) of `key` (OmegaConf's full_key; inside a list it is only the
-    last part, e.g. 'rank' for adapters[1].rank, and `value`, the rejected value, picks the
-    entry) in the YAML file `where`; (where, key) when the file or the key is not found."""
-    p = pathlib.Path(where)
-    if not key or not p.is_file():
-        return where, key
-    try:
-        lines = yaml_key_lines(p.read_text(encoding="utf-8"))
-    except (OSError, UnicodeDecodeError):
-        return where, key
-    if key in lines:
-        return f"{where}:{lines[key][0]}", key
-    tails = [k for k in lines if k.endswith("." + key)]
-    if value is not None:
-        tails = [k for k in tails if lines[k][1] == str(value)] or tails
-    if tails:
-        return f"{where}:{lines[tails[0]][0]}", tails[0]
-    return where, key
-
-
-def _file_layers(path: pathlib.Path, seen: tuple = ()) -> list[tuple[str, dict]]:
-    """The file and the files it extends, base first, as (name, dict) layers."""
-    given, path = path, path.resolve()
-    if path in seen:
-        chain = " -> ".join(str(s) for s in seen + (path,))
-        raise GmemError(f"{given}: `extends` makes a cycle: {chain}")
-    data = read_yaml(given)
-    parents = data.pop("extends", None) or []
-    if isinstance(parents, str):
-        parents = [parents]
-    layers = []
-    for parent in parents:
-        pp = pathlib.Path(parent)
-        if not pp.is_absolute():
-            pp = path.parent / pp
-        if not pp.is_file():
-            raise GmemError(f"{path}: extends: file {parent!r} not found (looked at {pp})")
-        layers += _file_layers(pp, seen + (path,))
-    return layers + [(str(given), data)]
-
-
 def _merge(cfg, layer: Any, where: str):
     try:
         return OmegaConf.merge(cfg, layer)
     except OmegaConfBaseException as e:
         key = getattr(e, "full_key", None)
-        at, path = _locate_in_file(where, key, getattr(e, "value", None))
+        at, path = locate_in_file(where, key, getattr(e, "value", None))
         msg = _one_line(e)
         if path and key and path != key and msg.startswith(f"{key}: "):
             msg = f"{path}: " + msg[len(key) + 2:]
@@ -341,7 +252,6 @@ def _merge(cfg, layer: Any, where: str):
 def _check_list_index(cfg, item: str, key: str) -> None:
     """`adapters.3.rank=4` on a one-entry list: say which entries exist and how to add one
     (OmegaConf would report 'Invalid type assigned: dict is not a subclass of AdapterConfig')."""
-    from omegaconf import DictConfig, ListConfig
     node, done = cfg, []
     for part in key.split("."):
         if isinstance(node, ListConfig):
@@ -423,7 +333,7 @@ def load_config(path: str | pathlib.Path | None = None, overrides: Sequence[str]
     if base is not None:
         layers.append(("dict", "saved config", base))
     for f in ([path] if path is not None else []) + list(override_files):
-        layers += [("dict", name, data) for name, data in _file_layers(pathlib.Path(f))]
+        layers += [("dict", name, data) for name, data in file_layers(pathlib.Path(f))]
     for item in overrides:
         if "=" not in item:
             raise GmemError(f"override {item!r}: expected key.sub=value")

@@ -4,6 +4,7 @@ A GmemError means the user gave gmem something wrong (a config key, a file, a sh
 import). Its message names the file, line or field; the command-line tools print it on one
 line and exit with code 2. Every other exception is a bug and keeps its traceback.
 """
+import pathlib
 
 
 class GmemError(Exception):
@@ -26,8 +27,6 @@ def read_utf8(path, what: str = "") -> str:
     """The text of a UTF-8 file; a file in another encoding is a GmemError naming the file, the
     line and the byte offset of the first bad byte (instead of a UnicodeDecodeError traceback or
     a silent decode with replacement characters). `what` says what the file is for."""
-    import pathlib
-
     data = pathlib.Path(path).read_bytes()
     try:
         return data.decode("utf-8")

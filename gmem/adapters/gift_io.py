@@ -15,12 +15,12 @@ from typing import Mapping, Optional
 
 import jax.numpy as jnp
 import numpy as np
+from safetensors.numpy import load_file
 
 from gmem.adapters.core import AdapterSpec
 from gmem.adapters.gift import SHARED, SOFTMAX_NOTE
 from gmem.errors import GmemError, collect_errors
 from gmem.hf.readers import torch_load_checkpoint
-
 
 # ---- the original GIFT checkpoint layout -------------------------------------------------
 
@@ -143,7 +143,6 @@ def read_gift_file(path: str) -> GiftFile:
         raise GmemError(f"{path}: GIFT checkpoint not found")
     args = None
     if path.endswith(".safetensors"):
-        from safetensors.numpy import load_file
         state = load_file(path)
     else:
         state = torch_load_checkpoint(path)

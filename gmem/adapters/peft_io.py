@@ -15,6 +15,7 @@ from typing import Optional, Sequence
 
 import jax.numpy as jnp
 import numpy as np
+from safetensors.numpy import load_file, save_file
 
 from gmem.adapters.core import AdapterSpec, flatten_modules, unflatten_modules
 from gmem.adapters.targets import hf_name, layer_index, projection_paths
@@ -92,7 +93,6 @@ def save_peft(directory: str, spec: AdapterSpec, tree: dict, rules: Sequence[Rul
               base_model_name_or_path: Optional[str] = None, task_type: Optional[str] = None,
               base_params=None) -> None:
     """Write a LoRA tree as a PEFT adapter folder (PeftModel.from_pretrained reads it)."""
-    from safetensors.numpy import save_file
     if spec.kind != "lora":
         raise GmemError(f"adapter {spec.name!r}: PEFT export is for LoRA; GIFT checkpoints "
                         "use gmem.adapters.gift_io.to_gift_state_dict")
@@ -177,10 +177,9 @@ def load_peft(directory: str, rules: Sequence[Rule], base_params=None,
     spec = spec_from_peft_config(cfg, name, where=cfg_path)
     w = os.path.join(directory, WEIGHTS)
     if os.path.exists(w):
-        from safetensors.numpy import load_file
         state = load_file(w)
     elif os.path.exists(os.path.join(directory, "adapter_model.bin")):
-        import torch
+        import torch  # optional and slow to import (~4 s): only for .bin adapters
         sd = torch.load(os.path.join(directory, "adapter_model.bin"), map_location="cpu",
                         weights_only=True)
         state = {k: t.float().numpy() for k, t in sd.items()}

@@ -25,6 +25,8 @@ from __future__ import annotations
 import re
 from typing import Iterable, Optional, Sequence
 
+import flax.linen as nn
+
 from gmem.errors import GmemError
 from gmem.hf.keymap import Rule, gmem_to_hf, hf_to_gmem
 
@@ -62,7 +64,6 @@ def _unbox(tree):
     if isinstance(tree, dict) and set(tree) == {"params"}:
         tree = tree["params"]
     try:
-        import flax.linen as nn
         return nn.unbox(tree)
     except Exception:  # noqa: BLE001 - plain dicts need no unboxing
         return tree

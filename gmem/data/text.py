@@ -14,13 +14,13 @@ from typing import Callable, Iterator, Sequence
 
 import numpy as np
 
+import gmem.assets
 from gmem.errors import GmemError, read_utf8
 
 
 def corpus_files(corpus: str, glob: str = "*.txt") -> list[pathlib.Path]:
     """'shakespeare' (embedded asset), a .txt/.json/.jsonl file, or a folder of files."""
     if corpus == "shakespeare":
-        import gmem.assets
         p = pathlib.Path(gmem.assets.path("shakespeare"))
     else:
         p = pathlib.Path(corpus).expanduser()
@@ -58,7 +58,7 @@ def json_problem(path: pathlib.Path) -> str:
 
 
 def _json_texts(f: pathlib.Path, text_field: str) -> list[str]:
-    import datasets
+    import datasets  # slow to import (~2 s): only for Hugging Face datasets
     try:
         ds = datasets.load_dataset("json", data_files=str(f), split="train")
         if text_field not in ds.column_names:

@@ -31,9 +31,16 @@ import re
 import warnings
 from typing import Mapping, Sequence
 
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
 import numpy as np
+from safetensors.numpy import load_file
 
+import gmem.assets
 from gmem.errors import GmemError
+from gmem.hf.convert import load_pretrained
+from gmem.hf.readers import torch_load
 
 
 def relation_semantics(names: Sequence[str], source: str = "bert", *, add_inverse: bool = False,
@@ -187,12 +194,8 @@ _MINILM: dict = {}
 def _minilm():
     """(jitted ids, mask -> pooled embeddings, tokenizer) of all-MiniLM-L6-v2, loaded once."""
     if "m" not in _MINILM:
-        import jax
-        import jax.numpy as jnp
-        from transformers import AutoTokenizer
+        from transformers import AutoTokenizer  # slow to import (~2 s): only when relation texts are encoded
 
-        import gmem.assets
-        from gmem.hf.convert import load_pretrained
         folder = str(gmem.assets.path("all-minilm-l6-v2"))
         module, _, params = load_pretrained(folder)
         tokenizer = AutoTokenizer.from_pretrained(folder)
@@ -209,12 +212,10 @@ def _minilm():
 
 
 def _torch_load(path: str):
-    from gmem.hf.readers import torch_load
     return torch_load(path, mmap=False)
 
 
 def _safetensors(path: str) -> dict:
-    from safetensors.numpy import load_file
     try:
         return load_file(path)
     except Exception as e:  # noqa: BLE001 - safetensors raises its own SafetensorError
@@ -234,8 +235,6 @@ def _to_numpy(x, path: str) -> np.ndarray:
 def set_relation_semantics(params: dict, table: np.ndarray, path: Sequence[str] = ("sgm",)) -> dict:
     """Put `table` [R_edge, d] into an SGM/encoder params tree (at path/rel_semantic), checking
     the shape. Returns a new tree (dict nodes copied; the input is not modified)."""
-    import flax.linen as nn
-    import jax.numpy as jnp
     new = dict(params)
     node = new
     for p in path:

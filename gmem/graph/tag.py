@@ -43,6 +43,7 @@ from typing import Sequence
 
 import numpy as np
 
+import gmem.assets
 from gmem.errors import GmemError
 from gmem.graph.text_graph import TextGraph
 
@@ -203,7 +204,6 @@ def load_wiki_summaries(drop_topics: Sequence[str] = ("Uncategorized",)
                         ) -> tuple[list[str], list[str], list[str]]:
     """(titles, texts, topics) of the embedded summaries with text and a topic, in file order.
     "Uncategorized" (1,000 articles) is not a topic, so it is dropped by default."""
-    import gmem.assets
     rows = json.loads(pathlib.Path(gmem.assets.path("wiki-summaries-en")).read_text()).values()
     rows = [r for r in rows if (r.get("extract") or "").strip() and r.get("topic")
             and r["topic"] not in drop_topics]

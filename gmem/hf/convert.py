@@ -19,17 +19,20 @@ import pathlib
 import re
 from typing import Any
 
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
 import numpy as np
+from huggingface_hub import snapshot_download
 
-from gmem.errors import GmemError, collect_errors
+from gmem.errors import GmemError, collect_errors, read_utf8
 from gmem.hf.keymap import apply_transform, gmem_to_hf, hf_to_gmem
-from gmem.tree import flatten, unflatten
 from gmem.hf.readers import TensorSource, open_weights
+from gmem.hf.registry import family_by_architecture, family_for
+from gmem.tree import flatten, unflatten
 
 
 def _example_inputs(family, config) -> tuple:
-    import jax.numpy as jnp
-
     if family.example_inputs is not None:
         return tuple(family.example_inputs(config))
     return (jnp.ones((1, 1), jnp.int32),)
@@ -41,9 +44,6 @@ def abstract_params(family, config, module=None, *, boxed: bool = False) -> dict
     boxed=True keeps flax's LogicallyPartitioned boxes, from which a caller derives shardings
     (nn.get_partition_spec + nn.logical_to_mesh_sharding).
     """
-    import flax.linen as nn
-    import jax
-
     module = module if module is not None else family.module(config)
     tree = jax.eval_shape(lambda: module.init(jax.random.PRNGKey(0),
                                               *_example_inputs(family, config)))["params"]
@@ -110,9 +110,6 @@ def load_params(source: TensorSource, family, config, module=None, *, dtype=None
       shardings: None, or a tree like params whose leaves are jax.sharding.Sharding; each
         tensor is device_put straight onto its sharding.
     """
-    import jax
-    import jax.numpy as jnp
-
     expected = flatten(abstract_params(family, config, module))
     plan = plan_import(source, family, config, expected)
     flat_shardings = flatten(dict(shardings)) if shardings is not None else None
@@ -139,8 +136,6 @@ def resolve_folder(name_or_path) -> pathlib.Path:
     if p.exists() or str(name_or_path).count("/") != 1 or str(name_or_path).startswith((".", "/")):
         return p
     try:
-        from huggingface_hub import snapshot_download
-
         return pathlib.Path(snapshot_download(
             str(name_or_path), allow_patterns=["*.json", "*.safetensors", "*.jinja", "*.txt",
                                                "*.model"]))
@@ -190,7 +185,6 @@ def check_hf_config(d: dict, text: str, path) -> None:
 
 def read_hf_config(folder: pathlib.Path) -> dict:
     """config.json as a dict; bad JSON names its line and column, mistyped sizes their field."""
-    from gmem.errors import read_utf8
     path = folder / "config.json"
     if not path.is_file():
         raise GmemError(f"{path}: not found; an HF model folder needs config.json")
@@ -222,8 +216,6 @@ def load_pretrained(folder, *, dtype=None, shardings=None, architecture: str | N
       (module, config, params): a linen module, its frozen config, and params for
       module.apply({"params": params}, ...).
     """
-    from gmem.hf.registry import family_by_architecture, family_for
-
     folder = resolve_folder(folder)
     hf_config = read_hf_config(folder)
     family = (family_by_architecture(architecture) if architecture
@@ -240,7 +232,4 @@ def load_pretrained(folder, *, dtype=None, shardings=None, architecture: str | N
 
 def to_numpy_tree(params) -> dict[str, np.ndarray]:
     """Flat {path: host array} of a params tree (boxes unwrapped), for export and tests."""
-    import flax.linen as nn
-    import jax
-
     return {k: np.asarray(jax.device_get(v)) for k, v in flatten(nn.meta.unbox(params)).items()}

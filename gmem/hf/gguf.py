@@ -31,10 +31,16 @@ from __future__ import annotations
 import hashlib
 import pathlib
 
+import gguf
 import numpy as np
 
+from gmem.assets import _lock, cache_dir
 from gmem.errors import GmemError
+from gmem.hf.convert import load_params, load_pretrained
+from gmem.hf.gguf_tokenizer import tokenizer_from_gguf_reader
 from gmem.hf.keymap import Rule, hf_to_gmem
+from gmem.hf.registry import family_for
+from gmem.hf.writer import save_pretrained
 
 # GGUF tensor name -> HF key ("gmem" slot holds the HF key); transform says which rows to unpermute.
 GGUF_RULES = (
@@ -66,8 +72,6 @@ def unpermute(w: np.ndarray, n_head: int) -> np.ndarray:
 
 
 def open_reader(path):
-    import gguf
-
     path = pathlib.Path(path)
     if not path.is_file():
         raise GmemError(f"{path}: GGUF file not found")
@@ -163,8 +167,6 @@ class GGUFSource:
         return tuple(int(x) for x in reversed(t.shape))  # ggml lists dims innermost first
 
     def get(self, key: str) -> np.ndarray:
-        import gguf
-
         t, transform = self._tensors[key]
         w = gguf.quants.dequantize(t.data, t.tensor_type).astype(np.float32, copy=False)
         w = w.reshape(self.shape(key))
@@ -184,8 +186,6 @@ def _cache_folder(path: pathlib.Path) -> pathlib.Path:
     """$GMEM_CACHE/gguf/<stem>-<digest>: a converted copy's home. The digest covers the
     converter version, the file's size and mtime and its first 4 MiB (metadata and vocab), so
     a changed file gets a fresh copy without hashing the whole file on every load."""
-    from gmem.assets import cache_dir
-
     st = path.stat()
     h = hashlib.sha256(f"{CONVERT_VERSION} {st.st_size} {st.st_mtime_ns}".encode())
     with open(path, "rb") as f:
@@ -196,11 +196,6 @@ def _cache_folder(path: pathlib.Path) -> pathlib.Path:
 def convert_gguf(path, folder) -> pathlib.Path:
     """Write the GGUF as a plain HF folder (config.json, model.safetensors fp32, tokenizer files)
     that transformers and gmem.hf.convert.load_pretrained read. Returns the folder."""
-    from gmem.hf.convert import load_params
-    from gmem.hf.registry import family_for
-    from gmem.hf.gguf_tokenizer import tokenizer_from_gguf_reader
-    from gmem.hf.writer import save_pretrained
-
     path = pathlib.Path(path)
     source = GGUFSource(path)
     family = family_for(source.hf_config, str(path))
@@ -213,8 +208,6 @@ def convert_gguf(path, folder) -> pathlib.Path:
 
 def converted_folder(path) -> pathlib.Path:
     """The cached HF folder for a GGUF file, converting it on first use (process-safe)."""
-    from gmem.assets import _lock
-
     path = pathlib.Path(path)
     if not path.is_file():
         raise GmemError(f"{path}: GGUF file not found")
@@ -235,9 +228,6 @@ def load_gguf(path, *, dtype=None, shardings=None, cache: bool = True, **config_
       dtype, shardings, **config_overrides: as gmem.hf.convert.load_pretrained.
       cache: read/write a converted HF copy under $GMEM_CACHE/gguf (fast reloads).
     """
-    from gmem.hf.convert import load_params, load_pretrained
-    from gmem.hf.registry import family_for
-
     if cache:
         return load_pretrained(converted_folder(path), dtype=dtype, shardings=shardings,
                                **config_overrides)

@@ -8,6 +8,8 @@ plain added tokens (as transformers does). The pre-tokenizer follows `tokenizer.
 
 from __future__ import annotations
 
+from tokenizers import AddedToken, Regex, Tokenizer, decoders, models, pre_tokenizers, processors
+
 from gmem.errors import GmemError
 
 _LLAMA3_SPLIT = (r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}{1,3}"
@@ -16,8 +18,6 @@ _CONTROL, _USER_DEFINED = 3, 4
 
 
 def _pre_tokenizer(pre: str | None):
-    from tokenizers import Regex, pre_tokenizers
-
     byte_level = pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=True)
     if pre in ("smollm", "starcoder", "refact"):  # digits split singly, then GPT-2 regex
         return pre_tokenizers.Sequence([pre_tokenizers.Digits(individual_digits=True), byte_level])
@@ -47,8 +47,7 @@ def _scalar(reader, key: str):
 
 def tokenizer_from_gguf_reader(reader, where: str = "GGUF"):
     """A transformers fast tokenizer from an open gguf.GGUFReader (byte-level BPE files)."""
-    from tokenizers import AddedToken, Tokenizer, decoders, models, processors
-    from transformers import PreTrainedTokenizerFast
+    from transformers import PreTrainedTokenizerFast  # slow to import (~2 s): only when a GGUF tokenizer is built
 
     kind = _scalar(reader, "tokenizer.ggml.model")
     if kind != "gpt2":

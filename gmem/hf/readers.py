@@ -16,10 +16,13 @@ from __future__ import annotations
 import argparse
 import json
 import pathlib
+import pickle
 import re
 from typing import Iterable, Protocol
 
+import ml_dtypes
 import numpy as np
+from safetensors import safe_open
 
 from gmem.errors import GmemError
 
@@ -53,8 +56,6 @@ class SafetensorsSource:
     """One or more .safetensors files read lazily with safe_open (numpy framework)."""
 
     def __init__(self, files: Iterable[pathlib.Path], where: str):
-        from safetensors import safe_open
-
         self.where = where
         self._handles = []
         self._owner: dict[str, object] = {}
@@ -104,7 +105,7 @@ def torch_refusal(path, e: BaseException) -> str:
 def torch_load(path, mmap: bool = True):
     """torch.load(weights_only=True) on CPU, memory-mapped when the file allows it (files in the
     pre-1.6 format cannot be mapped and are read whole); a one-line GmemError on failure."""
-    import torch
+    import torch  # optional and slow to import (~4 s): only for .bin/.pth files
 
     try:
         try:
@@ -136,12 +137,10 @@ class TorchSource:
         return tuple(self._tensors[key].shape)
 
     def get(self, key: str) -> np.ndarray:
-        import torch
+        import torch  # optional and slow to import (~4 s): only for .bin/.pth files
 
         t = self._tensors[key].detach()
         if t.dtype == torch.bfloat16:  # numpy has no bf16: reinterpret the bits via ml_dtypes
-            import ml_dtypes
-
             return t.contiguous().view(torch.int16).numpy().view(ml_dtypes.bfloat16)
         return t.numpy()
 
@@ -158,9 +157,7 @@ SAFE_GLOBALS = (argparse.Namespace,)
 def torch_load_checkpoint(path) -> object:
     """torch.load(path, weights_only=True) with SAFE_GLOBALS allowed, nothing else; a refused
     or unreadable file is one GmemError line naming the file (and the class it pickles)."""
-    import pickle
-
-    import torch
+    import torch  # optional and slow to import (~4 s): only for .bin/.pth files
 
     try:
         with torch.serialization.safe_globals(list(SAFE_GLOBALS)):

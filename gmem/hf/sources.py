@@ -10,7 +10,11 @@ import pathlib
 
 import flax.linen as nn
 
+import gmem.assets
 from gmem.errors import GmemError
+from gmem.hf.convert import load_pretrained
+from gmem.hf.gguf import load_gguf
+from gmem.hf.tokenizer import load_tokenizer
 
 # Short names accepted in `model.source` -> gmem.assets names.
 EMBEDDED_MODELS = {"smollm2": "smollm2-135m-instruct", "smollm2-135m-instruct": "smollm2-135m-instruct",
@@ -22,7 +26,6 @@ def resolve_source(source: str) -> tuple[str, pathlib.Path | None]:
     if source == "random":
         return "random", None
     if source in EMBEDDED_MODELS:
-        import gmem.assets
         p = pathlib.Path(gmem.assets.path(EMBEDDED_MODELS[source]))
         return ("gguf" if p.suffix == ".gguf" else "hf"), p
     p = pathlib.Path(source).expanduser()
@@ -36,12 +39,9 @@ def resolve_source(source: str) -> tuple[str, pathlib.Path | None]:
 
 def load_source(kind: str, path) -> tuple:
     """(family config, params (unboxed), tokenizer) from a GGUF file (kind 'gguf') or an HF folder."""
-    from gmem.hf.tokenizer import load_tokenizer
     if kind == "gguf":
-        from gmem.hf.gguf import load_gguf
         _, config, params = load_gguf(path)
     elif kind == "hf":
-        from gmem.hf.convert import load_pretrained
         _, config, params = load_pretrained(path)
     else:
         raise GmemError(f"model.source: cannot load weights of kind {kind!r}")

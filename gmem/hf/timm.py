@@ -32,16 +32,18 @@ import pathlib
 import re
 from typing import Mapping, Optional
 
+import flax.linen as nn
+import jax
 import numpy as np
 
 from gmem.errors import GmemError, collect_errors
 from gmem.hf.convert import load_params
 from gmem.hf.keymap import _pattern, gmem_to_hf, hf_to_gmem
-from gmem.tree import flatten
 from gmem.hf.keymaps import timm_vit as keys
 from gmem.hf.readers import SafetensorsSource, open_weights, torch_load_checkpoint
 from gmem.hf.registry import family_named
 from gmem.models.vit import ViTConfig
+from gmem.tree import flatten
 
 _WRAPPERS = ("state_dict", "model", "state_dict_ema")
 _BLOCK = re.compile(r"^blocks\.(\d+)\.")
@@ -63,7 +65,7 @@ class _DictSource:
     def get(self, key: str) -> np.ndarray:
         v = self._state[key]
         if hasattr(v, "detach"):
-            import torch
+            import torch  # optional and slow to import (~4 s): only for timm .pth files
 
             v = v.detach().cpu()
             if v.dtype == torch.bfloat16:
@@ -217,9 +219,6 @@ def to_timm_state_dict(params: Mapping, config: ViTConfig) -> dict[str, np.ndarr
     """gmem ViT params -> a timm VisionTransformer state dict (numpy, torch layouts), q, k, v
     stacked back into attn.qkv. ViTForImageClassification params (vit/ + classifier) or
     ViTModel params."""
-    import flax.linen as nn
-    import jax
-
     flat = {p: np.asarray(jax.device_get(v)) for p, v in flatten(nn.meta.unbox(dict(params))).items()}
     rules = (keys.TIMM_VIT_IMAGE_CLASSIFICATION if "classifier/kernel" in flat
              else keys.TIMM_VIT_MODEL)

@@ -16,14 +16,16 @@ GGUF files: see gmem.hf.gguf_tokenizer.
 
 from __future__ import annotations
 
+import json
 import pathlib
 
+from gmem import assets
 from gmem.errors import GmemError
+from gmem.hf.gguf import converted_folder
+
 
 def _gpt2_bpe(folder: pathlib.Path):
     """GPT-2 from OpenAI's encoder.json + vocab.bpe (the gpt2-bpe asset)."""
-    import json
-
     from transformers import GPT2Tokenizer  # v5: the tokenizers-backed class
 
     vocab = json.loads((folder / "encoder.json").read_text(encoding="utf-8"))
@@ -42,9 +44,7 @@ def _from_tokenizer_json(folder: pathlib.Path):
     tokenizer.json fully defines a fast tokenizer (added tokens included). from_pretrained and
     AutoTokenizer also read config.json, which imports torch (10+ s on a busy 2-core box).
     """
-    import json
-
-    from transformers import PreTrainedTokenizerFast
+    from transformers import PreTrainedTokenizerFast  # slow to import (~2 s): only when a tokenizer is loaded
 
     cfg_path = folder / "tokenizer_config.json"
     cfg = json.loads(cfg_path.read_text()) if cfg_path.exists() else {}
@@ -63,14 +63,10 @@ def _from_tokenizer_json(folder: pathlib.Path):
 
 def load_tokenizer(source):
     """Tokenizer from an asset name, a .gguf file, an HF folder or a GPT-2 BPE folder."""
-    from gmem import assets
-
     if isinstance(source, str) and source in assets.ASSETS:
         source = assets.path(source)
     p = pathlib.Path(source)
     if p.suffix == ".gguf":
-        from gmem.hf.gguf import converted_folder
-
         # The converted folder holds tokenizer.json: building from the GGUF once is enough.
         return load_tokenizer(converted_folder(p))
     if p.is_dir() and (p / "encoder.json").exists() and (p / "vocab.bpe").exists():

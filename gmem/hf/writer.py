@@ -19,19 +19,21 @@ import pathlib
 import shutil
 import tempfile
 
+import flax.linen as nn
+import jax
 import numpy as np
+from safetensors.numpy import save_file
 
 from gmem.errors import GmemError, collect_errors
 from gmem.hf.keymap import apply_transform, gmem_to_hf
-from gmem.tree import flatten
 from gmem.hf.readers import SAFE_INDEX, SAFE_SINGLE
+from gmem.hf.registry import family_for
+from gmem.tree import flatten
 
 DEFAULT_MAX_SHARD_BYTES = 5 * 1024**3
 
 
 def _family_of(config, family=None):
-    from gmem.hf.registry import family_for
-
     if family is not None:
         return family
     return family_for(config.to_hf(), where=f"{type(config).__name__}.to_hf()")
@@ -39,8 +41,6 @@ def _family_of(config, family=None):
 
 def _hf_tensors(params, family) -> list[tuple[str, str, object]]:
     """[(hf key, transform, device array)] in param order; GmemError for unmapped paths."""
-    import flax.linen as nn
-
     flat = flatten(nn.meta.unbox(params))
     out, errors, seen = [], [], {}
     for path, leaf in flat.items():
@@ -75,9 +75,6 @@ def _shards(tensors, max_bytes: int) -> list[list]:
 
 def _write_shard(path: pathlib.Path, items) -> int:
     """Write one safetensors file; returns its tensor bytes. Host copies live for one shard."""
-    import jax
-    from safetensors.numpy import save_file
-
     host = {}
     for key, transform, leaf in items:
         host[key] = np.ascontiguousarray(apply_transform(np.asarray(jax.device_get(leaf)), transform))

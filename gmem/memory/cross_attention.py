@@ -35,6 +35,7 @@ import jax
 import jax.numpy as jnp
 from jax.sharding import PartitionSpec as P
 
+from gmem.adapters import AdapterSpec
 from gmem.errors import GmemError
 from gmem.models.common import to_dtype
 from gmem.models.hooks import DecoderHook
@@ -187,7 +188,6 @@ def init_from_self_attention(params: dict, memory_layers: Sequence[int],
 def memory_lora_spec(rank: int = 64, alpha: float = 128.0, dropout: float = 0.01,
                      name: str = "memory"):
     """LoRA on the memory blocks' q/k/v/o only (GMT: r 64, alpha 128, dropout 0.01)."""
-    from gmem.adapters import AdapterSpec
     return AdapterSpec(kind="lora", targets=tuple(f"{BLOCK_NAME}.{p}" for p in PROJECTIONS),
                        rank=rank, alpha=alpha, dropout=dropout, name=name)
 

@@ -17,11 +17,19 @@ from __future__ import annotations
 import pathlib
 
 from gmem.errors import GmemError
-from gmem.retrieval.base import (MAX_QUERY_TOKENS, META_FILE, Hits, Passage, Retriever,
-                                 fingerprint, truncate_query)
+from gmem.retrieval.base import (
+    MAX_QUERY_TOKENS,
+    META_FILE,
+    Hits,
+    Passage,
+    Retriever,
+    check_fingerprint,
+    fingerprint,
+    read_meta,
+    truncate_query,
+)
 from gmem.retrieval.bm25 import BM25Retriever
-from gmem.retrieval.corpus import (Corpus, read_dpr_tsv, split_passages, tsv_corpus, wiki_corpus,
-                                   write_dpr_tsv)
+from gmem.retrieval.corpus import Corpus, read_dpr_tsv, split_passages, tsv_corpus, wiki_corpus, write_dpr_tsv
 from gmem.retrieval.elastic import ElasticRetriever
 
 __all__ = ["MAX_QUERY_TOKENS", "META_FILE", "BM25Retriever", "Corpus", "ElasticRetriever", "Hits",
@@ -33,8 +41,6 @@ def open_retriever(directory: str | pathlib.Path, expected_fingerprint: str | No
                    **kw) -> Retriever:
     """Reopen whatever retriever was saved in `directory` (its gmem-retriever.json names the
     backend); GmemError naming that file when expected_fingerprint is given and differs."""
-    from gmem.retrieval.base import check_fingerprint, read_meta
-
     path, meta = read_meta(directory)
     if meta["backend"] == BM25Retriever.backend:
         return BM25Retriever.open(directory, expected_fingerprint, **kw)

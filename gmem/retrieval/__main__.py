@@ -14,6 +14,7 @@ from __future__ import annotations
 import argparse
 import sys
 
+from gmem import retrieval
 from gmem.errors import GmemError
 
 
@@ -37,8 +38,6 @@ def _parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
-    from gmem import retrieval
-
     try:
         if args.cmd == "build":
             corpus = (retrieval.wiki_corpus() if args.corpus == "wiki"

@@ -32,6 +32,8 @@ from __future__ import annotations
 import re
 from typing import Iterable
 
+import Stemmer
+
 # Lucene EnglishAnalyzer.ENGLISH_STOP_WORDS_SET (== ES `_english_`).
 STOP_WORDS = frozenset("""
 a an and are as at be but by for if in into is it no not of on or such that the their then
@@ -49,7 +51,6 @@ _stemmer = None
 def _stem_words(words: list[str]) -> list[str]:
     global _stemmer
     if _stemmer is None:  # PyStemmer is a C extension: created once, on first use
-        import Stemmer
         _stemmer = Stemmer.Stemmer("porter")
     return _stemmer.stemWords(words)
 

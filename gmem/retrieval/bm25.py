@@ -88,7 +88,7 @@ class BM25Retriever:
               k1: float = 1.2, b: float = 0.75, tie_breaker: float = 0.5,
               progress: bool = True, **kw) -> "BM25Retriever":
         """Analyze and index every passage (tqdm progress bars); GmemError on a repeated id."""
-        import bm25s
+        import bm25s  # slow to import (~3 s): only when an index is built or opened
 
         if isinstance(corpus, Corpus):
             passages, name = corpus.materialize(), name or corpus.name
@@ -125,7 +125,7 @@ class BM25Retriever:
     def save(self, directory: str | pathlib.Path) -> pathlib.Path:
         """Write the index to `directory` (the description file last, so a half-written
         directory never opens). Returns the directory."""
-        import bm25s
+        import bm25s  # slow to import (~3 s): only when an index is built or opened
 
         d = pathlib.Path(directory)
         d.mkdir(parents=True, exist_ok=True)
@@ -155,7 +155,7 @@ class BM25Retriever:
         (`Corpus.fingerprint()`); GmemError naming the description file if the index was built
         from other passages. mmap: memory-map the score matrices instead of reading them.
         """
-        import bm25s
+        import bm25s  # slow to import (~3 s): only when an index is built or opened
 
         meta_path, meta = read_meta(directory)
         where = str(meta_path)

@@ -24,6 +24,7 @@ import pathlib
 import re
 from typing import Callable, Iterable, Iterator, Sequence
 
+import gmem.assets
 from gmem.errors import GmemError
 from gmem.retrieval.base import Passage, fingerprint
 
@@ -90,7 +91,6 @@ def passages_from_articles(articles: Iterable[tuple[str, str]],
 
 def wiki_articles() -> list[dict]:
     """The embedded summaries as {title, extract, description, topic} dicts, in file order."""
-    import gmem.assets
     path = pathlib.Path(gmem.assets.path("wiki-summaries-en"))
     return list(json.loads(path.read_text(encoding="utf-8")).values())
 

@@ -7,17 +7,19 @@ import pathlib
 import jax
 import numpy as np
 
+from gmem.adapters import merge
+from gmem.adapters.peft_io import save_peft
 from gmem.errors import GmemError
+from gmem.hf.registry import family_for
+from gmem.hf.writer import save_pretrained
 
 
 def _rules(system):
-    from gmem.hf.registry import family_for
     return family_for(system.model_config.to_hf()).rules
 
 
 def export_peft(system, trainable, out) -> list[str]:
     """One PEFT folder per LoRA set (OUT, or OUT/NAME when there are several)."""
-    from gmem.adapters.peft_io import save_peft
     host = jax.device_get(trainable)
     lora = [s for s in system.specs if s.kind == "lora"]
     if not lora:
@@ -35,8 +37,6 @@ def export_peft(system, trainable, out) -> list[str]:
 def export_hf(system, trainable, frozen, out) -> str:
     """The base with every adapter merged into its kernels, as an HF folder (config.json +
     safetensors, + the tokenizer when it can save itself)."""
-    from gmem.adapters import merge
-    from gmem.hf.writer import save_pretrained
     host_base = jax.tree_util.tree_map(np.asarray, jax.device_get(frozen))
     merged = merge(system.specs, host_base, jax.device_get(trainable), _rules(system))
     tok = system.tokenizer if hasattr(system.tokenizer, "save_pretrained") else None

@@ -9,6 +9,7 @@ import pathlib
 import jax
 
 from gmem import config as gconfig
+from gmem.data.text import write_jsonl
 from gmem.errors import GmemError
 from gmem.train.checkpoint import Checkpointer, abstract_with_shardings, locate
 from gmem.train.loop import base_source, check_base, load_system, make_plan
@@ -64,7 +65,6 @@ def run_inference(checkpoint, out_dir=None, overrides=(), override_files=(), pro
                   step=None, log=print) -> dict:
     """Evaluate + generate; writes OUT/predictions.jsonl and OUT/metrics.json (OUT: out_dir, or
     default_out_dir(checkpoint))."""
-    from gmem.data.text import write_jsonl
     cfg, system, plan, state, frozen, step = restore_run(checkpoint, overrides, override_files, step, log=log)
     out = pathlib.Path(out_dir) if out_dir else default_out_dir(checkpoint)
     with plan.context():

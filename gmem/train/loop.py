@@ -25,13 +25,15 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
-from jax.sharding import NamedSharding, PartitionSpec as P
+from jax.sharding import NamedSharding
+from jax.sharding import PartitionSpec as P
+from tqdm import tqdm
 
 from gmem import config as gconfig
 from gmem.errors import GmemError
 from gmem.train import sharding as shd
-from gmem.train.checkpoint import (Checkpointer, abstract_with_shardings, base_identity, compare_base,
-                                   describe_mismatch)
+from gmem.train.base_identity import base_identity, compare_base
+from gmem.train.checkpoint import Checkpointer, abstract_with_shardings, describe_mismatch
 from gmem.train.metrics import MetricsWriter
 from gmem.train.optim import make_optimizer
 from gmem.train.state import TrainState, abstract_state, create_state, state_shardings
@@ -67,7 +69,7 @@ class Plan:
 
     def load_frozen(self, system, source: str | None = None):
         """(frozen base on this plan's shardings, its identity record for checkpoints: `source`
-        plus sampled values, see checkpoint.base_identity). Call inside context()."""
+        plus sampled values, see base_identity.py). Call inside context()."""
         host = system.load_base()
         identity = base_identity(host, source)
         return jax.device_put(host, self.frozen_sh), identity
@@ -100,7 +102,7 @@ class _Ctx:
 
 def make_plan(cfg, system, mesh=None) -> Plan:
     m = cfg.sharding.mesh
-    mesh = mesh or shd.make_mesh(m.data, m.fsdp, m.tensor)
+    mesh = mesh or shd.make_mesh(m.data, m.fsdp, m.tensor, devices=shd.first_devices(m.devices))
     rules = shd.rules_with(cfg.sharding.rules)
     optimizer, schedule = make_optimizer(cfg.optim, cfg.train.steps)
     abs_frozen, frozen_specs = system.abstract_base()
@@ -293,7 +295,6 @@ def _train(cfg, system, mesh, log, interrupted) -> dict:
 
             pbar = None
             if cfg.train.progress and jax.process_index() == 0 and start < total:
-                from tqdm import tqdm
                 pbar = tqdm(total=total, initial=start, desc="train", dynamic_ncols=True)
             t_last, losses = time.perf_counter(), []
             for step in range(start + 1, total + 1):

@@ -20,7 +20,7 @@ class MetricsWriter:
             self.run_dir.mkdir(parents=True, exist_ok=True)
             self._file = open(self.run_dir / "metrics.jsonl", "a")
             if tensorboard:
-                from tensorboardX import SummaryWriter
+                from tensorboardX import SummaryWriter  # slow to import (~4 s): only when TensorBoard logging is on
                 self._tb = SummaryWriter(str(self.run_dir / "tb"))
 
     def write(self, step: int, metrics: dict, prefix: str = "train/") -> None:

@@ -15,8 +15,13 @@ import os
 import pathlib
 import time
 
+import jax
+from tqdm import tqdm
+
 from gmem.errors import GmemError
-from gmem.train.system import offline_passes
+from gmem.train.checkpoint import Checkpointer, abstract_with_shardings
+from gmem.train.loop import checkpoint_dir, make_plan
+from gmem.train.system import build_system, offline_passes
 
 PROGRESS = "progress.json"
 
@@ -67,7 +72,6 @@ def run_pass(system, name: str, out_dir, trainable, frozen, identity: dict | Non
         log(f"pass {name}: resuming at {done}/{ps.total} {ps.unit} ({out})")
     bar = None
     if progress and done < ps.total:
-        from tqdm import tqdm
         bar = tqdm(total=ps.total, initial=done, desc=name, unit=ps.unit.rstrip("s") or "item",
                    dynamic_ncols=True)
     t0, n0 = time.perf_counter(), done
@@ -96,12 +100,6 @@ def run_pass(system, name: str, out_dir, trainable, frozen, identity: dict | Non
 def run_configured_pass(cfg, name: str, log=print) -> dict:
     """train.py --pass NAME: build the system of cfg, take the trainable tree of the run's latest
     checkpoint (a fresh one when the run has none) and run pass NAME into RUN_DIR/passes/NAME."""
-    import jax
-
-    from gmem.train.checkpoint import Checkpointer, abstract_with_shardings
-    from gmem.train.loop import checkpoint_dir, make_plan
-    from gmem.train.system import build_system
-
     system = build_system(cfg)
     get_pass(system, name)                       # fail before any weight is loaded
     plan = make_plan(cfg, system)

@@ -14,7 +14,7 @@ from gmem.train.metrics import read_metrics
 
 
 def plot(run_dir: str | pathlib.Path, out: str | pathlib.Path | None = None) -> pathlib.Path:
-    import matplotlib
+    import matplotlib  # slow to import; the Agg backend is chosen before pyplot loads
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 

@@ -87,6 +87,16 @@ def mesh_shape(data: int, fsdp: int, tensor: int, n_devices: int) -> tuple[int, 
     return tuple(dims)
 
 
+def first_devices(n: int | None) -> list | None:
+    """The first n of jax.devices() (sharding.mesh.devices), or None for all of them."""
+    if n is None:
+        return None
+    have = jax.devices()
+    if not 1 <= n <= len(have):
+        raise GmemError(f"sharding.mesh.devices={n}: must be between 1 and the {len(have)} devices there are")
+    return have[:n]
+
+
 def make_mesh(data: int = -1, fsdp: int = 1, tensor: int = 1, devices=None) -> Mesh:
     """A (data, fsdp, tensor) mesh with Auto axes (jax.make_mesh defaults to Explicit)."""
     devices = list(jax.devices() if devices is None else devices)

@@ -13,7 +13,8 @@ import pytest
 
 from gmem.config import load_config, to_dict, to_object
 from gmem.errors import GmemError
-from gmem.train.checkpoint import Checkpointer, base_identity, compare_base
+from gmem.train.base_identity import base_identity, compare_base
+from gmem.train.checkpoint import Checkpointer
 from gmem.train.infer import restore_run, run_inference
 from gmem.train.loop import check_base, train
 from train_helpers import ToySystem, tiny_cfg, toy_cfg

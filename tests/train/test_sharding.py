@@ -84,6 +84,19 @@ def test_mesh_errors():
         shd.rules_with({"embed": "model"})
 
 
+def test_mesh_devices_takes_the_first_n(setup, tmp_path):
+    """sharding.mesh.devices: N builds the plan's mesh on the first N devices (a notebook on an
+    8-device host); more than there are, or 0, is one line naming the key."""
+    cfg = tiny_cfg(tmp_path, "sharding.mesh.devices=1", "model.num_hidden_layers=1")
+    plan = make_plan(cfg, setup[1])
+    assert plan.mesh.devices.size == 1 and plan.mesh.devices.flat[0] == jax.devices()[0]
+    assert make_plan(tiny_cfg(tmp_path, "sharding.mesh.devices=4", "model.num_hidden_layers=1"),
+                     setup[1]).mesh.devices.size == 4
+    for n in (0, 9):
+        with pytest.raises(GmemError, match=rf"sharding.mesh.devices={n}: must be between 1 and the 8 devices"):
+            make_plan(tiny_cfg(tmp_path, f"sharding.mesh.devices={n}", "model.num_hidden_layers=1"), setup[1])
+
+
 def test_batch_is_split_over_data_and_fsdp():
     mesh = shd.make_mesh(data=2, fsdp=2, tensor=2)
     b = shd.global_batch(mesh, {"input_ids": np.arange(8 * 3).reshape(8, 3)})["input_ids"]

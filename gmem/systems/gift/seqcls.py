@@ -28,6 +28,7 @@ import numpy as np
 import optax
 from jax.sharding import PartitionSpec as P
 
+import gmem.assets
 from gmem.adapters import adapter_collection, count_params, init_adapters, specs_from_config
 from gmem.config import SystemOptions, register_system
 from gmem.data.text import ByteTokenizer
@@ -62,7 +63,6 @@ def load_examples(dataset: str, text_field: str = "text", label_field: str = "la
     """(texts, label ids, label names, keys), shuffled with `seed`; keys (titles, or the texts)
     decide the split (split_of)."""
     if dataset == "wiki-topics":
-        import gmem.assets
         rows = json.loads(pathlib.Path(gmem.assets.path("wiki-summaries-en")).read_text()).values()
         rows = [r for r in rows if r.get("topic")]
         text_field, label_field = "extract", "topic"

@@ -19,6 +19,7 @@ from __future__ import annotations
 import dataclasses
 from typing import Mapping, Optional, Sequence
 
+import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -149,7 +150,6 @@ def cluster_maps(module, use: GiftUse, trainable: Mapping, base_params: Mapping,
             captured["x"], captured["y"] = args[0], out
         return out
 
-    import flax.linen as nn
     with nn.intercept_methods(grab):
         module.apply(variables_, jnp.asarray(pixel_values))
     if "x" not in captured:

@@ -23,9 +23,13 @@ from __future__ import annotations
 import os
 import re
 
+import jax
+import jax.numpy as jnp
 import numpy as np
 
 from gmem.errors import GmemError
+from gmem.hf.readers import torch_load
+from gmem.systems.gmt import graph as G
 from gmem.systems.gmt.original import parse_layers, read_json
 
 _LAYER = re.compile(r"(?:^|\.)layers\.(\d+)\.(memory_attn|memory_gate|memory_layernorm)(?:\.(.*))?$")
@@ -41,7 +45,6 @@ def read_state_dict(path: str, key: str | None = None) -> dict[str, np.ndarray]:
     them, read into float32). key: the entry holding it in a wrapping dict ({"sgm": ...})."""
     if not os.path.isfile(path):
         raise GmemError(f"{path}: checkpoint file not found")
-    from gmem.hf.readers import torch_load
     try:
         sd = torch_load(path, mmap=False)  # one line, with the reason
     except GmemError as e:
@@ -211,11 +214,6 @@ def apply_to_system(ck: dict, system, trainable: dict, frozen: dict) -> tuple[di
     """Put an imported checkpoint into a stage-2 GMT system's (trainable, frozen) trees; shapes
     are checked. The SGM goes where the system keeps it: `frozen` (with its edge-state table
     rebuilt) or, with train_graph_module, `trainable` (its relation table in `frozen`)."""
-    import jax
-    import jax.numpy as jnp
-
-    from gmem.systems.gmt import graph as G
-
     def fit(new, old, where):
         n, o = jax.tree_util.tree_structure(new), jax.tree_util.tree_structure(old)
         if n != o:

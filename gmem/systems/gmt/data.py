@@ -17,7 +17,9 @@ from typing import Sequence
 
 import numpy as np
 
+import gmem.assets
 from gmem.errors import GmemError, collect_errors, read_utf8
+from gmem.graph import kg as gkg
 from gmem.models.generate import encode_text
 
 # Alpaca template (GMT templates/alpaca.json).
@@ -43,9 +45,7 @@ def load_kg(source: str, add_inverse: bool = False, triple_file: str = "train2id
     (train.txt/valid.txt/test.txt) or an OpenKE folder (entity2id.txt ...). In an OpenKE folder
     the graph is `triple_file` (as the original's --triple_file) and every id file is read in
     `triple_format` column order (--triple_format); the splits are {train,valid,test}2id.txt."""
-    from gmem.graph import kg as gkg
     if source in EMBEDDED_KGS:
-        import gmem.assets
         root = gmem.assets.path(source)
         sub = os.path.join(root, source)
         return gkg.load_label_tsv(sub if os.path.isdir(sub) else str(root), add_inverse=add_inverse)

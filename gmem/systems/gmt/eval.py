@@ -24,8 +24,12 @@ import warnings
 import jax
 import jax.numpy as jnp
 import numpy as np
+from tqdm.auto import tqdm
 
+from gmem.graph.layers import SemanticGraphModule
+from gmem.models.generate import generate
 from gmem.systems.gmt import data as D
+from gmem.systems.gmt import graph as G
 
 LP_INSTRUCTION = ("Given a head entity and a relation from a knowledge graph, rank the candidate tail "
                   "entities from the most to the least likely. Answer with the candidate names, one per line.")
@@ -42,7 +46,6 @@ def _pad_rows(batch: dict, n: int) -> dict:
 def _progress(it, desc, per_item, total, unit="prompt"):
     """tqdm over batch starts, counted in prompts or queries (long evaluations show progress
     and ETA)."""
-    from tqdm.auto import tqdm
     bar = tqdm(total=total, desc=desc, unit=unit, leave=False, mininterval=5.0)
     for x in it:
         yield x
@@ -60,7 +63,6 @@ def _jitted(system, name, fn):
 def generate_answers(system, trainable, frozen, records, max_new_tokens, stop_at_eos: bool = True) -> list[str]:
     """Greedy responses for records (prompt only), in batches of eval_batch; stripped, as the
     original decodes them. stop_at_eos=False: every row gets max_new_tokens (the original)."""
-    from gmem.models.generate import generate
     bsz = system.p.eval_batch
     prompts = [dict(r, output="") for r in records]
     mem_fn = _jitted(system, "memory", lambda t, f, b: system.memory(t, f, b))
@@ -258,8 +260,6 @@ def _record_scores(system, trainable, frozen, recs, bsz=None) -> np.ndarray:
 
 
 def stage1_ranking(system, trainable, frozen, split) -> dict:
-    from gmem.graph.layers import SemanticGraphModule
-    from gmem.systems.gmt import graph as G
     if split not in system.splits:
         return {}
     sgm = dict(trainable)

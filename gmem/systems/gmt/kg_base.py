@@ -9,6 +9,7 @@ import numpy as np
 
 from gmem.errors import GmemError
 from gmem.graph.kg import NeighbourIndex
+from gmem.graph.relations import relation_semantics, relation_texts
 from gmem.systems.gmt import data as D
 from gmem.systems.gmt.graph import GraphMemoryConfig
 from gmem.systems.lm import json_safe
@@ -43,7 +44,6 @@ class KGSystemBase:
 
     def _rel_table(self):
         if self._table is None:
-            from gmem.graph.relations import relation_semantics, relation_texts
             texts = relation_texts(self.kg.relations, self.p.rel_text.value, self.p.rel_definitions)
             self._table = relation_semantics(texts, self.p.rel_semantics, add_inverse=self.kg.add_inverse,
                                              dim=self.p.graph_dim)

@@ -14,6 +14,9 @@ from __future__ import annotations
 
 import numpy as np
 
+from gmem.adapters.core import placements
+from gmem.adapters.targets import layer_index
+
 
 class SharedPrefix:
     def trained_layers(self) -> list[int]:
@@ -34,8 +37,6 @@ class SharedPrefix:
     def prefix_split(self, llm) -> int:
         """First layer holding anything trained (memory block or adapter): the layers below it
         are the same for every row. 0 if an adapter sits outside the decoder layers."""
-        from gmem.adapters.core import placements
-        from gmem.adapters.targets import layer_index
         layers = list(self.trained_layers())
         for spec in self.specs:
             for paths in placements(spec, llm).values():

@@ -23,16 +23,27 @@ from jax.sharding import PartitionSpec as P
 
 from gmem.adapters import adapter_collection, init_adapters
 from gmem.adapters.sharding import adapter_logical_specs
-from gmem.config import register_system
+from gmem.config import CheckpointConfig, register_system
 from gmem.errors import GmemError
-from gmem.memory.cross_attention import (BLOCK_NAME, init_from_self_attention, memory_block_specs, memory_hook,
-                                          top_layers, with_memory_params)
+from gmem.memory.cross_attention import (
+    BLOCK_NAME,
+    init_from_self_attention,
+    memory_block_specs,
+    memory_hook,
+    top_layers,
+    with_memory_params,
+)
+from gmem.systems.gmt import checkpoint as C
 from gmem.systems.gmt import data as D
 from gmem.systems.gmt import graph as G
+from gmem.systems.gmt.checkpoint import apply_to_system
+from gmem.systems.gmt.eval import evaluate, predict
 from gmem.systems.gmt.kg_base import KGSystemBase
 from gmem.systems.gmt.options import GMTOptions, Mode
+from gmem.systems.gmt.original import apply_settings
 from gmem.systems.gmt.shared_prefix import SharedPrefix
 from gmem.systems.lm import LMSystem
+from gmem.train.checkpoint import open_checkpoint
 
 
 @register_system("gmt")
@@ -98,8 +109,6 @@ class GMTSystem(KGSystemBase, SharedPrefix, LMSystem):
         """Original GMT outputs named by import_ckpt (stage 2) and sgm_ckpt (an original stage-1
         folder): read once; their settings applied to cfg (gmem.systems.gmt.original); their
         relation table becomes this run's."""
-        from gmem.systems.gmt import checkpoint as C
-        from gmem.systems.gmt.original import apply_settings
         p = cfg.system
         self._original = self._stage1 = None
         if p.mode == Mode.gmt and p.sgm_ckpt and C.is_original_stage1(p.sgm_ckpt):
@@ -120,8 +129,6 @@ class GMTSystem(KGSystemBase, SharedPrefix, LMSystem):
     def _read_stage1(self):
         """{SGM params} from a gmt_stage1 run's latest checkpoint: its trainable tree, and the
         relation table (trained there, or re-made here from the same KG and rel_semantics)."""
-        from gmem.config import CheckpointConfig
-        from gmem.train.checkpoint import open_checkpoint
         where = f"system.sgm_ckpt={self.p.sgm_ckpt!r}"
         ck = open_checkpoint(self.p.sgm_ckpt, CheckpointConfig())
         try:
@@ -160,7 +167,6 @@ class GMTSystem(KGSystemBase, SharedPrefix, LMSystem):
                 out["table"] = G.edge_table(self.gcfg, sgm, out["hist"])
             if self._original is not None:
                 # GMT's own output folder (graph_encoder.pth, memory_attn.pth, gmt_config.json).
-                from gmem.systems.gmt.checkpoint import apply_to_system
                 fresh = self.init_trainable(out, jax.random.PRNGKey(0), imported=False)
                 self._imported, out = apply_to_system(self._original, self, fresh, out)
         return out
@@ -331,11 +337,9 @@ class GMTSystem(KGSystemBase, SharedPrefix, LMSystem):
 
     # ---- evaluation (gmt.eval) -------------------------------------------------------------------
     def evaluate(self, trainable, frozen, eval_fn=None) -> dict:
-        from gmem.systems.gmt.eval import evaluate
         return evaluate(self, trainable, frozen)
 
     def predict(self, trainable, frozen, prompts=None):
-        from gmem.systems.gmt.eval import predict
         return predict(self, trainable, frozen)
 
 

@@ -11,11 +11,14 @@ from jax.sharding import PartitionSpec as P
 
 from gmem.adapters import adapter_collection, init_adapters
 from gmem.adapters.sharding import adapter_logical_specs
+from gmem.config import CheckpointConfig
 from gmem.errors import GmemError
 from gmem.models.common import to_dtype
 from gmem.systems.gofa.layout import SpecialIds
 from gmem.systems.gofa.options import ENCODER_ADAPTER
 from gmem.systems.lm import LMSystem
+from gmem.train.checkpoint import open_checkpoint
+from gmem.tree import flatten
 
 
 class GOFABase(LMSystem):
@@ -81,8 +84,6 @@ class GOFABase(LMSystem):
 
 def read_run(path: str, where: str) -> tuple[int, dict, dict]:
     """(step, saved trainable tree as host arrays, meta) of another run's latest checkpoint."""
-    from gmem.config import CheckpointConfig
-    from gmem.train.checkpoint import open_checkpoint
     ck = open_checkpoint(path, CheckpointConfig())
     try:
         step, state, meta = ck.restore_arrays()
@@ -95,7 +96,6 @@ def read_run(path: str, where: str) -> tuple[int, dict, dict]:
 
 def check_shapes(got: dict, want: dict, where: str) -> None:
     """GmemError listing every missing, unexpected or mis-shaped leaf of got against want."""
-    from gmem.tree import flatten
     g, w = flatten(got), flatten(want)
     errs = [f"missing {k}" for k in sorted(set(w) - set(g))]
     errs += [f"unexpected {k}" for k in sorted(set(g) - set(w))]

@@ -24,8 +24,11 @@ import re
 
 import jax
 import numpy as np
+from safetensors.numpy import load_file
 
 from gmem.errors import GmemError
+from gmem.hf.readers import torch_load_checkpoint
+from gmem.systems.lm import LMSystem
 from gmem.tree import flatten, unflatten
 
 _LIST = re.compile(r"^(.*)_(\d+)$")
@@ -38,13 +41,11 @@ def read_state_dict(path: str | pathlib.Path) -> dict[str, np.ndarray]:
     if not p.is_file():
         raise GmemError(f"{p}: checkpoint file not found")
     if p.suffix == ".safetensors":
-        from safetensors.numpy import load_file
         try:
             sd = load_file(str(p))
         except Exception as e:  # noqa: BLE001 - not a safetensors file
             raise GmemError(f"{p}: not a readable safetensors file ({type(e).__name__})") from None
         return {k: np.asarray(v, np.float32) for k, v in sd.items()}
-    from gmem.hf.readers import torch_load_checkpoint
     sd = torch_load_checkpoint(p)
     if isinstance(sd, dict) and len(sd) == 1 and isinstance(next(iter(sd.values())), dict):
         sd = next(iter(sd.values()))   # {"state_dict": {...}} wrappers
@@ -173,7 +174,6 @@ def load_icae(path, system) -> dict:
 
 
 def _abstract_llm(system):
-    from gmem.systems.lm import LMSystem
     return LMSystem.abstract_base(system)[0]
 
 

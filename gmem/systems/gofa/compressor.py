@@ -20,8 +20,10 @@ import numpy as np
 
 from gmem.config import register_system
 from gmem.errors import GmemError
+from gmem.graph.tag import load_wiki_summaries, split_of
 from gmem.systems.gofa import model as M
 from gmem.systems.gofa.base import GOFABase, check_shapes
+from gmem.systems.gofa.checkpoint import load_icae
 from gmem.systems.gofa.layout import TextCache, bucket, encoder_slab, icae_row, pad_decoder_rows
 from gmem.systems.gofa.options import ENCODER_ADAPTER, GOFACompressorOptions
 from gmem.systems.gofa.scoring import corpus_bleu
@@ -59,7 +61,6 @@ class GOFACompressorSystem(GOFABase):
     def init_trainable(self, base, rng):
         out = self.init_encoder(base["llm"], rng)
         if self.p.import_icae:
-            from gmem.systems.gofa.checkpoint import load_icae
             got = load_icae(self.p.import_icae, self)
             check_shapes(got, out, f"system.import_icae={self.p.import_icae!r}")
             out = jax.tree_util.tree_map(jnp.asarray, got)
@@ -92,7 +93,6 @@ class GOFACompressorSystem(GOFABase):
     def texts(self) -> dict[str, list[str]]:
         """{"train": [...], "test": [...]} summaries by the TAG's seeded split (val unused)."""
         if self._texts is None:
-            from gmem.graph.tag import load_wiki_summaries, split_of
             titles, texts, _ = load_wiki_summaries()
             split = [split_of(t, self.p.tag_seed) for t in titles]
             self._texts = {"train": [x for x, s in zip(texts, split) if s == 0],

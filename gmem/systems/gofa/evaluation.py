@@ -15,9 +15,11 @@ and the texts its encoder reads, against the baseline's prompt.
 
 from __future__ import annotations
 
+import jax
 import numpy as np
 
 from gmem.graph.text_buckets import TextGraphBuckets
+from gmem.models.generate import generate, left_pad
 from gmem.systems.gofa import model as M
 from gmem.systems.gofa.graph_io import read_graph
 from gmem.systems.gofa.layout import prompt_length, prompt_rows
@@ -63,7 +65,6 @@ def _generate_rows(system, trainable, frozen, mem, questions):
 def answer(system, trainable, frozen, records, where="graph"):
     """Generated answers, one list per record (one answer per target), and token counts per
     target {"decoder": prompt tokens, "encoder": text tokens of its graph / targets}."""
-    import jax
     enc = system._jit.setdefault("node_memory", jax.jit(lambda t, f, b: system.node_memory(t, f, b)))
     out, counts = [], []
     bs = max(system.p.eval_batch, 1)
@@ -107,7 +108,6 @@ def baseline_prompt(system, rec: GraphRecord, target) -> list[int]:
 
 def answer_baseline(system, frozen, records):
     """Answers of the base LLM (no adapter) from text prompts; and prompt lengths."""
-    from gmem.models.generate import generate, left_pad
     o = system.p
     out, counts = [], []
     for r in records:

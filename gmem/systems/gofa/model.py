@@ -33,6 +33,7 @@ import optax
 
 from gmem.graph.gofa_gnn import GOFAGNNConv
 from gmem.models.common import to_dtype
+from gmem.models.generate import generate
 from gmem.models.hooks import DecoderHook
 from gmem.systems.gofa.layout import SpecialIds
 
@@ -238,7 +239,6 @@ def generate_from_memory(module, variables, table_RD, mem_RKD, prompt_ids, promp
     """Greedy or sampled answers (gmem.models.generate.GenerateOutput) from left-padded prompt
     rows (gofa.layout.prompt_rows) whose slots take mem_RKD: the prompt pass reads input
     embeddings, decoding then feeds the generated token ids through the KV cache."""
-    from gmem.models.generate import generate
     x = decoder_embeds(_embedding(variables), table_RD, jnp.asarray(prompt_ids), mem_RKD, special, dtype)
     ids = jnp.where(jnp.asarray(prompt_ids) < special.vocab, jnp.asarray(prompt_ids), pad_token_id)
     return generate(module, variables, ids, prompt_mask, max_new_tokens=max_new_tokens,

@@ -8,6 +8,8 @@ the same answer; a generation with neither word is wrong.
 
 from __future__ import annotations
 
+import collections
+import math
 import re
 import string
 from typing import Sequence
@@ -52,8 +54,6 @@ def corpus_bleu(hypotheses: Sequence[Sequence], references: Sequence[Sequence], 
     geometric mean, brevity penalty; one reference each, no smoothing) over token sequences.
     Written here (a few lines) because the compressor is scored on token ids, not detokenised
     text, which is what BLEU libraries (sacrebleu) take."""
-    import collections
-    import math
     if len(hypotheses) != len(references):
         raise ValueError(f"{len(hypotheses)} hypotheses for {len(references)} references")
     match, total = [0] * max_n, [0] * max_n

@@ -25,9 +25,12 @@ from gmem.adapters import init_adapters
 from gmem.adapters.sharding import adapter_logical_specs
 from gmem.config import register_system
 from gmem.errors import GmemError
+from gmem.graph.tag import wiki_tag
 from gmem.systems.gofa import model as M
 from gmem.systems.gofa.base import GOFABase, check_shapes, read_run
 from gmem.systems.gofa.batch import make_packer
+from gmem.systems.gofa.checkpoint import load_gofa, load_icae
+from gmem.systems.gofa.evaluation import evaluate, predict
 from gmem.systems.gofa.options import DECODER_ADAPTER, ENCODER_ADAPTER, GOFAOptions, Phase
 from gmem.systems.gofa.tasks import PRETRAIN_TASKS, TaskConfig, TaskSampler
 from gmem.systems.lm import LMSystem
@@ -93,7 +96,6 @@ class GOFASystem(GOFABase):
             check_shapes(t, fresh, where)
             return jax.tree_util.tree_map(jnp.asarray, t)
         if o.import_icae:
-            from gmem.systems.gofa.checkpoint import load_icae
             t = load_icae(o.import_icae, self)
             check_shapes(t, fresh, f"system.import_icae={o.import_icae!r}")
             return jax.tree_util.tree_map(jnp.asarray, t)
@@ -133,7 +135,6 @@ class GOFASystem(GOFABase):
             check_shapes(got["gnn"], out["gnn"], where)
             out.update(jax.tree_util.tree_map(jnp.asarray, got))
         if o.import_gofa:
-            from gmem.systems.gofa.checkpoint import load_gofa
             got = load_gofa(o.import_gofa, self, out)
             out = jax.tree_util.tree_map(jnp.asarray, got)
         return out
@@ -179,7 +180,6 @@ class GOFASystem(GOFABase):
     def tag(self):
         """The embedded Wikipedia mention graph (gmem.graph.tag), split by tag_seed."""
         if self._tag is None:
-            from gmem.graph.tag import wiki_tag
             self._tag = wiki_tag(self.p.tag_seed)
         return self._tag
 
@@ -249,10 +249,8 @@ class GOFASystem(GOFABase):
 
     # ---- evaluation and answers (gofa.evaluation) ------------------------------------------
     def evaluate(self, trainable, frozen, eval_fn=None) -> dict:
-        from gmem.systems.gofa.evaluation import evaluate
         return evaluate(self, trainable, frozen)
 
     def predict(self, trainable, frozen, prompts=None):
-        from gmem.systems.gofa.evaluation import predict
         return predict(self, trainable, frozen, prompts)
 

@@ -23,6 +23,7 @@ from gmem.data.text import BatchStream, ByteTokenizer, chunk_tokens, line_rows, 
 from gmem.hf.sources import load_source, resolve_source
 from gmem.models.common import to_dtype
 from gmem.models.family import causal_lm, sizes, tiny_config
+from gmem.models.generate import generate_text
 
 
 @dataclass
@@ -196,7 +197,6 @@ class LMSystem:
     # ---- inference ----------------------------------------------------------------------
     def predict(self, trainable, frozen, prompts=None) -> tuple[list[dict], dict]:
         """Generate from system.prompts; returns (prediction rows, metrics)."""
-        from gmem.models.generate import generate_text
         e = self.opts
         prompts = list(prompts or e.prompts)
         sampling = {"temperature": e.temperature, "top_k": e.top_k}

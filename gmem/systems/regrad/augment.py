@@ -30,6 +30,8 @@ from tqdm import tqdm
 from gmem.errors import GmemError
 from gmem.retrieval import BM25Retriever, Retriever, open_retriever, wiki_corpus
 from gmem.retrieval.base import META_FILE
+from gmem.systems.regrad import raw
+from gmem.systems.regrad.fanout import default_qa, fanout_dev
 from gmem.systems.regrad.qa import check_record, read_qa, slice_records, write_augmented
 
 TOP_K = 3
@@ -67,16 +69,12 @@ def embedded_retriever(directory: str | pathlib.Path) -> Retriever:
 
 
 def load_records(dataset: str, data_path: str | None, split: str, seed: int = 0) -> list[dict]:
-    from gmem.systems.regrad import raw
-
     if dataset == "wiki":
-        from gmem.systems.regrad.fanout import default_qa
         sets = default_qa(seed)
         if split not in ("train", "dev"):
             raise GmemError(f"--split: the wiki set has splits train and dev, not {split!r}")
         return sets[split]
     if dataset == "fanoutqa":
-        from gmem.systems.regrad.fanout import fanout_dev
         return fanout_dev()
     if dataset in raw.DATASETS:
         if not data_path:

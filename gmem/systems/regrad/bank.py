@@ -39,7 +39,10 @@ import os
 import pathlib
 from typing import Iterable, Sequence
 
+import ml_dtypes
 import numpy as np
+from safetensors import safe_open
+from safetensors.numpy import save_file
 
 from gmem.errors import GmemError
 from gmem.tree import flatten
@@ -54,7 +57,6 @@ def np_dtype(name: str):
     if name not in DTYPES:
         raise GmemError(f"system.bank_dtype: {name!r} is not one of {list(DTYPES)}")
     if name == "bfloat16":
-        import ml_dtypes
         return ml_dtypes.bfloat16
     return np.float32
 
@@ -150,8 +152,6 @@ def drop_uncommitted(out: pathlib.Path, start: int) -> None:
 def write_shard(out: pathlib.Path, start: int, keys: Sequence[str], grads: dict[str, np.ndarray],
                 dtype: str) -> pathlib.Path:
     """grads {lora path: [N, *shape]} of passages keys[0..N) -> one shard, atomically."""
-    from safetensors.numpy import save_file
-
     dt = np_dtype(dtype)
     tensors = {f"{n}/{p}": np.ascontiguousarray(np.asarray(g[n], np.float32).astype(dt))
                for p, g in grads.items() for n in range(len(keys))}
@@ -168,8 +168,6 @@ def write_shard(out: pathlib.Path, start: int, keys: Sequence[str], grads: dict[
 
 
 def shard_keys(path: pathlib.Path) -> list[str]:
-    from safetensors import safe_open
-
     try:
         with safe_open(str(path), "numpy") as f:
             meta = f.metadata() or {}
@@ -209,7 +207,6 @@ class Bank:
 
     def _shard(self, name: str):
         if name not in self._open:
-            from safetensors import safe_open
             path = self.dir / name
             if not path.is_file():
                 raise GmemError(f"{path}: shard listed in {self.dir / INDEX} is missing")

@@ -23,9 +23,11 @@ from typing import Sequence
 import numpy as np
 
 from gmem.errors import GmemError
-from gmem.retrieval import open_retriever, tsv_corpus, wiki_corpus
+from gmem.retrieval import BM25Retriever, open_retriever, tsv_corpus, wiki_corpus
 from gmem.retrieval.base import META_FILE
 from gmem.systems.regrad import prompt as P
+from gmem.systems.regrad.augment import augment
+from gmem.systems.regrad.fanout import default_qa
 from gmem.systems.regrad.qa import first_answer, read_augmented, write_augmented
 
 MANIFEST = "data.json"
@@ -75,7 +77,6 @@ class RegradData:
         fp = self.corpus().fingerprint()
         if (d / META_FILE).is_file():
             return open_retriever(d, fp)
-        from gmem.retrieval import BM25Retriever
         r = BM25Retriever.build(self.corpus(), progress=self.progress)
         r.save(d)
         return r
@@ -90,8 +91,6 @@ class RegradData:
         files = {n: self.dir / f"{n}.json" for n in ("train", "wiki", "fanout")}
         if man.is_file() and json.loads(man.read_text()) == want and all(f.is_file() for f in files.values()):
             return {n: read_augmented(f, o.top_k) for n, f in files.items()}
-        from gmem.systems.regrad.augment import augment
-        from gmem.systems.regrad.wiki_qa import default_qa
         sets = default_qa(o.qa_seed)
         src = {"train": sets["train"][:o.train_limit], "wiki": sets["dev"][:o.dev_limit],
                "fanout": sets["fanout_dev"][:o.dev_limit]}

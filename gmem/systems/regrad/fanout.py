@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import pathlib
 
+import gmem.assets
 from gmem.systems.regrad.metrics import normalize_answer
 from gmem.systems.regrad.qa import load_json
 from gmem.systems.regrad.wiki_qa import N_DEV, article_passages, contains, wiki_qa_splits
@@ -32,7 +33,6 @@ def _answer_text(a) -> str | None:
 def subquestions(path: str | pathlib.Path | None = None) -> list[dict]:
     """Every sub-question node (depth first, file order) of the FanOutQA dev file."""
     if path is None:
-        import gmem.assets
         path = gmem.assets.path("fanoutqa-dev")
     out: list[dict] = []
 

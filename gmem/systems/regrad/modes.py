@@ -24,6 +24,7 @@ from gmem.systems.regrad import prompt as P
 from gmem.systems.regrad.answer import adapt_rows, generate_rows, inner_rows, stack_rows
 from gmem.systems.regrad.data import passage_keys
 from gmem.systems.regrad.options import MODES
+from gmem.tree import unflatten
 
 
 def check_modes(modes: Sequence[str]) -> list[str]:
@@ -107,6 +108,5 @@ def bank_grads(bank, system):
     def fn(rec: dict, where: str, index: int):
         keys = passage_keys(rec, where, index)[:system.opts.top_k]
         g = bank.summed(keys, f"{where}: record {index}")
-        from gmem.tree import unflatten
         return unflatten({p: np.asarray(v) for p, v in g.items()})
     return fn

@@ -22,6 +22,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 from jax.sharding import PartitionSpec as Spec
+from tqdm import tqdm
 
 from gmem.adapters import init_adapters
 from gmem.adapters.sharding import adapter_logical_specs
@@ -34,6 +35,7 @@ from gmem.systems.regrad.meta import Model
 from gmem.systems.regrad.modes import Answerer, bank_grads, check_modes, combined
 from gmem.systems.regrad.options import AlphaMode, RegradOptions
 from gmem.systems.regrad.prompt import extract_answer, passage_rows
+from gmem.train.system import OfflinePass
 from gmem.tree import flatten
 
 
@@ -150,8 +152,6 @@ class RegradSystem(LMSystem):
         return self._base_identity
 
     def offline_passes(self) -> dict:
-        from gmem.train.system import OfflinePass
-
         d = self.regrad_data
         items = bank_passages(d.dev_sets(), d.dev_files())
         keys = [k for k, _ in items]
@@ -204,8 +204,6 @@ class RegradSystem(LMSystem):
     def predict(self, trainable, frozen, prompts=None) -> tuple[list[dict], dict]:
         """Every mode of system.modes on every dev set (gradients from the bank), or, given
         prompts, on those questions (retrieved now, gradients computed now)."""
-        from tqdm import tqdm
-
         o = self.opts
         modes = check_modes(o.modes)
         if prompts:

@@ -15,10 +15,13 @@ import optax
 from gmem.adapters.sharding import adapter_logical_specs
 from gmem.config import register_system
 from gmem.errors import GmemError
+from gmem.hf.tokenizer import load_tokenizer
 from gmem.models.generate import encode_text
 from gmem.systems.lm import LMOptions, LMSystem
+from gmem.systems.varda.eval import fact_probe, perplexity_table
 from gmem.systems.varda.generate import generate_with_memory
 from gmem.systems.varda.model import VardaConfig, VardaModel
+from gmem.systems.varda.recall import recall_batch
 
 
 @dataclass
@@ -52,7 +55,6 @@ class VardaSystem(LMSystem):
         self.varda_cfg = VardaConfig.from_options(cfg.system)
         super().__init__(cfg, load_data=False)
         if self.varda_cfg.tokenizer == "gpt2":
-            from gmem.hf.tokenizer import load_tokenizer
             self.tokenizer = load_tokenizer("gpt2-bpe")
         self.model = VardaModel(self.varda_cfg, self.module, self.model_config.hidden_size)
         if cfg.data.seq_len % min(self.varda_cfg.segment_len, cfg.data.seq_len):
@@ -125,7 +127,6 @@ class VardaSystem(LMSystem):
         o = self.opts
         if o.recall_fraction <= 0:
             return super().batch(index, host)
-        from gmem.systems.varda.recall import recall_batch
         stream = self.data()[0]
         encode = lambda t: encode_text(self.tokenizer, t, add_special_tokens=False)
         ids, w = recall_batch(stream.rows[stream.indices(index)], encode, self.varda_cfg.segment_len,
@@ -156,7 +157,6 @@ class VardaSystem(LMSystem):
         rows = [{"prompt": p, "generation": t} for p, t in zip(prompts, texts)]
         if not e.report:
             return rows, {}
-        from gmem.systems.varda.eval import fact_probe, perplexity_table
         table = perplexity_table(self, trainable, frozen, self.cfg.eval.batches)
         metrics = {"ppl/rows": table.pop("rows")}
         for k, (loss, ppl) in table.items():
