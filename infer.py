@@ -20,7 +20,7 @@ Base weights other than the ones the checkpoint was trained on are refused
 
 import sys
 
-from gmem.train.cli import run_cli
+from gmem.errors import run_cli
 
 
 def _take(argv, flag, many=False):

@@ -18,7 +18,7 @@ Bad input (unknown key, wrong type, missing file, ...) prints one line and exits
 
 import sys
 
-from gmem.train.cli import run_cli
+from gmem.errors import run_cli
 
 
 @run_cli

@@ -4,7 +4,9 @@ A GmemError means the user gave gmem something wrong (a config key, a file, a sh
 import). Its message names the file, line or field; the command-line tools print it on one
 line and exit with code 2. Every other exception is a bug and keeps its traceback.
 """
+import functools
 import pathlib
+import sys
 
 
 class GmemError(Exception):
@@ -36,3 +38,17 @@ def read_utf8(path, what: str = "") -> str:
         kind = f" ({what})" if what else ""
         raise GmemError(f"{path}:{line}: not UTF-8 text{kind}: byte 0x{bad} at offset {e.start} "
                         "(re-save the file as UTF-8)") from None
+
+
+def run_cli(main):
+    """Decorate a command's main(argv) -> int: a GmemError prints one line on stderr and
+    returns exit code 2 (argv None = sys.argv[1:])."""
+    @functools.wraps(main)
+    def wrapped(argv=None) -> int:
+        argv = sys.argv[1:] if argv is None else list(argv)
+        try:
+            return main(argv) or 0
+        except GmemError as e:
+            print(f"error: {e}", file=sys.stderr)
+            return 2
+    return wrapped

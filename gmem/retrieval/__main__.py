@@ -15,7 +15,7 @@ import argparse
 import sys
 
 from gmem import retrieval
-from gmem.errors import GmemError
+from gmem.errors import run_cli
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -36,30 +36,27 @@ def _parser() -> argparse.ArgumentParser:
     return ap
 
 
+@run_cli
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
-    try:
-        if args.cmd == "build":
-            corpus = (retrieval.wiki_corpus() if args.corpus == "wiki"
-                      else retrieval.tsv_corpus(args.corpus))
-            if args.backend == "bm25s":
-                r = retrieval.BM25Retriever.build(corpus)
-            else:
-                r = retrieval.ElasticRetriever.build(corpus, args.url, args.index,
-                                                     replace=args.replace)
-            r.save(args.out)
-            print(f"{r.backend} index of {r.num_passages} passages ({r.corpus_name}, "
-                  f"fingerprint {r.fingerprint}) saved to {args.out}")
+    if args.cmd == "build":
+        corpus = (retrieval.wiki_corpus() if args.corpus == "wiki"
+                  else retrieval.tsv_corpus(args.corpus))
+        if args.backend == "bm25s":
+            r = retrieval.BM25Retriever.build(corpus)
         else:
-            r = retrieval.open_retriever(args.directory)
-            hits = r.search(args.queries, args.k)
-            for q, ids, scores, texts in zip(args.queries, *hits):
-                print(q)
-                for pid, sc, t in zip(ids, scores, texts):
-                    print(f"  {pid or '-':>10} {sc:8.3f}  {t[:100]}")
-    except GmemError as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
+            r = retrieval.ElasticRetriever.build(corpus, args.url, args.index,
+                                                 replace=args.replace)
+        r.save(args.out)
+        print(f"{r.backend} index of {r.num_passages} passages ({r.corpus_name}, "
+              f"fingerprint {r.fingerprint}) saved to {args.out}")
+    else:
+        r = retrieval.open_retriever(args.directory)
+        hits = r.search(args.queries, args.k)
+        for q, ids, scores, texts in zip(args.queries, *hits):
+            print(q)
+            for pid, sc, t in zip(ids, scores, texts):
+                print(f"  {pid or '-':>10} {sc:8.3f}  {t[:100]}")
     return 0
 
 

@@ -9,7 +9,7 @@ import argparse
 import pathlib
 import sys
 
-from gmem.errors import GmemError
+from gmem.errors import GmemError, run_cli
 from gmem.train.metrics import read_metrics
 
 
@@ -40,16 +40,13 @@ def plot(run_dir: str | pathlib.Path, out: str | pathlib.Path | None = None) -> 
     return out
 
 
+@run_cli
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("run_dir")
     ap.add_argument("--out", default=None)
     a = ap.parse_args(argv)
-    try:
-        print(plot(a.run_dir, a.out))
-    except GmemError as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
+    print(plot(a.run_dir, a.out))
     return 0
 
 

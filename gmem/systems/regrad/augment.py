@@ -27,7 +27,7 @@ from typing import Sequence
 
 from tqdm import tqdm
 
-from gmem.errors import GmemError
+from gmem.errors import GmemError, run_cli
 from gmem.retrieval import BM25Retriever, Retriever, open_retriever, wiki_corpus
 from gmem.retrieval.base import META_FILE
 from gmem.systems.regrad import raw
@@ -86,6 +86,7 @@ def load_records(dataset: str, data_path: str | None, split: str, seed: int = 0)
                     f"or a .json file")
 
 
+@run_cli
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(prog="python -m gmem.systems.regrad.augment")
     ap.add_argument("--dataset", required=True)
@@ -98,17 +99,13 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--seed", type=int, default=0, help="train/dev split of the wiki set")
     ap.add_argument("--out", required=True)
     args = ap.parse_args(argv)
-    try:
-        records = load_records(args.dataset, args.data_path, args.split, args.seed)
-        index = pathlib.Path(args.index)
-        retriever = (open_retriever(index) if (index / META_FILE).is_file()
-                     else embedded_retriever(index))
-        out = augment(records, retriever, args.topk, args.start, args.end)
-        write_augmented(args.out, out)
-        print(f"{len(out)} records with {args.topk} passages each -> {args.out}")
-    except GmemError as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
+    records = load_records(args.dataset, args.data_path, args.split, args.seed)
+    index = pathlib.Path(args.index)
+    retriever = (open_retriever(index) if (index / META_FILE).is_file()
+                 else embedded_retriever(index))
+    out = augment(records, retriever, args.topk, args.start, args.end)
+    write_augmented(args.out, out)
+    print(f"{len(out)} records with {args.topk} passages each -> {args.out}")
     return 0
 
 

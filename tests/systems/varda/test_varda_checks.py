@@ -2,36 +2,24 @@
 the probe and perplexity table against an oracle whose only knowledge comes through memory.
 Each check is also run on broken variants (monkeypatched) and must reject every one of them."""
 
-import pathlib
-import random
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from gmem.config import load_config, to_object
 from gmem.systems.varda import VardaSystem
 from gmem.systems.varda import eval as varda_eval
+from varda_helpers import tiny_varda_cfg
 
-ROOT = pathlib.Path(__file__).resolve().parents[3]
 B, SEG = 2, 8
-
-
-def _cfg(tmp, *overrides):
-    rng = random.Random(0)
-    words = "to be or not that is the question whether tis nobler in the mind".split()
-    corpus = tmp / "corpus.txt"
-    corpus.write_text("\n".join(" ".join(rng.choice(words) for _ in range(12)) for _ in range(120)))
-    return to_object(load_config(ROOT / "configs" / "varda_tiny.yaml",
-                                 [f"system.corpus={corpus}", f"train.run_dir={tmp / 'run'}", *overrides]))
 
 
 @pytest.fixture(scope="module")
 def setup(tmp_path_factory):
     """Tiny LLaMA VardaGPT, deletion off (the references do not model it), the fusion gate open
     so that what is read changes the logits."""
-    system = VardaSystem(_cfg(tmp_path_factory.mktemp("checks"), "system.delete=false"), load_data=False)
+    system = VardaSystem(tiny_varda_cfg(tmp_path_factory.mktemp("checks"), "system.delete=false"), load_data=False)
     frozen = system.load_base()
     trainable = system.init_trainable(frozen, jax.random.PRNGKey(1))
     trainable["varda"]["gate"] = jnp.ones_like(trainable["varda"]["gate"])
@@ -188,7 +176,7 @@ def check_table(system, trainable, frozen):
 
 
 def test_probe_and_table_reach_the_memory_and_ones_that_ignore_it_fail(tmp_path, monkeypatch):
-    cfg = _cfg(tmp_path, "system.segment_len=160", "data.seq_len=480", "system.eval_fraction=0.5",
+    cfg = tiny_varda_cfg(tmp_path, "system.segment_len=160", "data.seq_len=480", "system.eval_fraction=0.5",
                "data.batch_size=2", "adapters=[]")
     system = VardaSystem(cfg)
     system.model = Oracle(system.varda_cfg, system.cfg.model.vocab_size)

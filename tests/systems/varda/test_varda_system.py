@@ -1,29 +1,17 @@
 """VardaGPT: shapes on LLaMA and GPT-2 backbones, step-0 equality with the backbone, memory state
 carried across calls, gradients into the fusion and decision layers, config errors, train loop."""
 
-import pathlib
-import random
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from gmem.config import load_config, to_object
 from gmem.errors import GmemError
 from gmem.systems.varda import VardaSystem
+from varda_helpers import tiny_varda_cfg
 
-ROOT = pathlib.Path(__file__).resolve().parents[3]
 B, T, SEG = 2, 24, 8
-
-
-def _cfg(tmp, *overrides):
-    rng = random.Random(0)
-    words = "to be or not that is the question whether tis nobler in the mind".split()
-    corpus = tmp / "corpus.txt"
-    corpus.write_text("\n".join(" ".join(rng.choice(words) for _ in range(12)) for _ in range(120)))
-    return to_object(load_config(ROOT / "configs" / "varda_tiny.yaml",
-                                 [f"system.corpus={corpus}", f"train.run_dir={tmp / 'run'}", *overrides]))
 
 
 @pytest.fixture(scope="module")
@@ -32,7 +20,7 @@ def tmp(tmp_path_factory):
 
 
 def _setup(tmp, *overrides):
-    system = VardaSystem(_cfg(tmp, *overrides), load_data=False)
+    system = VardaSystem(tiny_varda_cfg(tmp, *overrides), load_data=False)
     frozen = system.load_base()
     trainable = system.init_trainable(frozen, jax.random.PRNGKey(1))
     ids = jax.random.randint(jax.random.PRNGKey(2), (B, T), 0, 250)
@@ -85,18 +73,18 @@ def test_gradients_reach_fusion_and_decision_layers(tmp, gate="straight_through"
 
 def test_bad_configs_are_clear_errors(tmp):
     with pytest.raises(GmemError, match="memory_dim=48 must equal the backbone hidden size 32"):
-        VardaSystem(_cfg(tmp, "system.memory_dim=48"), load_data=False)
+        VardaSystem(tiny_varda_cfg(tmp, "system.memory_dim=48"), load_data=False)
     with pytest.raises(GmemError, match="num_search_results=65"):
-        VardaSystem(_cfg(tmp, "system.num_search_results=65"), load_data=False)
+        VardaSystem(tiny_varda_cfg(tmp, "system.num_search_results=65"), load_data=False)
     with pytest.raises(GmemError, match=r"system\.memry_size: Key 'memry_size' not in 'VardaOptions'\. Did you mean"):
-        _cfg(tmp, "system.memry_size=3")
+        tiny_varda_cfg(tmp, "system.memry_size=3")
     with pytest.raises(GmemError, match="segment_len"):
-        VardaSystem(_cfg(tmp, "system.segment_len=7"), load_data=False)
+        VardaSystem(tiny_varda_cfg(tmp, "system.segment_len=7"), load_data=False)
 
 
 def test_train_loop_runs_and_lowers_loss(tmp):
     from gmem.train.loop import train
-    cfg = _cfg(tmp, "train.steps=6", "checkpoint.every=100", "train.progress=false")
+    cfg = tiny_varda_cfg(tmp, "train.steps=6", "checkpoint.every=100", "train.progress=false")
     summary = train(cfg, log=lambda *a: None)
     losses = summary["losses"]
     assert summary["step"] == 6 and np.isfinite(losses).all()
@@ -105,7 +93,7 @@ def test_train_loop_runs_and_lowers_loss(tmp):
 
 def test_perplexity_table_and_fact_probe_run(tmp):
     from gmem.systems.varda.eval import fact_probe, perplexity_table
-    cfg = _cfg(tmp, "system.segment_len=160", "data.seq_len=160", "system.eval_fraction=0.5")
+    cfg = tiny_varda_cfg(tmp, "system.segment_len=160", "data.seq_len=160", "system.eval_fraction=0.5")
     system = VardaSystem(cfg)
     frozen = system.load_base()
     trainable = system.init_trainable(frozen, jax.random.PRNGKey(1))
