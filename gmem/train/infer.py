@@ -31,9 +31,12 @@ def restore_run(checkpoint: str | pathlib.Path, overrides=(), override_files=(),
         if "config" not in meta:
             raise GmemError(f"{probe.directory}/{first}: checkpoint has no saved config")
         saved = dict(meta["config"])
-        # The saved mesh fitted the training machine; inference starts from all local devices
-        # (sharding.mesh.* overrides still apply).
-        saved["sharding"] = dict(saved.get("sharding", {}), mesh={"data": -1, "fsdp": 1, "tensor": 1})
+        # The saved mesh shape fitted the training machine; inference starts from data parallel
+        # over the devices the run was limited to (sharding.mesh.devices, null = all local ones);
+        # sharding.mesh.* overrides still apply.
+        devices = (saved.get("sharding", {}).get("mesh") or {}).get("devices")
+        saved["sharding"] = dict(saved.get("sharding", {}),
+                                 mesh={"data": -1, "fsdp": 1, "tensor": 1, "devices": devices})
         cfg = gconfig.to_object(gconfig.load_config(None, overrides, override_files, base=saved))
         cfg.train.resume = True
         system = load_system(cfg)
