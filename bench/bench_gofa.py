@@ -88,7 +88,8 @@ def main(argv=None):
     speed = ""
     if not a.no_torch:
         speed = (f"\n\ngmem / PyTorch on the GOFA step: **{rows[1][2] / rows[0][2]:.2f}x** "
-                 f"(goal >= 2x).")
+                 f"(goal >= 2x). Load average {os.getloadavg()[0]:.1f} at the end: the CPU was "
+                 "shared with other jobs, so compare the rows, not runs.")
     body = ("## GOFA training steps (`python bench/bench_gofa.py`)\n\n"
             f"SmolLM2-135M shape, fp32, K = 16, 6 GNN layers before layers 24..29, texts cut to 64 "
             f"tokens, one sampled graph per step ({a.steps} graphs of the embedded Wikipedia graph, "
