@@ -66,14 +66,11 @@ def main(argv=None) -> int:
     ap.add_argument("--limit-gib", type=float, default=16.0)
     ap.add_argument("--write", action="store_true", help="add the row to bench/RESULTS.md section aot_gofa")
     a = ap.parse_args(argv)
-    os.environ.setdefault("XLA_FLAGS", f"--xla_force_host_platform_device_count={a.devices} "
-                          "--xla_cpu_enable_concurrency_optimized_scheduler=false")
     sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+    from bench.aot_memory import print_memory, virtual_cpu_devices
+    virtual_cpu_devices(a.devices)
     r = measure(a.layers, a.devices, not a.no_remat, a.k, a.gnn, not a.replicated_graph)
-    for key, v in r.items():
-        print(f"{key:>22}: {v:.3f}" if isinstance(v, float) else f"{key:>22}: {v}")
-    ok = r["total_GiB"] < a.limit_gib
-    print(f"per-device total {r['total_GiB']:.2f} GiB {'<' if ok else '>='} {a.limit_gib} GiB")
+    ok = print_memory(r, a.limit_gib)
     if a.write:
         from bench.results import RESULTS, table, write_section
         import re

@@ -58,6 +58,28 @@ def step_memory_gib(compiled) -> dict:
             "total_GiB": args + temp + out - alias}
 
 
+def virtual_cpu_devices(n: int) -> None:
+    """Run on n virtual CPU devices (unless XLA_FLAGS is set) with the memory-aware scheduler.
+    Call before jax starts its backend. XLA:CPU's default concurrency-optimized scheduler
+    ignores memory and runs every layer's rematerialized forward early (2.2 GiB/layer live for
+    LLaMA-2-7B); the memory-aware one gives the peak an accelerator's scheduler aims for."""
+    os.environ.setdefault("XLA_FLAGS", f"--xla_force_host_platform_device_count={n} "
+                          "--xla_cpu_enable_concurrency_optimized_scheduler=false")
+
+
+def print_memory(r: dict, limit_gib: float | None = None) -> bool:
+    """Print a measure() row, one key per line; with limit_gib, whether the per-device total is
+    under it (returned)."""
+    width = max(map(len, r))
+    for k, v in r.items():
+        print(f"{k:>{width}}: {v:.3f}" if isinstance(v, float) else f"{k:>{width}}: {v}")
+    if limit_gib is None:
+        return True
+    ok = r["total_GiB"] < limit_gib
+    print(f"per-device total {r['total_GiB']:.2f} GiB {'<' if ok else '>='} {limit_gib} GiB")
+    return ok
+
+
 def parse_mesh(s: str) -> dict:
     out = {"data": 1, "fsdp": 1, "tensor": 1}
     for part in filter(None, s.split(",")):
@@ -106,18 +128,11 @@ def main(argv=None) -> int:
     ap.add_argument("--limit-gib", type=float, default=16.0)
     ap.add_argument("--write", action="store_true", help="rewrite bench/RESULTS.md section aot_memory")
     a = ap.parse_args(argv)
-    # XLA:CPU's default concurrency-optimized scheduler ignores memory and runs every layer's
-    # rematerialized forward early (2.2 GiB/layer live for LLaMA-2-7B); the memory-aware
-    # scheduler gives the peak an accelerator's scheduler aims for.
-    os.environ.setdefault("XLA_FLAGS", f"--xla_force_host_platform_device_count={a.devices} "
-                          "--xla_cpu_enable_concurrency_optimized_scheduler=false")
+    virtual_cpu_devices(a.devices)
     sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
     r = measure(a.model, parse_mesh(a.mesh), a.seq, a.batch, not a.no_remat, a.dtype,
                 layers=a.layers, frozen_dtype=a.frozen_dtype)
-    for k, v in r.items():
-        print(f"{k:>15}: {v:.3f}" if isinstance(v, float) else f"{k:>15}: {v}")
-    ok = r["total_GiB"] < a.limit_gib
-    print(f"per-device total {r['total_GiB']:.2f} GiB {'<' if ok else '>='} {a.limit_gib} GiB")
+    ok = print_memory(r, a.limit_gib)
     if a.write:
         from bench.results import table, write_section
         head = ["model", "mesh", "seq", "global batch", "remat", "compute", "base params (M)",

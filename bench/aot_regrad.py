@@ -68,13 +68,11 @@ def main(argv=None) -> int:
     ap.add_argument("--layers", type=int, default=0)
     ap.add_argument("--write", action="store_true")
     a = ap.parse_args(argv)
-    # The memory-aware scheduler, as in bench/aot_memory.py (XLA:CPU's default ignores memory).
-    os.environ.setdefault("XLA_FLAGS", f"--xla_force_host_platform_device_count={a.devices} "
-                          "--xla_cpu_enable_concurrency_optimized_scheduler=false")
     sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+    from bench.aot_memory import print_memory, virtual_cpu_devices
+    virtual_cpu_devices(a.devices)
     r = measure(a.mesh, a.passage, a.prompt, a.k, not a.no_remat, a.dtype, a.frozen_dtype, a.layers)
-    for key, v in r.items():
-        print(f"{key:>15}: {v}")
+    print_memory(r)
     if a.write:
         from bench.results import table, write_section
         body = ("## AOT memory of a ReGrad meta step, Llama-3.2-1B (`python bench/aot_regrad.py --write`)\n\n"
