@@ -5,7 +5,8 @@ allocated): ShapeDtypeStructs with shardings -> jit(...).lower(...).compile().me
     python bench/aot_memory.py --model smollm2 --mesh data=2,fsdp=4 --seq 512
     python bench/aot_memory.py --write                # also rewrite bench/RESULTS.md (section aot_memory)
 
-Runs on N virtual CPU devices (--devices, default 8) unless real accelerators are present.
+Runs on N virtual CPU devices (--devices, default 8) unless real accelerators are present, or
+with --tpu TOPOLOGY compiles for TPU chips that are not there (libtpu's compiler; see tpu_devices).
 """
 
 from __future__ import annotations
@@ -28,16 +29,19 @@ MODELS = {
 }
 
 
-def compile_abstract_step(cfg, system):
+def compile_abstract_step(cfg, system, devices=None):
     """(plan, compiled train step, compile seconds) for cfg's system, lowered on abstract state,
-    frozen base and batch carrying the plan's shardings: nothing is allocated."""
+    frozen base and batch carrying the plan's shardings: nothing is allocated. devices: the mesh's
+    devices (tpu_devices() to compile for TPU chips that are not there); None: jax.devices()."""
     import jax
 
+    from gmem.train import sharding as shd
     from gmem.train.checkpoint import abstract_with_shardings
     from gmem.train.loop import make_plan
 
     t0 = time.perf_counter()
-    plan = make_plan(cfg, system)
+    m = cfg.sharding.mesh
+    plan = make_plan(cfg, system, None if devices is None else shd.make_mesh(m.data, m.fsdp, m.tensor, devices))
     with plan.context():
         state = abstract_with_shardings(plan.abstract_state, plan.state_sh)
         frozen = abstract_with_shardings(plan.abstract_frozen, plan.frozen_sh)
@@ -58,6 +62,17 @@ def step_memory_gib(compiled) -> dict:
             "total_GiB": args + temp + out - alias}
 
 
+def tpu_devices(topology: str) -> list:
+    """The chips of a TPU topology ("v5e:2x4": 8 TPU v5e chips of 16 GiB HBM), to compile for with
+    the TPU compiler on a machine that has none (needs libtpu: pip install "jax[tpu]"). Unlike
+    XLA:CPU, which runs bf16 dots in f32 (f32 copies of every bf16 weight) and merges a
+    rematerialised forward with the original (remat then keeps every layer's activations), the
+    TPU compiler gives the memory the chips would use."""
+    from jax.experimental import topologies
+
+    return list(topologies.get_topology_desc(platform="tpu", topology_name=topology).devices)
+
+
 def virtual_cpu_devices(n: int) -> None:
     """Run on n virtual CPU devices (unless XLA_FLAGS is set) with the memory-aware scheduler.
     Call before jax starts its backend. XLA:CPU's default concurrency-optimized scheduler
@@ -65,6 +80,27 @@ def virtual_cpu_devices(n: int) -> None:
     LLaMA-2-7B); the memory-aware one gives the peak an accelerator's scheduler aims for."""
     os.environ.setdefault("XLA_FLAGS", f"--xla_force_host_platform_device_count={n} "
                           "--xla_cpu_enable_concurrency_optimized_scheduler=false")
+
+
+def add_target_args(ap) -> None:
+    """--devices (virtual CPU devices) and --tpu (a TPU topology to compile for instead)."""
+    ap.add_argument("--devices", type=int, default=8, help="virtual CPU devices (without --tpu)")
+    ap.add_argument("--tpu", metavar="TOPOLOGY", help="compile with the TPU compiler for chips that are not "
+                    "there, e.g. v5e:2x4 (8 v5e chips, 16 GiB each; needs libtpu: pip install 'jax[tpu]')")
+
+
+def target_devices(a) -> list | None:
+    """The mesh devices for add_target_args' options: the TPU chips of --tpu, or None after
+    setting up --devices virtual CPU devices (call before jax starts its backend)."""
+    if a.tpu:
+        return tpu_devices(a.tpu)
+    virtual_cpu_devices(a.devices)
+    return None
+
+
+def compiler_name(devices, n: int) -> str:
+    """'TPU v5 lite x 8' or 'XLA:CPU, 8 virtual devices': the compiler a row was measured with."""
+    return f"{devices[0].device_kind} x {len(devices)}" if devices else f"XLA:CPU, {n} virtual devices"
 
 
 def print_memory(r: dict, limit_gib: float | None = None) -> bool:
@@ -90,7 +126,7 @@ def parse_mesh(s: str) -> dict:
 
 def measure(model: str, mesh: dict, seq: int, batch: int, remat: bool, dtype: str,
             targets=("q_proj", "k_proj", "v_proj", "o_proj"), rank: int = 16, layers: int = 0,
-            frozen_dtype: str = "float32") -> dict:
+            frozen_dtype: str = "float32", devices=None) -> dict:
     import jax
 
     from gmem.config import load_config, to_object
@@ -105,11 +141,11 @@ def measure(model: str, mesh: dict, seq: int, batch: int, remat: bool, dtype: st
         f"data.seq_len={seq}", f"data.batch_size={batch}", f"adapters.0.targets=[{','.join(targets)}]",
         f"adapters.0.rank={rank}", *(f"sharding.mesh.{k}={v}" for k, v in mesh.items())]))
     system = LMSystem(cfg, load_data=False)
-    plan, compiled, secs = compile_abstract_step(cfg, system)
+    plan, compiled, secs = compile_abstract_step(cfg, system, devices)
     mem = step_memory_gib(compiled)
     n_base = sum(x.size for x in jax.tree_util.tree_leaves(plan.abstract_frozen))
     n_train = sum(x.size for x in jax.tree_util.tree_leaves(plan.abstract_trainable))
-    return {"model": model, "mesh": ",".join(f"{k}={v}" for k, v in mesh.items() if v != 1) or "1 device",
+    return {"compiler": compiler_name(devices, plan.mesh.devices.size), "model": model, "mesh": ",".join(f"{k}={v}" for k, v in mesh.items() if v != 1) or "1 device",
             "devices": plan.mesh.devices.size, "seq": seq, "batch": batch, "remat": remat, "dtype": dtype,
             "base_params_M": n_base / 1e6, "trainable_M": n_train / 1e6, **mem, "compile_s": secs}
 
@@ -122,16 +158,16 @@ def main(argv=None) -> int:
     ap.add_argument("--batch", type=int, default=8)
     ap.add_argument("--no-remat", action="store_true")
     ap.add_argument("--dtype", default="bfloat16")
-    ap.add_argument("--devices", type=int, default=8)
+    add_target_args(ap)
     ap.add_argument("--layers", type=int, default=0, help="override the number of layers (quick probes)")
     ap.add_argument("--frozen-dtype", default="bfloat16", help="storage dtype of the frozen base")
     ap.add_argument("--limit-gib", type=float, default=16.0)
     ap.add_argument("--write", action="store_true", help="rewrite bench/RESULTS.md section aot_memory")
     a = ap.parse_args(argv)
-    virtual_cpu_devices(a.devices)
+    devices = target_devices(a)
     sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
     r = measure(a.model, parse_mesh(a.mesh), a.seq, a.batch, not a.no_remat, a.dtype,
-                layers=a.layers, frozen_dtype=a.frozen_dtype)
+                layers=a.layers, frozen_dtype=a.frozen_dtype, devices=devices)
     ok = print_memory(r, a.limit_gib)
     if a.write:
         from bench.results import table, write_section

@@ -24,17 +24,17 @@ LLAMA_32_1B = dict(vocab_size=128256, hidden_size=2048, intermediate_size=8192, 
 
 
 def measure(mesh: str, passage: int, prompt: int, k: int, remat: bool, dtype: str, frozen_dtype: str,
-            layers: int = 0, rank: int = 16) -> dict:
+            layers: int = 0, rank: int = 16, chips=None) -> dict:
     import jax
 
     from gmem.config import load_config, to_object
     from gmem.systems.regrad import RegradSystem
 
-    from bench.aot_memory import compile_abstract_step, step_memory_gib
+    from bench.aot_memory import compile_abstract_step, compiler_name, step_memory_gib
 
     sizes = dict(LLAMA_32_1B, **({"num_hidden_layers": layers} if layers else {}))
     m = dict(p.split("=") for p in mesh.split(","))
-    devices = len(jax.devices())
+    devices = len(chips) if chips else len(jax.devices())
     root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
     cfg = to_object(load_config(os.path.join(root, "configs", "regrad.yaml"), [
         "model.source=random", f"model.dtype={dtype}", f"model.frozen_dtype={frozen_dtype}",
@@ -44,11 +44,11 @@ def measure(mesh: str, passage: int, prompt: int, k: int, remat: bool, dtype: st
         f"data.batch_size={devices}", "optim.grad_accum=1", "sharding.mesh.data=1",
         *(f"sharding.mesh.{a}={b}" for a, b in m.items())]))
     system = RegradSystem(cfg, load_data=False)
-    plan, compiled, secs = compile_abstract_step(cfg, system)
+    plan, compiled, secs = compile_abstract_step(cfg, system, chips)
     mem = step_memory_gib(compiled)
     n_base = sum(x.size for x in jax.tree_util.tree_leaves(plan.abstract_frozen))
     n_lora = sum(x.size for x in jax.tree_util.tree_leaves(plan.abstract_trainable["lora"]))
-    return {"layers": sizes["num_hidden_layers"], "mesh": mesh, "devices": devices, "passages": f"{k} x {passage}",
+    return {"compiler": compiler_name(chips, devices), "layers": sizes["num_hidden_layers"], "mesh": mesh, "devices": devices, "passages": f"{k} x {passage}",
             "prompt": prompt, "remat": remat, "dtype": dtype, "frozen": frozen_dtype,
             "base_params_M": round(n_base / 1e6, 1), "lora_params_M": round(n_lora / 1e6, 3),
             "args_GiB": round(mem["args_GiB"], 2), "temp_GiB": round(mem["temp_GiB"], 2),
@@ -56,6 +56,9 @@ def measure(mesh: str, passage: int, prompt: int, k: int, remat: bool, dtype: st
 
 
 def main(argv=None) -> int:
+    sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+    from bench.aot_memory import add_target_args, print_memory, target_devices
+
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--mesh", default="fsdp=8")
     ap.add_argument("--passage", type=int, default=1536)
@@ -64,14 +67,12 @@ def main(argv=None) -> int:
     ap.add_argument("--no-remat", action="store_true")
     ap.add_argument("--dtype", default="bfloat16")
     ap.add_argument("--frozen-dtype", default="bfloat16")
-    ap.add_argument("--devices", type=int, default=8)
+    add_target_args(ap)
     ap.add_argument("--layers", type=int, default=0)
     ap.add_argument("--write", action="store_true")
     a = ap.parse_args(argv)
-    sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-    from bench.aot_memory import print_memory, virtual_cpu_devices
-    virtual_cpu_devices(a.devices)
-    r = measure(a.mesh, a.passage, a.prompt, a.k, not a.no_remat, a.dtype, a.frozen_dtype, a.layers)
+    chips = target_devices(a)
+    r = measure(a.mesh, a.passage, a.prompt, a.k, not a.no_remat, a.dtype, a.frozen_dtype, a.layers, chips=chips)
     print_memory(r)
     if a.write:
         from bench.results import table, write_section

@@ -158,3 +158,15 @@ def global_batch(mesh: Mesh, local: Mapping[str, np.ndarray], rules=RULES) -> di
 
 def describe(mesh: Mesh) -> str:
     return " x ".join(f"{k}={v}" for k, v in mesh.shape.items()) + f" ({mesh.devices.size} devices)"
+
+
+def own_gathers(weights, after):
+    """(weights, after) behind one optimization barrier: a pass that reads weights an earlier
+    pass already read, e.g. GOFA's decoder after its graph encoder on the same frozen base.
+
+    Without it, XLA's CSE merges the two passes' all-gathers of each fsdp-sharded weight, so
+    layer i's gathered copy lives from the first pass's layer i to the second's: every layer
+    gathered at once (GOFA on Mistral-7B: 34.4 -> 24.0 GiB per device with it). Behind the
+    barrier the second pass's gathers are new values that depend on `after` (the first pass's
+    output), so each is made just before its layer runs. Values and gradients are unchanged."""
+    return jax.lax.optimization_barrier((weights, after))

@@ -36,6 +36,7 @@ from gmem.models.common import to_dtype
 from gmem.models.generate import generate
 from gmem.models.hooks import DecoderHook
 from gmem.systems.gofa.layout import SpecialIds
+from gmem.train.sharding import own_gathers
 
 GNN_NAME = "gnn"      # the hook's scope inside a decoder layer: model/layers_i/gnn/conv/...
 
@@ -203,6 +204,9 @@ def graph_encode(module, variables, table_RD, batch: dict, special: SpecialIds, 
         graph = dict(f["graph"], edge_states=jax.lax.stop_gradient(states))
     ids, pos, mask = encoder_inputs(f["node_text_ids"], f["node_text_len"], special)
     x = embed_ids(emb, table_RD, ids, dtype)
+    if graph is not None:
+        # The node texts re-read the base the edge texts just read: their own gathers.
+        variables, graph = own_gathers(variables, graph)
     return module.apply(variables, x, pos, mask, f["node_map"], layers[0], graph, special.k,
                         method=_node_layers, rngs=rngs)
 

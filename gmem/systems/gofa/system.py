@@ -34,6 +34,7 @@ from gmem.systems.gofa.evaluation import evaluate, predict
 from gmem.systems.gofa.options import DECODER_ADAPTER, ENCODER_ADAPTER, GOFAOptions, Phase
 from gmem.systems.gofa.tasks import PRETRAIN_TASKS, TaskConfig, TaskSampler
 from gmem.systems.lm import LMSystem
+from gmem.train.sharding import own_gathers
 
 INSTRUCT_TASKS = ("topic", "link")
 ALL_TASKS = PRETRAIN_TASKS + INSTRUCT_TASKS
@@ -169,7 +170,9 @@ class GOFASystem(GOFABase):
         mem = self.node_memory(trainable, frozen, batch, r1)
         f = M.flat_graph(batch)
         dec = {k: batch[k].reshape((-1,) + batch[k].shape[2:]) for k in ("dec_ids", "dec_mask", "dec_target")}
-        ce, n, hit = M.decoder_loss(self.module, self.decoder_variables(trainable, frozen), frozen["memory_table"],
+        # The decoder re-reads the base the encoder read: its own gathers, after the memory.
+        dv, mem = own_gathers(self.decoder_variables(trainable, frozen), mem)
+        ce, n, hit = M.decoder_loss(self.module, dv, frozen["memory_table"],
                                     mem[f["targets"]], dec, self.special, self.dtype,
                                     rngs=self.rngs(r2, self.dec_spec))
         n1 = jnp.maximum(n, 1.0)
