@@ -66,7 +66,7 @@ def measure(layers: int, devices: int, remat: bool = True, k: int = 128, gnn: in
 
 def main(argv=None) -> int:
     sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-    from bench.aot_memory import add_target_args, print_memory, target_devices
+    from bench.aot_memory import add_target_args, measure_or_report, print_memory, target_devices
 
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--layers", type=int, default=0, help="decoder layers (0 = Mistral's 32; probes use fewer)")
@@ -79,7 +79,9 @@ def main(argv=None) -> int:
     ap.add_argument("--write", action="store_true", help="add the row to bench/RESULTS.md section aot_gofa")
     a = ap.parse_args(argv)
     chips = target_devices(a)
-    r = measure(a.layers, a.devices, not a.no_remat, a.k, a.gnn, not a.replicated_graph, chips)
+    r = measure_or_report(measure, a.layers, a.devices, not a.no_remat, a.k, a.gnn, not a.replicated_graph, chips)
+    if r is None:
+        return 1
     ok = print_memory(r, a.limit_gib)
     if a.write:
         from bench.results import RESULTS, table, write_section

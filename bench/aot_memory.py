@@ -47,8 +47,20 @@ def compile_abstract_step(cfg, system, devices=None):
         frozen = abstract_with_shardings(plan.abstract_frozen, plan.frozen_sh)
         batch = {k: jax.ShapeDtypeStruct(s.shape, s.dtype, sharding=plan.batch_sh[k])
                  for k, s in system.batch_shapes().items()}
-        compiled = plan.step.lower(state, frozen, batch).compile()
+        lowered = plan.step.lower(state, frozen, batch)
+        try:
+            compiled = lowered.compile()
+        except jax.errors.JaxRuntimeError as e:
+            # The TPU compiler refuses a program that cannot fit the chip's HBM, even after
+            # rematerialising more of it; the message says how much it would need.
+            if "RESOURCE_EXHAUSTED" in str(e):
+                raise DoesNotFit(str(e).splitlines()[0]) from None
+            raise
     return plan, compiled, time.perf_counter() - t0
+
+
+class DoesNotFit(Exception):
+    """compile_abstract_step: the target's compiler found no way to fit the step in memory."""
 
 
 def step_memory_gib(compiled) -> dict:
@@ -101,6 +113,15 @@ def target_devices(a) -> list | None:
 def compiler_name(devices, n: int) -> str:
     """'TPU v5 lite x 8' or 'XLA:CPU, 8 virtual devices': the compiler a row was measured with."""
     return f"{devices[0].device_kind} x {len(devices)}" if devices else f"XLA:CPU, {n} virtual devices"
+
+
+def measure_or_report(measure, *args, **kwargs) -> dict | None:
+    """measure(*args, **kwargs), or None after printing why the step does not fit its target."""
+    try:
+        return measure(*args, **kwargs)
+    except DoesNotFit as e:
+        print(f"does not fit: {e}")
+        return None
 
 
 def print_memory(r: dict, limit_gib: float | None = None) -> bool:
@@ -166,8 +187,10 @@ def main(argv=None) -> int:
     a = ap.parse_args(argv)
     devices = target_devices(a)
     sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-    r = measure(a.model, parse_mesh(a.mesh), a.seq, a.batch, not a.no_remat, a.dtype,
-                layers=a.layers, frozen_dtype=a.frozen_dtype, devices=devices)
+    r = measure_or_report(measure, a.model, parse_mesh(a.mesh), a.seq, a.batch, not a.no_remat, a.dtype,
+                          layers=a.layers, frozen_dtype=a.frozen_dtype, devices=devices)
+    if r is None:
+        return 1
     ok = print_memory(r, a.limit_gib)
     if a.write:
         from bench.results import table, write_section

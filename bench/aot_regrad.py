@@ -57,7 +57,7 @@ def measure(mesh: str, passage: int, prompt: int, k: int, remat: bool, dtype: st
 
 def main(argv=None) -> int:
     sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-    from bench.aot_memory import add_target_args, print_memory, target_devices
+    from bench.aot_memory import add_target_args, measure_or_report, print_memory, target_devices
 
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--mesh", default="fsdp=8")
@@ -72,7 +72,10 @@ def main(argv=None) -> int:
     ap.add_argument("--write", action="store_true")
     a = ap.parse_args(argv)
     chips = target_devices(a)
-    r = measure(a.mesh, a.passage, a.prompt, a.k, not a.no_remat, a.dtype, a.frozen_dtype, a.layers, chips=chips)
+    r = measure_or_report(measure, a.mesh, a.passage, a.prompt, a.k, not a.no_remat, a.dtype, a.frozen_dtype,
+                          a.layers, chips=chips)
+    if r is None:
+        return 1
     print_memory(r)
     if a.write:
         from bench.results import table, write_section
