@@ -78,14 +78,21 @@ def main(argv=None) -> int:
         return 1
     print_memory(r)
     if a.write:
-        from bench.results import table, write_section
-        body = ("## AOT memory of a ReGrad meta step, Llama-3.2-1B (`python bench/aot_regrad.py --write`)\n\n"
+        import re
+
+        from bench.results import RESULTS, table, write_section
+        old = RESULTS.read_text() if RESULTS.exists() else ""
+        m = re.search(r"<!-- bench:aot_regrad -->.*?(\| compiler.*?)\n\n", old, re.S)
+        rows = m.group(1).splitlines()[2:] if m else []
+        body = ("## AOT memory of a ReGrad meta step, Llama-3.2-1B (`python bench/aot_regrad.py [--tpu v5e:2x4] --write`)\n\n"
                 "The `regrad` system's train step (inner gradient over the passages, theta' = theta - "
                 "alpha g, outer loss, second-order gradient w.r.t. LoRA and alpha, clip, AdamW) "
-                "compiled from ShapeDtypeStructs with shardings on virtual CPU devices (memory-aware "
-                "scheduler); one task per device; LoRA r=16 (scale 2) on gate/up/down of the upper "
-                "half, alpha tie. args = frozen shard + LoRA + alpha + Adam state + batch; temp = "
-                "activations and workspace.\n\n" + table(list(r), [list(r.values())]))
+                "compiled from ShapeDtypeStructs with shardings, for TPU v5e chips that are not there "
+                "(`--tpu`: the TPU compiler, 15.75 GiB of HBM a chip) or for virtual CPU devices "
+                "(memory-aware scheduler; XLA:CPU runs bf16 dots in f32 and does not honour remat, so it "
+                "overstates the memory); one task per device; LoRA r=16 (scale 2) on gate/up/down of the "
+                "upper half, alpha tie. args = frozen shard + LoRA + alpha + Adam state + batch; temp = "
+                "activations and workspace.\n\n" + "\n".join([table(list(r), [list(r.values())])] + rows))
         write_section("aot_regrad", body)
     return 0
 
