@@ -13,7 +13,7 @@ the graph axes (nodes, edges) sharded like the batch.
 
 Without --tpu it runs on N virtual CPU devices (XLA:CPU's memory-aware scheduler, as
 bench/aot_memory.py), which overstates an accelerator's memory (see bench.aot_memory.tpu_devices);
---tpu needs libtpu (pip install "jax[tpu]") but no TPU, and compiles for minutes (10 for 8 layers
+--tpu needs libtpu (pip install -e ".[tpu]") but no TPU, and compiles for minutes (10 for 8 layers
 on 2 busy cores).
 """
 

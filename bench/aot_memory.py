@@ -76,7 +76,7 @@ def step_memory_gib(compiled) -> dict:
 
 def tpu_devices(topology: str) -> list:
     """The chips of a TPU topology ("v5e:2x4": 8 TPU v5e chips of 16 GiB HBM), to compile for with
-    the TPU compiler on a machine that has none (needs libtpu: pip install "jax[tpu]"). Unlike
+    the TPU compiler on a machine that has none (needs libtpu: pip install -e ".[tpu]"). Unlike
     XLA:CPU, which runs bf16 dots in f32 (f32 copies of every bf16 weight) and merges a
     rematerialised forward with the original (remat then keeps every layer's activations), the
     TPU compiler gives the memory the chips would use."""
@@ -98,7 +98,7 @@ def add_target_args(ap) -> None:
     """--devices (virtual CPU devices) and --tpu (a TPU topology to compile for instead)."""
     ap.add_argument("--devices", type=int, default=8, help="virtual CPU devices (without --tpu)")
     ap.add_argument("--tpu", metavar="TOPOLOGY", help="compile with the TPU compiler for chips that are not "
-                    "there, e.g. v5e:2x4 (8 v5e chips, 16 GiB each; needs libtpu: pip install 'jax[tpu]')")
+                    "there, e.g. v5e:2x4 (8 v5e chips, 16 GiB each; needs libtpu: pip install -e '.[tpu]')")
 
 
 def target_devices(a) -> list | None:
