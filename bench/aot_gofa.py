@@ -84,16 +84,13 @@ def main(argv=None) -> int:
         return 1
     ok = print_memory(r, a.limit_gib)
     if a.write:
-        from bench.results import RESULTS, table, write_section
-        import re
+        from bench.results import section_rows, table, write_section
         head = ["compiled for", "decoder layers", "GNN layers", "K", "mesh", "remat", "own_gathers", "frozen params (M)",
                 "trainable (M)", "args GiB/dev", "temp GiB/dev", "total GiB/dev", "compile s"]
         row = [r["compiler"], r["layers"], r["gnn"], r["k"], f"fsdp={r['devices']}", r["remat"], "yes", r["frozen_M"],
                r["trainable_M"], round(r["args_GiB"], 2), round(r["temp_GiB"], 2), round(r["total_GiB"], 2),
                r["compile_s"]]
-        old = RESULTS.read_text() if RESULTS.exists() else ""
-        m = re.search(r"<!-- bench:aot_gofa -->.*?(\| compiled for.*?)\n\n", old, re.S)
-        rows = [ln for ln in (m.group(1).splitlines()[2:] if m else [])]
+        rows = section_rows("aot_gofa", "compiled for")
         body = ("## AOT memory of a GOFA step on Mistral-7B shapes (`python bench/aot_gofa.py [--tpu v5e:2x4] --write`)\n\n"
                 "Compiled from ShapeDtypeStructs with shardings (no weights allocated); per-device bytes from "
                 "`compiled.memory_analysis()`. bf16 compute and frozen base, 6 GNN layers (fp32 + AdamW), K = 128, "

@@ -78,12 +78,8 @@ def main(argv=None) -> int:
         return 1
     print_memory(r)
     if a.write:
-        import re
-
-        from bench.results import RESULTS, table, write_section
-        old = RESULTS.read_text() if RESULTS.exists() else ""
-        m = re.search(r"<!-- bench:aot_regrad -->.*?(\| compiler.*?)\n\n", old, re.S)
-        rows = m.group(1).splitlines()[2:] if m else []
+        from bench.results import section_rows, table, write_section
+        rows = section_rows("aot_regrad", "compiler")
         body = ("## AOT memory of a ReGrad meta step, Llama-3.2-1B (`python bench/aot_regrad.py [--tpu v5e:2x4] --write`)\n\n"
                 "The `regrad` system's train step (inner gradient over the passages, theta' = theta - "
                 "alpha g, outer loss, second-order gradient w.r.t. LoRA and alpha, clip, AdamW) "

@@ -29,6 +29,15 @@ def write_section(name: str, body: str, path: pathlib.Path = RESULTS) -> None:
     path.write_text(text)
 
 
+def section_rows(name: str, first_header: str, path: pathlib.Path = RESULTS) -> list[str]:
+    """The table rows (markdown lines, header and rule left out) of section NAME's table whose
+    first column is headed first_header, for a script that adds its row above earlier ones;
+    [] when there is no such section or table."""
+    text = path.read_text() if path.exists() else ""
+    m = re.search(rf"<!-- bench:{re.escape(name)} -->.*?(\| {re.escape(first_header)} \|.*?)\n\n", text, re.S)
+    return m.group(1).splitlines()[2:] if m else []
+
+
 def add_threads_arg(ap) -> None:
     """--threads for benchmarks that time gmem and PyTorch side by side."""
     ap.add_argument("--threads", type=int, default=1,
