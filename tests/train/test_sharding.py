@@ -4,9 +4,13 @@ Ten steps of a tiny LLaMA + LoRA on 8 virtual CPU devices under data parallel, F
 parallel and a mix give the same losses as one device (relative difference <= 1e-5, fp32).
 """
 
+import re
+
 import jax
+import jax.numpy as jnp
 import numpy as np
 import pytest
+from jax.sharding import NamedSharding
 from jax.sharding import PartitionSpec as P
 
 from gmem.errors import GmemError
@@ -109,11 +113,6 @@ def test_own_gathers_gives_a_second_pass_its_own_all_gathers():
     """Two passes over one fsdp-sharded weight: XLA merges their all-gathers (one gathered copy
     kept from the first pass to the second) unless the second pass reads the weight through
     own_gathers; values and gradients are the same either way."""
-    import re
-
-    import jax.numpy as jnp
-    from jax.sharding import NamedSharding
-
     mesh = shd.make_mesh(data=1, fsdp=8)
     w = jax.device_put(np.random.default_rng(0).normal(size=(64, 64)).astype(np.float32),
                        NamedSharding(mesh, P("fsdp", None)))
