@@ -44,6 +44,7 @@ import jax.numpy as jnp
 from gmem.errors import GmemError
 from gmem.memory import AssociativeMemory, MemoryState
 from gmem.nn.projection import Projection
+from gmem.systems.varda.next_token import NextTokenRead, key_dim, next_token_segment
 
 _GATES = ("straight_through", "soft")
 
@@ -73,6 +74,9 @@ class VardaConfig:
     gate_init: float = 0.0  # initial fusion gate g (tanh(g) scales the read); 0: step 0 = the backbone
     weighting: str = "none"  # none (the original: results concatenated as they are) | softmax
     tokenizer: str = "auto"  # auto (the source's own / bytes for random) | gpt2 (embedded BPE)
+    read: str = "input"      # input (the original: fused into the input) | next_token (varda/next_token.py)
+    key_proj: bool = False   # read=next_token: a learned map (identity at init) before the keys
+    key_ngram: int = 0       # read=next_token: keys also hold the sum of the last n input embeddings
 
     @classmethod
     def from_options(cls, opts) -> "VardaConfig":
@@ -83,6 +87,11 @@ class VardaConfig:
         """Validate against the backbone; returns the memory. One GmemError lists every problem."""
         errors = []
         dim = self.memory_dim or hidden
+        if self.read not in ("input", "next_token"):
+            errors.append(f"read={self.read!r} must be 'input' or 'next_token'")
+        if self.read == "next_token" and self.metric != "ip":
+            errors.append(f"read=next_token scores unit keys by their inner product: metric={self.metric!r} "
+                          "must be 'ip'")
         if dim != hidden:
             errors.append(f"memory_dim={dim} must equal the backbone hidden size {hidden} "
                           "(every token's input embedding is the query)")
@@ -99,6 +108,8 @@ class VardaConfig:
             errors.append(f"segment_len={self.segment_len} must be positive")
         if errors:
             raise GmemError("system: " + "; ".join(errors))
+        if self.read == "next_token":
+            dim = key_dim(hidden, self.key_ngram) + 1  # [key | next-token id] (varda/next_token.py)
         try:
             return AssociativeMemory(self.memory_size, dim, self.metric, self.nlist, self.nprobe)
         except GmemError as e:
@@ -173,12 +184,21 @@ class VardaModel:
         self.memory = cfg.check(hidden)
         self.backbone = backbone
         self.hidden = hidden
-        self.heads = VardaHeads(hidden, cfg.num_search_results, cfg.fusion, cfg.gate_init, cfg.weighting)
+        if cfg.read == "next_token":
+            self.heads = NextTokenRead(hidden, cfg.key_proj, cfg.key_ngram)
+        else:
+            self.heads = VardaHeads(hidden, cfg.num_search_results, cfg.fusion, cfg.gate_init, cfg.weighting)
 
-    def init_heads(self, rng) -> dict:
+    def head_init_args(self) -> tuple:
+        """Dummy inputs for heads.init (one token; the shapes the heads' __call__ takes)."""
         k, d = self.cfg.num_search_results, self.hidden
         z = jnp.zeros((1, 1, d))
-        return nn.unbox(self.heads.init(rng, z, jnp.zeros((1, 1, k, d)), z)["params"])
+        if self.cfg.read == "next_token":
+            return z, jnp.zeros((1, 1, 2)), jnp.zeros((1, 1, k)), jnp.zeros((1, 1, k), jnp.int32)
+        return z, jnp.zeros((1, 1, k, d)), z
+
+    def init_heads(self, rng) -> dict:
+        return nn.unbox(self.heads.init(rng, *self.head_init_args())["params"])
 
     def init_memory(self, batch: int) -> MemoryState:
         return self.memory.init(batch)
@@ -194,6 +214,17 @@ class VardaModel:
             raise GmemError(f"varda: memory state has batch {state.vectors_MD.shape[0]}, ids have {b}")
         hp = {"params": heads_params}
         n = t // seg
+        split = lambda a: a.reshape(b, n, seg).swapaxes(0, 1)
+        if c.read == "next_token":
+            nxt = jnp.concatenate([ids_BT[:, 1:], jnp.zeros((b, 1), ids_BT.dtype)], 1)
+            ok = jnp.broadcast_to(jnp.arange(t) < t - 1, (b, t))
+
+            def knn_segment(state, xs):
+                state, out, st = next_token_segment(self, hp, backbone_vars, state, *xs)
+                return state, (out, st)
+
+            state, (logits, stats) = jax.lax.scan(knn_segment, state, (split(ids_BT), split(nxt), split(ok)))
+            return logits.swapaxes(0, 1).reshape(b, t, -1), state, {k: v.mean() for k, v in stats.items()}
 
         # One segment; scanned so the decoder is traced once however many segments a row has.
         def segment(state, xs):
@@ -209,7 +240,7 @@ class VardaModel:
                 state, st = self._update(hp, state, h, idx, key)
             return state, (out, st)
 
-        xs = (jnp.arange(n), ids_BT.reshape(b, n, seg).swapaxes(0, 1))
+        xs = (jnp.arange(n), split(ids_BT))
         state, (logits, stats) = jax.lax.scan(segment, state, xs)
         logits = logits.swapaxes(0, 1).reshape(b, t, -1)
         return logits, state, {k: v.mean() for k, v in stats.items()}

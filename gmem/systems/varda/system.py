@@ -98,9 +98,7 @@ class VardaSystem(LMSystem):
         return {"backbone": bb, **rest}
 
     def trainable_specs(self, abstract_trainable, base_specs):
-        d, k = self.model.hidden, self.varda_cfg.num_search_results
-        z = jnp.zeros((1, 1, d))
-        boxed = jax.eval_shape(lambda: self.model.heads.init(jax.random.PRNGKey(0), z, jnp.zeros((1, 1, k, d)), z))
+        boxed = jax.eval_shape(lambda: self.model.heads.init(jax.random.PRNGKey(0), *self.model.head_init_args()))
         out = {}
         if self.opts.train_backbone:
             base_specs = out["backbone"] = super().abstract_base()[1]
