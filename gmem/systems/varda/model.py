@@ -30,6 +30,11 @@ Deviations from the original, each because the original cannot work as written:
   SmolLM2: final hidden states, hence stored vectors, are far larger than the embeddings).
 - Training scores the next token (the original's loss was unshifted) and memory is fresh per
   training row (one row = one document of seq_len tokens, several segments).
+
+That is `read: input` (the default, the original's read). `read: next_token` is a second read,
+not the original's: keys from each token's context, values its next token, mixed into the
+output distribution (gmem/systems/varda/next_token.py); it is the one that carries a fact
+past the window (configs/varda_recall.yaml).
 """
 
 from __future__ import annotations
@@ -55,6 +60,7 @@ class VardaConfig:
     inherits them) and what VardaModel reads.
 
     memory_dim must equal the backbone's hidden size (queries are input embeddings); None = it.
+    read=next_token stores [key | next-token id] vectors instead (key_dim + 1 wide), metric ip.
     """
 
     memory_size: int = 1024

@@ -31,13 +31,16 @@ class VardaOptions(LMOptions, VardaConfig):
     random model) | gpt2 (the embedded GPT-2 BPE). report: infer.py also computes the
     perplexity table (backbone alone, memory wiped, memory carried) and the long-context probe.
     train_backbone: the backbone is trained too, every weight (the frozen tree is then empty).
-    recall_fraction / recall_weight: the recall curriculum (gmem.systems.varda.recall)."""
+    recall_fraction / recall_weight: the recall curriculum (gmem.systems.varda.recall).
+    probe_trials / probe_gap: the long-context probe infer.py runs (gmem.systems.varda.eval)."""
 
     name: str = "varda"
     report: bool = True         # infer.py: the perplexity table and the fact probe as well
     train_backbone: bool = False  # every backbone weight trainable (the original's full fine-tuning)
     recall_fraction: float = 0.0  # share of training rows turned into recall rows (varda/recall.py)
     recall_weight: float = 1.0    # loss weight of a recall row's answer tokens
+    probe_trials: int = 10        # infer.py's long-context probe: trials (one name each, in turn)
+    probe_gap: int = 2            # segments of held-out text between the fact and the question
 
 
 @register_system("varda")
@@ -63,6 +66,9 @@ class VardaSystem(LMSystem):
         o = cfg.system
         if not 0.0 <= o.recall_fraction <= 1.0:
             raise GmemError(f"system.recall_fraction={o.recall_fraction} must be in [0, 1]")
+        if o.probe_trials < 1 or o.probe_gap < 0:
+            raise GmemError(f"system.probe_trials={o.probe_trials} must be >= 1 and system.probe_gap="
+                            f"{o.probe_gap} >= 0")
         if o.recall_fraction > 0 and o.line_split:
             raise GmemError("system.recall_fraction needs whole corpus rows; it cannot be used with system.line_split")
         if load_data:
@@ -159,5 +165,10 @@ class VardaSystem(LMSystem):
         metrics = {"ppl/rows": table.pop("rows")}
         for k, (loss, ppl) in table.items():
             metrics.update({f"ppl/{k}/loss": loss, f"ppl/{k}/ppl": ppl})
-        metrics.update({f"probe/{k}": v for k, v in fact_probe(self, trainable, frozen).items()})
+        if self.varda_cfg.read == "next_token":  # what training made of the read's trust
+            v = trainable["varda"]
+            metrics.update({"read/tau": float(jnp.exp(v["log_tau"])), "read/gate_slope": float(v["gate_slope"]),
+                            "read/gate_bias": float(v["gate_bias"])})
+        probe = fact_probe(self, trainable, frozen, trials=e.probe_trials, gap=e.probe_gap)
+        metrics.update({f"probe/{k}": v for k, v in probe.items()})
         return rows, metrics
