@@ -9,7 +9,7 @@ import pytest
 
 from gmem.errors import GmemError
 from gmem.systems.varda import VardaSystem
-from varda_helpers import tiny_varda_cfg
+from varda_helpers import stepwise_greedy, tiny_varda_cfg
 
 B, T, SEG = 2, 24, 8
 
@@ -118,15 +118,8 @@ def test_generation_with_memory_equals_step_by_step_recompute(tmp):
     system, frozen, trainable, _ = _setup(tmp, "system.fusion=original")
     prompts = [[5, 9, 11], list(range(20, 33))]
     got = generate_with_memory(system, trainable, frozen, prompts, max_new_tokens=6)
-    fwd = jax.jit(system.forward)
     for prompt, new in zip(prompts, got):
-        seq = list(prompt)
-        for _ in range(6):
-            width = -(-len(seq) // SEG) * SEG
-            ids = jnp.asarray([seq + [0] * (width - len(seq))], jnp.int32)
-            logits, _, _ = fwd(trainable, frozen, system.model.init_memory(1), ids)
-            seq.append(int(jnp.argmax(logits[0, len(seq) - 1])))
-        assert new == seq[len(prompt):]
+        assert new == stepwise_greedy(system, trainable, frozen, prompt, 6)
     # The memory matters for these tokens: the backbone alone (no memory path) differs somewhere.
     a_sys, a_frozen, a_trainable, _ = _setup(tmp, "system.use_memory=false")
     alone = generate_with_memory(a_sys, a_trainable, a_frozen, prompts, max_new_tokens=6)
