@@ -77,7 +77,11 @@ class VardaSystem(LMSystem):
     @property
     def structure(self) -> dict:
         s = dict(super().structure)
-        s["varda"] = dataclasses.asdict(self.varda_cfg) | {"train_backbone": self.opts.train_backbone}
+        v = dataclasses.asdict(self.varda_cfg)
+        if v["read"] == "input":  # the original read: checkpoints saved before `read` existed still match
+            for k in ("read", "key_proj", "key_ngram"):
+                v.pop(k)
+        s["varda"] = v | {"train_backbone": self.opts.train_backbone}
         return s
 
     # ---- the partition: frozen backbone (+ LoRA), or every backbone weight trainable ----------

@@ -156,3 +156,12 @@ def test_generation_equals_step_by_step_recompute(setup):
     got = generate_with_memory(system, trainable, frozen, prompts, max_new_tokens=8)
     for prompt, new in zip(prompts, got):
         assert new == stepwise_greedy(system, trainable, frozen, prompt, 8)
+
+
+def test_structure_names_the_read_only_when_it_is_not_the_original(setup, tmp_path):
+    """A checkpoint records the read; runs of the original read keep the structure they had
+    before `read` existed, so their checkpoints still load."""
+    system = setup[0]
+    assert system.structure["varda"]["read"] == "next_token" and system.structure["varda"]["key_ngram"] == 2
+    plain = VardaSystem(tiny_varda_cfg(tmp_path), load_data=False).structure["varda"]
+    assert not {"read", "key_proj", "key_ngram"} & set(plain)
