@@ -95,6 +95,8 @@ class VardaConfig:
         dim = self.memory_dim or hidden
         if self.read not in ("input", "next_token"):
             errors.append(f"read={self.read!r} must be 'input' or 'next_token'")
+        if self.key_ngram < 0:
+            errors.append(f"key_ngram={self.key_ngram} must be >= 0")
         if self.read == "next_token" and self.metric != "ip":
             errors.append(f"read=next_token scores unit keys by their inner product: metric={self.metric!r} "
                           "must be 'ip'")

@@ -130,6 +130,8 @@ def test_ngram_keys_are_the_sum_of_the_last_n_embeddings():
 def test_bad_read_options_are_one_error(tmp_path):
     with pytest.raises(GmemError, match="metric='l2' must be 'ip'"):
         VardaSystem(tiny_varda_cfg(tmp_path, "system.read=next_token"), load_data=False)
+    with pytest.raises(GmemError, match="key_ngram=-1 must be >= 0"):
+        VardaSystem(tiny_varda_cfg(tmp_path, *READ[:2], "system.key_ngram=-1"), load_data=False)
     with pytest.raises(GmemError, match="read='kv' must be"):
         VardaSystem(tiny_varda_cfg(tmp_path, "system.read=kv"), load_data=False)
 
