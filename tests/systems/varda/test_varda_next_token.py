@@ -167,3 +167,20 @@ def test_structure_names_the_read_only_when_it_is_not_the_original(setup, tmp_pa
     assert system.structure["varda"]["read"] == "next_token" and system.structure["varda"]["key_ngram"] == 2
     plain = VardaSystem(tiny_varda_cfg(tmp_path), load_data=False).structure["varda"]
     assert not {"read", "key_proj", "key_ngram"} & set(plain)
+
+
+def test_train_loop_on_8_devices_trains_the_read(tmp_path):
+    """gmem.train's loop, data-parallel over the suite's 8 virtual devices, with the read's
+    parameters the only trainable ones (no LoRA): they move from their init."""
+    from gmem.train.checkpoint import open_checkpoint
+    from gmem.train.loop import train
+    cfg = tiny_varda_cfg(tmp_path, *READ, "adapters=[]", "train.steps=4", "checkpoint.every=4",
+                         "train.progress=false", "optim.lr=1e-2", "optim.warmup_steps=0")
+    summary = train(cfg, log=lambda *a: None)
+    assert summary["step"] == 4 and np.isfinite(summary["losses"]).all()
+    _, saved, _ = open_checkpoint(summary["checkpoint_dir"], cfg.checkpoint).restore_arrays()
+    init = VardaSystem(cfg, load_data=False).model.init_heads(jax.random.PRNGKey(0))
+    read = saved["trainable"]["varda"]
+    for name in ("log_tau", "gate_slope", "gate_bias"):
+        assert abs(float(read[name]) - float(init[name])) > 1e-3, name
+    assert np.abs(read["fc_key"]["kernel"] - np.eye(read["fc_key"]["kernel"].shape[0])).max() > 1e-3
