@@ -65,7 +65,8 @@ def main(argv=None) -> int:
     ap.add_argument("--no-write", action="store_true")
     a = ap.parse_args(argv)
     head = ["run", "steps", "train loss (last 100 steps)"] + [f"test {k}" for k in METRICS]
-    body = ("UMLS triple classification, the full test set, gmem's protocol (README, GMT), "
+    body = ("## GMT against LoRA at the reference's stage-2 recipe (`python bench/gmt_reference.py`)\n\n"
+            "UMLS triple classification, the full test set, gmem's protocol (README, GMT), "
             "configs/gmt_reference*.yaml.\n\n" + table(head, rows_for(pathlib.Path(a.gmt), pathlib.Path(a.lora))))
     print(body)
     if not a.no_write:
