@@ -223,20 +223,16 @@ class VardaModel:
         hp = {"params": heads_params}
         n = t // seg
         split = lambda a: a.reshape(b, n, seg).swapaxes(0, 1)
-        if c.read == "next_token":
-            nxt = jnp.concatenate([ids_BT[:, 1:], jnp.zeros((b, 1), ids_BT.dtype)], 1)
-            ok = jnp.broadcast_to(jnp.arange(t) < t - 1, (b, t))
-
-            def knn_segment(state, xs):
-                state, out, st = next_token_segment(self, hp, backbone_vars, state, *xs)
-                return state, (out, st)
-
-            state, (logits, stats) = jax.lax.scan(knn_segment, state, (split(ids_BT), split(nxt), split(ok)))
-            return logits.swapaxes(0, 1).reshape(b, t, -1), state, {k: v.mean() for k, v in stats.items()}
+        # What each token stores under read=next_token: its next token, where the input has one.
+        nxt = jnp.concatenate([ids_BT[:, 1:], jnp.zeros((b, 1), ids_BT.dtype)], 1)
+        has_next = jnp.broadcast_to(jnp.arange(t) < t - 1, (b, t))
 
         # One segment; scanned so the decoder is traced once however many segments a row has.
         def segment(state, xs):
-            i, seg_ids = xs
+            i, seg_ids, seg_next, seg_has_next = xs
+            if c.read == "next_token":
+                state, out, st = next_token_segment(self, hp, backbone_vars, state, seg_ids, seg_next, seg_has_next)
+                return state, (out, st)
             x = self.backbone.apply(backbone_vars, seg_ids, method="embed")
             if c.use_memory:
                 idx, r = self.read(state, x)
@@ -248,7 +244,7 @@ class VardaModel:
                 state, st = self._update(hp, state, h, idx, key)
             return state, (out, st)
 
-        xs = (jnp.arange(n), split(ids_BT))
+        xs = (jnp.arange(n), split(ids_BT), split(nxt), split(has_next))
         state, (logits, stats) = jax.lax.scan(segment, state, xs)
         logits = logits.swapaxes(0, 1).reshape(b, t, -1)
         return logits, state, {k: v.mean() for k, v in stats.items()}

@@ -1,10 +1,12 @@
 """VardaGPT's second read (`system.read: next_token`): the memory holds, for every token of an
-earlier segment, a key (the unit final hidden state there) and a value (the token that came
-next), and a token reads it by its own unit final hidden state. The read mixes into the
-output distribution, as kNN-LM does (Khandelwal et al., 2020):
+earlier segment, a key from its context and a value (the token that came next), and a token
+reads it by its own key. The read mixes into the output distribution, as kNN-LM does
+(Khandelwal et al., 2020):
 
   h, logits = backbone(embed(ids))                       [B, L, D], [B, L, V]
-  q = h / |h|;  s_j, v_j = top-k of q . key over stored  [B, L, k] cosines, next-token ids
+  key = unit(W h)  (W: key_proj, identity at init; else h itself), and with key_ngram = n > 0
+        [unit(W h), unit(e_{t-n+1} + .. + e_t)] / sqrt(2)  (the last n input embeddings)
+  s_j, v_j = top-k of key . stored keys                  [B, L, k] cosines, next-token ids
   p_mem = sum_j softmax_j(s_j / tau) onehot(v_j)          [B, L, V]
   lam = sigmoid(a * max_j s_j + b)                        [B, L]   trust a close match only
   log p = log((1 - lam) softmax(logits) + lam p_mem)      returned as the logits
@@ -12,14 +14,13 @@ output distribution, as kNN-LM does (Khandelwal et al., 2020):
 Why: the original's read (`read: input`: results fused into the input embeddings, queries the
 raw token embeddings) has no context in its query and must learn, through a hard top-k, to
 store vectors that a later token's embedding lands next to; five recipes left it at chance on
-the long-context probe (README). Here a question's last token ("... the key is") and the
-fact's token of the same context have near hidden states, so the fact's next token comes back
-from step 0, and training tunes only how far to trust it (tau, a, b; `key_proj` adds a learned
-linear map before the keys are normalised, identity at init).
+the long-context probe (README). Here a question's last words ("... the key is") and the
+fact's same words have near keys, so the fact's next token comes back from step 0, and
+training tunes how far to trust it (tau, a, b) and the key map W.
 
-Storage: one memory entry per token, the vector [key (D) | next-token id (1)] searched with
-the inner product against [q | 0], so the id takes no part in the score (`metric: ip`). Every
-token whose next token is in the input stores (no store or delete decisions in this read).
+Storage: one memory entry per token, the vector [key (key_dim) | next-token id (1)] searched
+with the inner product against [key | 0], so the id takes no part in the score (`metric: ip`).
+Every token whose next token is in the input stores (no store or delete decisions here).
 """
 
 from __future__ import annotations
@@ -76,7 +77,8 @@ class NextTokenRead(nn.Module):
         return jnp.where(valid.any(-1), self.gate_slope * top + self.gate_bias, -60.0)
 
     def mix(self, logits_BLV, s_BLK, tok_BLK):
-        """Mix the memory's next-token distribution into the model's: log-probs [B, L, V]."""
+        """Mix the memory's next-token distribution into the model's: (log-probs [B, L, V],
+        the trust lam [B, L])."""
         b, l, v = logits_BLV.shape
         valid = jnp.isfinite(s_BLK)
         z = self.trust_logit(s_BLK)
@@ -88,7 +90,8 @@ class NextTokenRead(nn.Module):
             w.reshape(b * l, -1)).reshape(b, l, v)
         lp = jax.nn.log_softmax(logits_BLV.astype(jnp.float32), -1)
         mem = jnp.log(jnp.maximum(p_mem, 1e-30))
-        return jnp.logaddexp(jax.nn.log_sigmoid(-z)[..., None] + lp, jax.nn.log_sigmoid(z)[..., None] + mem)
+        out = jnp.logaddexp(jax.nn.log_sigmoid(-z)[..., None] + lp, jax.nn.log_sigmoid(z)[..., None] + mem)
+        return out, jax.nn.sigmoid(z)
 
     def __call__(self, h_BLD, logits_BLV, s_BLK, tok_BLK):  # for init: touches every parameter
         return self.keys(h_BLD, h_BLD), self.mix(logits_BLV, s_BLK, tok_BLK)
@@ -109,8 +112,7 @@ def next_token_segment(model, hp, backbone_vars, state, seg_ids_BL, next_ids_BL,
     q = jnp.concatenate([key, jnp.zeros(key.shape[:-1] + (1,), key.dtype)], -1)
     _, s, r = jax.vmap(model.memory.search, (0, 0, None))(state, q, c.num_search_results)
     tok = jnp.round(jax.lax.stop_gradient(r[..., -1])).astype(jnp.int32)
-    out = heads.apply(hp, logits, s, tok, method="mix")
-    trust = jax.nn.sigmoid(heads.apply(hp, s, method="trust_logit"))
+    out, trust = heads.apply(hp, logits, s, tok, method="mix")
     stored = jnp.concatenate([key, next_ids_BL[..., None].astype(key.dtype)], -1)
     state = model.write(state, stored, next_ok_BL)
     return state, out, {"memory/trust": trust.mean(), "memory/count": state.count.mean(dtype=jnp.float32)}
