@@ -132,6 +132,8 @@ def test_bad_read_options_are_one_error(tmp_path):
         VardaSystem(tiny_varda_cfg(tmp_path, "system.read=next_token"), load_data=False)
     with pytest.raises(GmemError, match="key_ngram=-1 must be >= 0"):
         VardaSystem(tiny_varda_cfg(tmp_path, *READ[:2], "system.key_ngram=-1"), load_data=False)
+    with pytest.raises(GmemError, match=r"system.probe_trials=0 must be >= 1 and system.probe_gap=2 >= 0"):
+        VardaSystem(tiny_varda_cfg(tmp_path, "system.probe_trials=0"), load_data=False)
     with pytest.raises(GmemError, match="read='kv' must be"):
         VardaSystem(tiny_varda_cfg(tmp_path, "system.read=kv"), load_data=False)
 
