@@ -58,6 +58,7 @@ def main() -> None:
     import torch
     import transformers
     from torch.func import functional_call
+    from torch.utils.flop_counter import FlopCounterMode
 
     torch.set_num_threads(args.threads)
     import gmem.assets
@@ -108,6 +109,8 @@ def main() -> None:
     t0 = time.perf_counter()
     compiled = jax.jit(step).lower(trainable, opt_state, params, task).compile()
     compile_s = time.perf_counter() - t0
+    cost = compiled.cost_analysis()
+    g_gflop = (cost[0] if isinstance(cost, list) else cost)["flops"] / 1e9   # XLA's count, all ops
     state = {"tr": trainable, "st": opt_state}
 
     def gmem_step():
@@ -146,6 +149,12 @@ def main() -> None:
     t_first, t_med, t_losses = timed(torch_step, args.reps)
     print(f"torch meta step: first {t_first:.1f}s, median {t_med:.1f}s, {t_losses}", flush=True)
 
+    with FlopCounterMode(display=False) as counter:   # one more step, after the timed ones
+        torch_step()
+    t_gflop = counter.get_total_flops() / 1e9
+    rates = dot_rates(jax, jnp, torch, args.k * (args.passage - 1), config)
+    print(f"flops: gmem {g_gflop:.0f} G (XLA), torch {t_gflop:.0f} G (matmuls); dot GFLOP/s {rates}", flush=True)
+
     tb = torch.as_tensor(bids, dtype=torch.long)
 
     def torch_bank():
@@ -182,9 +191,41 @@ def main() -> None:
           f"not runs. jax {jax.__version__}, torch {torch.__version__}, transformers "
           f"{transformers.__version__}, peft {peft.__version__}."
     )
+    floor = g_gflop / max(rates["xla"], rates["torch"])
+    body += (
+        f"\n\nWork: XLA's cost analysis counts {g_gflop:.0f} GFLOP in gmem's step (every op); "
+        f"torch's `FlopCounterMode` counts {t_gflop:.0f} GFLOP of matmuls in its step. Achieved: "
+        f"gmem {g_gflop / g_med:.0f} GFLOP/s, torch {t_gflop / t_med:.0f} GFLOP/s. The fastest dot "
+        f"measured here in this run (the step's MLP and vocab-head shapes) runs at {rates['xla']:.0f} "
+        f"GFLOP/s in XLA and {rates['torch']:.0f} in torch, so gmem's step cannot take less than "
+        f"{floor:.1f} s at this thread count; twice torch's speed would need {t_med / 2:.1f} s."
+    )
     print(body)
     if not args.quick:
         write_section("regrad", body)
+
+
+def dot_rates(jax, jnp, torch, tokens: int, config) -> dict:
+    """Best GFLOP/s of one [tokens, D] x [D, F] and one [tokens, D] x [D, V] fp32 dot (the step's
+    MLP and vocab-head shapes) per side, median of 5 after a warm-up: the rate no step can beat."""
+    import statistics
+    shapes = [(tokens, config.hidden_size, config.intermediate_size),
+              (tokens, config.hidden_size, config.vocab_size)]
+    out = {"xla": 0.0, "torch": 0.0}
+    for m, k, n in shapes:
+        rng = np.random.default_rng(0)
+        a, b = rng.standard_normal((m, k), np.float32), rng.standard_normal((k, n), np.float32)
+        ja, jb, dot = jnp.asarray(a), jnp.asarray(b), jax.jit(jnp.dot)
+        ta, tb = torch.as_tensor(a), torch.as_tensor(b)
+        for side, call in (("xla", lambda: dot(ja, jb).block_until_ready()), ("torch", lambda: ta @ tb)):
+            call()
+            times = []
+            for _ in range(5):
+                t = time.perf_counter()
+                call()
+                times.append(time.perf_counter() - t)
+            out[side] = max(out[side], 2 * m * k * n / statistics.median(times) / 1e9)
+    return out
 
 
 if __name__ == "__main__":
