@@ -19,10 +19,10 @@ from dataclasses import dataclass, field
 from typing import Any, Dict, List, Optional, Sequence
 
 import yaml
-from omegaconf import DictConfig, ListConfig, OmegaConf
+from omegaconf import OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
-from gmem.dtypes import DTYPE_NAMES
+from gmem.config_checks import MOVED, check_dtypes, check_list_index, check_old_form
 from gmem.errors import GmemError
 from gmem.yaml_files import file_layers, locate_in_file
 
@@ -249,63 +249,6 @@ def _merge(cfg, layer: Any, where: str):
         raise GmemError(f"{at}: {msg}") from None
 
 
-def _check_list_index(cfg, item: str, key: str) -> None:
-    """`adapters.3.rank=4` on a one-entry list: say which entries exist and how to add one
-    (OmegaConf would report 'Invalid type assigned: dict is not a subclass of AdapterConfig')."""
-    node, done = cfg, []
-    for part in key.split("."):
-        if isinstance(node, ListConfig):
-            if not part.lstrip("-").isdigit():
-                return
-            i = int(part)
-            if not 0 <= i < len(node):
-                name = ".".join(done)
-                have = (f"{len(node)} entr{'y' if len(node) == 1 else 'ies'} ({name}.0"
-                        + (f" to {name}.{len(node) - 1})" if len(node) > 1 else ")")) if len(node) else "no entries"
-                raise GmemError(f"override {item!r}: {name} has {have}, so there is no {name}.{part}; "
-                                f"an override changes an existing entry: add entries in a YAML file "
-                                f"(an `{name}:` list) or replace the whole list, {name}='[{{...}}, {{...}}]'")
-            node = node[i]
-        elif isinstance(node, DictConfig):
-            if part not in node:
-                return
-            node = node[part]
-        else:
-            return
-        done.append(part)
-
-
-def _check_dtypes(cfg) -> None:
-    """model.dtype / model.frozen_dtype name a dtype gmem knows (checked here, where the key is known)."""
-    model = cfg.get("model") if hasattr(cfg, "get") else None
-    if model is None:
-        return
-    for field_name in ("dtype", "frozen_dtype"):
-        value = model.get(field_name)
-        if value is not None and str(value) not in DTYPE_NAMES:
-            raise GmemError(f"model.{field_name}: unknown dtype {value!r}; use one of {sorted(DTYPE_NAMES)}")
-
-
-# Keys that moved into a system's own options (issue: each config holds only what applies).
-MOVED = {"data.corpus": "system.corpus", "data.glob": "system.glob", "data.text_field": "system.text_field",
-         "data.eval_fraction": "system.eval_fraction", "data.max_chars": "system.max_chars",
-         "eval.prompts": "system.prompts", "eval.max_new_tokens": "system.max_new_tokens",
-         "eval.temperature": "system.temperature", "eval.top_k": "system.top_k"}
-
-
-def _old_form(where: str, layer: dict) -> None:
-    """One line for a config written for the old layout (system.params, moved keys)."""
-    sysd = layer.get("system")
-    if isinstance(sysd, dict) and "params" in sysd:
-        keys = list(sysd["params"] or {}) or ["top_k"]
-        raise GmemError(f"{where}: system.params is gone: a system's options sit directly under "
-                        f"`system:` now (system.params.{keys[0]} -> system.{keys[0]})")
-    for old, new in MOVED.items():
-        sec, key = old.split(".")
-        if isinstance(layer.get(sec), dict) and key in layer[sec]:
-            raise GmemError(f"{where}: {old} is now {new} (an option of the systems that read it)")
-
-
 def _system_name(layers: list) -> str:
     """The system the layers select: the last `system.name` given (schema default 'lm')."""
     name = SystemOptions.name
@@ -344,7 +287,7 @@ def load_config(path: str | pathlib.Path | None = None, overrides: Sequence[str]
         layers.append(("override", f"override {item!r}", (key, raw, item)))
     for kind, where, data in layers:
         if kind == "dict":
-            _old_form(where, data)
+            check_old_form(where, data)
     options = system_class(_system_name(layers)).Options
     cfg = OmegaConf.structured(Config(system=options()))
     for kind, where, data in layers:
@@ -352,7 +295,7 @@ def load_config(path: str | pathlib.Path | None = None, overrides: Sequence[str]
             cfg = _merge(cfg, data, where)
             continue
         key, raw, item = data
-        _check_list_index(cfg, item, key)
+        check_list_index(cfg, item, key)
         try:
             # Set by path so list indices (adapters.0.rank=4) and struct checks both work.
             OmegaConf.update(cfg, key, _parse_value(raw), merge=True)
@@ -364,7 +307,7 @@ def load_config(path: str | pathlib.Path | None = None, overrides: Sequence[str]
         OmegaConf.resolve(cfg)
     except OmegaConfBaseException as e:
         raise GmemError(f"config: {_one_line(e)}") from None
-    _check_dtypes(cfg)
+    check_dtypes(cfg)
     return cfg
 
 
