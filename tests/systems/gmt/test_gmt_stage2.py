@@ -4,6 +4,7 @@
 candidate scoring vs a brute-force loop, stage-1 and stage-2 steps reduce the loss."""
 
 import pathlib
+import warnings
 
 import jax
 import jax.numpy as jnp
@@ -238,7 +239,11 @@ def test_stage2_reads_stage1_checkpoint(kg_dir, tmp_path):
             "train.steps=2", "train.progress=false", "eval.every=0", f"train.run_dir={tmp_path / 's1'}"]
     cfg1 = gconfig.to_object(gconfig.load_config(CONFIGS / "gmt_stage1.yaml", over))
     train(cfg1, log=lambda *a: None)
-    s2 = make(kg_dir, f"system.sgm_ckpt={tmp_path / 's1'}")
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")           # a stage-1 SGM: no random-graph-module warning
+        s2 = make(kg_dir, f"system.sgm_ckpt={tmp_path / 's1'}")
+    with pytest.warns(UserWarning, match="graph module stays at its random init"):
+        make(kg_dir)
     from gmem.train.infer import restore_run
     _, _, _, state, _, _ = restore_run(tmp_path / "s1")
     assert s2._stage1 is not None              # read at construction, never inside a trace
