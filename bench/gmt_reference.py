@@ -1,9 +1,10 @@
 #!/usr/bin/env python
 """GMT at the reference's stage-2 recipe against its LoRA baseline at the same budget, with the
 shuffled-memory ablation: one table from the three runs' `infer.py` outputs, written to
-bench/RESULTS.md (section gmt_reference). The runs (about 2 h each on 2 CPU cores; they
+bench/RESULTS.md (section gmt_reference). The runs (2-3.5 h each on 2 CPU cores; they
 checkpoint every 200 steps and resume):
 
+    python train.py --config configs/gmt_reference_stage1.yaml    # the SGM, 2.5 min
     python train.py --config configs/gmt_reference.yaml
     python train.py --config configs/gmt_reference_lora.yaml
     python infer.py --checkpoint runs/gmt_reference
