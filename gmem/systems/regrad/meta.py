@@ -36,10 +36,14 @@ class Model:
     """A decoder module, its one LoRA spec and the alpha mode: what every loss here needs."""
 
     def __init__(self, module, spec, alpha_mode: AlphaMode | str = AlphaMode.tie,
-                 init_alpha: float = 0.01):
+                 init_alpha: float = 0.01, passage_loop: bool = False):
         self.module, self.spec = module, spec
         self.alpha_mode = AlphaMode(alpha_mode)
         self.init_alpha = float(init_alpha)
+        # True: the inner loss runs the K passages one at a time (lax.map) instead of as one
+        # [K, L] batch. The same sums; on CPU the smaller [L, V] logits keep the second-order
+        # pass's working set in cache (bench/bench_regrad.py measures both).
+        self.passage_loop = bool(passage_loop)
 
     def logits(self, lora: Tree | None, frozen: Tree, ids_BL, mask_BL) -> jax.Array:
         """logits [B, L, V] fp32; lora None = the base model."""
@@ -73,6 +77,12 @@ class Model:
     # ---- losses ------------------------------------------------------------------------
     def passage_losses(self, lora: Tree, frozen: Tree, ids_KL, mask_KL) -> jax.Array:
         """Per-passage mean next-token CE [K] over real tokens (0 for an empty row)."""
+        if self.passage_loop and ids_KL.shape[0] > 1:
+            one = lambda row: self._batch_losses(lora, frozen, row[0][None], row[1][None])[0]
+            return jax.lax.map(one, (ids_KL, mask_KL))
+        return self._batch_losses(lora, frozen, ids_KL, mask_KL)
+
+    def _batch_losses(self, lora: Tree, frozen: Tree, ids_KL, mask_KL) -> jax.Array:
         logits = self.logits(lora, frozen, ids_KL[:, :-1], mask_KL[:, :-1])
         ce = optax.softmax_cross_entropy_with_integer_labels(logits, ids_KL[:, 1:])
         m = mask_KL[:, 1:].astype(ce.dtype)

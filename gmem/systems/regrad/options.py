@@ -46,7 +46,9 @@ class RegradOptions(SystemOptions):
     blind_context: the QA prompt has no passages (ReGrad) or all top_k of them (ReGrad + ICL).
     Static shapes: a passage is cut to max_passage_len tokens (its LM loss is the inner loss);
     a QA row (prompt + answer + newline) is padded to max_prompt_len, the answer cut to
-    max_answer_len tokens, the prompt's context to max_context_len tokens.
+    max_answer_len tokens, the prompt's context to max_context_len tokens. passage_loop: the
+    inner loss runs a task's top_k passages one at a time (the same loss and gradients; faster
+    on CPU, bench/bench_regrad.py) instead of as one batch.
 
     Gradient bank (`--pass bank`): bank_dtype float32 | bfloat16, bank_chunk passages per
     shard file (one commit), bank_batch passages per device batch, bank_dir ('' =
@@ -79,6 +81,7 @@ class RegradOptions(SystemOptions):
     max_prompt_len: int = 128
     max_answer_len: int = 16
     max_context_len: int = 480
+    passage_loop: bool = False
 
     bank_dtype: str = "float32"
     bank_chunk: int = 64
