@@ -7,6 +7,9 @@ line and exit with code 2. Every other exception is a bug and keeps its tracebac
 import functools
 import pathlib
 import sys
+import warnings
+
+_PYTHON_FORMAT = warnings.formatwarning
 
 
 class GmemError(Exception):
@@ -46,9 +49,21 @@ def run_cli(main):
     @functools.wraps(main)
     def wrapped(argv=None) -> int:
         argv = sys.argv[1:] if argv is None else list(argv)
+        shown = warnings.formatwarning
+        warnings.formatwarning = _one_line_warning
         try:
             return main(argv) or 0
         except GmemError as e:
             print(f"error: {e}", file=sys.stderr)
             return 2
+        finally:
+            warnings.formatwarning = shown
     return wrapped
+
+
+def _one_line_warning(message, category, filename, lineno, line=None) -> str:
+    """gmem's own warnings (UserWarning) as `warning: ...` lines, as errors are `error: ...`;
+    other categories (a library's deprecations) keep Python's form with their source line."""
+    if category is UserWarning:
+        return f"warning: {message}\n"
+    return _PYTHON_FORMAT(message, category, filename, lineno, line)

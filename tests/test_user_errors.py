@@ -236,3 +236,29 @@ def test_old_format_torch_file_loads_without_mmap(tmp_path):
     src = TorchSource([tmp_path / "pytorch_model.bin"], str(tmp_path))
     assert src.keys() == ["w"] and src.shape("w") == (2, 3)
     np.testing.assert_array_equal(src.get("w"), np.arange(6.0).reshape(2, 3))
+
+
+
+def test_run_cli_prints_gmem_warnings_as_one_line():
+    """A command's own warnings are `warning: ...` lines (as errors are `error: ...`); a
+    library's other categories keep Python's form; the format is restored afterwards. In a
+    child process: pytest records warnings instead of printing them."""
+    import subprocess
+    import sys
+    code = """
+import warnings
+from gmem.errors import run_cli
+before = warnings.formatwarning
+@run_cli
+def main(argv):
+    warnings.warn("the graph module stays at its random init")
+    warnings.warn("old API", DeprecationWarning)
+main([])
+assert warnings.formatwarning is before
+"""
+    r = subprocess.run([sys.executable, "-W", "always", "-c", code], capture_output=True, text=True,
+                       cwd=pathlib.Path(__file__).resolve().parents[1])
+    assert r.returncode == 0, r.stderr
+    err = r.stderr.splitlines()
+    assert err[0] == "warning: the graph module stays at its random init", r.stderr
+    assert "DeprecationWarning: old API" in err[1], r.stderr

@@ -61,11 +61,6 @@ class GMTSystem(KGSystemBase, SharedPrefix, LMSystem):
         self._read_originals(cfg)       # before anything is built from the options it may set
         self._init_kg(p)
         self.use_graph = p.mode == Mode.gmt
-        if self.use_graph and not (p.sgm_ckpt or p.import_ckpt or p.train_graph_module):
-            # Legal (a quick demo, or an ablation), but not GMT as the reference runs it.
-            warnings.warn("system.sgm_ckpt is empty and train_graph_module is off: the graph module "
-                          "stays at its random init; run stage 1 first (configs/gmt_stage1.yaml) and "
-                          "pass system.sgm_ckpt=RUN", stacklevel=2)
         super().__init__(cfg, load_data=False)   # LMSystem: the LLM, with decoder_hooks()
         c = self.model_config
         self.specs = [] if p.mode == Mode.base else self.specs
@@ -78,6 +73,12 @@ class GMTSystem(KGSystemBase, SharedPrefix, LMSystem):
         self._data = None
         if load_data:
             self.data()
+        if self.use_graph and not (p.sgm_ckpt or p.import_ckpt or p.train_graph_module):
+            # Legal (a quick demo, or an ablation), but not GMT as the reference runs it. Last, so
+            # a bad option or file above is still the only line a user sees.
+            warnings.warn("system.sgm_ckpt is empty and train_graph_module is off: the graph module "
+                          "stays at its random init; run stage 1 first (configs/gmt_stage1.yaml) and "
+                          "pass system.sgm_ckpt=RUN", stacklevel=2)
 
     def decoder_hooks(self) -> tuple:
         """The memory cross-attention in memory_layers (default: the top memory_top layers)."""
