@@ -109,12 +109,12 @@ def main() -> None:
             upd, st = opt.update(g, st, tr)
             return optax.apply_updates(tr, upd), st, loss
 
+        state = {"tr": trainable, "st": opt.init(trainable)}
         t0 = time.perf_counter()
-        compiled = jax.jit(step).lower(trainable, opt.init(trainable), params, task).compile()
+        compiled = jax.jit(step).lower(state["tr"], state["st"], params, task).compile()
         compile_s = time.perf_counter() - t0
         cost = compiled.cost_analysis()
         gflop = (cost[0] if isinstance(cost, list) else cost)["flops"] / 1e9   # XLA's count, all ops
-        state = {"tr": trainable, "st": opt.init(trainable)}
 
         def one():
             state["tr"], state["st"], loss = compiled(state["tr"], state["st"], params, task)
@@ -220,7 +220,6 @@ def main() -> None:
 def dot_rates(jax, jnp, torch, tokens: int, config) -> dict:
     """Best GFLOP/s of one [tokens, D] x [D, F] and one [tokens, D] x [D, V] fp32 dot (the step's
     MLP and vocab-head shapes) per side, median of 5 after a warm-up: the rate no step can beat."""
-    import statistics
     shapes = [(tokens, config.hidden_size, config.intermediate_size),
               (tokens, config.hidden_size, config.vocab_size)]
     out = {"xla": 0.0, "torch": 0.0}
@@ -230,13 +229,7 @@ def dot_rates(jax, jnp, torch, tokens: int, config) -> dict:
         ja, jb, dot = jnp.asarray(a), jnp.asarray(b), jax.jit(jnp.dot)
         ta, tb = torch.as_tensor(a), torch.as_tensor(b)
         for side, call in (("xla", lambda: dot(ja, jb).block_until_ready()), ("torch", lambda: ta @ tb)):
-            call()
-            times = []
-            for _ in range(5):
-                t = time.perf_counter()
-                call()
-                times.append(time.perf_counter() - t)
-            out[side] = max(out[side], 2 * m * k * n / statistics.median(times) / 1e9)
+            out[side] = max(out[side], 2 * m * k * n / timed(call, 5)[1] / 1e9)
     return out
 
 

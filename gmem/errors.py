@@ -9,8 +9,6 @@ import pathlib
 import sys
 import warnings
 
-_PYTHON_FORMAT = warnings.formatwarning
-
 
 class GmemError(Exception):
     """A user-facing error whose message names the file, line or field at fault."""
@@ -50,7 +48,7 @@ def run_cli(main):
     def wrapped(argv=None) -> int:
         argv = sys.argv[1:] if argv is None else list(argv)
         shown = warnings.formatwarning
-        warnings.formatwarning = _one_line_warning
+        warnings.formatwarning = functools.partial(_one_line_warning, other=shown)
         try:
             return main(argv) or 0
         except GmemError as e:
@@ -61,9 +59,9 @@ def run_cli(main):
     return wrapped
 
 
-def _one_line_warning(message, category, filename, lineno, line=None) -> str:
+def _one_line_warning(message, category, filename, lineno, line=None, *, other) -> str:
     """gmem's own warnings (UserWarning) as `warning: ...` lines, as errors are `error: ...`;
-    other categories (a library's deprecations) keep Python's form with their source line."""
+    other categories (a library's deprecations) keep the format that was in place (`other`)."""
     if category is UserWarning:
         return f"warning: {message}\n"
-    return _PYTHON_FORMAT(message, category, filename, lineno, line)
+    return other(message, category, filename, lineno, line)

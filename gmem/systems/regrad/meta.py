@@ -41,8 +41,8 @@ class Model:
         self.alpha_mode = AlphaMode(alpha_mode)
         self.init_alpha = float(init_alpha)
         # True: the inner loss runs the K passages one at a time (lax.map) instead of as one
-        # [K, L] batch. The same sums; on CPU the smaller [L, V] logits keep the second-order
-        # pass's working set in cache (bench/bench_regrad.py measures both).
+        # [K, L] batch. The same sums; faster on CPU (bench/bench_regrad.py times both), likely
+        # because one passage's [L, V] logits make a smaller working set (not profiled).
         self.passage_loop = bool(passage_loop)
 
     def logits(self, lora: Tree | None, frozen: Tree, ids_BL, mask_BL) -> jax.Array:
