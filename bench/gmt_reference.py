@@ -11,14 +11,21 @@ checkpoint every 200 steps and resume):
     python infer.py --checkpoint runs/gmt_reference system.memory_ablation=shuffle --out runs/gmt_reference/infer_shuffle
     python infer.py --checkpoint runs/gmt_reference_lora
     python bench/gmt_reference.py [--gmt runs/gmt_reference] [--lora runs/gmt_reference_lora] [--no-write]
+
+A run's folder (runs/ is not in git) rarely outlives the machine it trained on, and one run
+takes most of a 2-core box's day, so each finished run's summary (steps, train loss, test
+metrics, commit, date) is kept in bench/gmt_reference.json, which is committed: the table is
+made from the runs present and, for the others, from that record; a row with neither says so.
 """
 
 from __future__ import annotations
 
 import argparse
+import datetime
 import json
 import os
 import pathlib
+import subprocess
 import sys
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
@@ -26,12 +33,7 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 from bench.results import table, write_section  # noqa: E402
 
 METRICS = ("accuracy", "precision", "recall", "f1", "unparsed", "n_true", "n_false")
-
-
-def _metrics(path: pathlib.Path, how: str) -> dict:
-    if not path.exists():
-        raise SystemExit(f"{path}: not found; run `{how}` first")
-    return json.loads(path.read_text())
+RECORD = pathlib.Path(__file__).with_name("gmt_reference.json")
 
 
 def _last_loss(run: pathlib.Path) -> tuple[int, float]:
@@ -44,19 +46,50 @@ def _last_loss(run: pathlib.Path) -> tuple[int, float]:
     return train[-1]["step"], sum(r["train/loss"] for r in tail) / len(tail)
 
 
-def rows_for(gmt: pathlib.Path, lora: pathlib.Path) -> list[list]:
-    runs = [("GMT (memory in the top 8 layers)", gmt, gmt / "infer", f"python infer.py --checkpoint {gmt}"),
-            ("GMT, memory shuffled across the batch (ablation)", gmt, gmt / "infer_shuffle",
+def _commit() -> str:
+    try:
+        return subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True,
+                              cwd=pathlib.Path(__file__).parent, check=True).stdout.strip()
+    except (OSError, subprocess.CalledProcessError):
+        return "?"
+
+
+def runs(gmt: pathlib.Path, lora: pathlib.Path) -> list[tuple[str, str, pathlib.Path, pathlib.Path, str]]:
+    """(key, label, run folder, infer folder, the command that makes the infer folder) per row."""
+    return [("gmt", "GMT (memory in the top 8 layers)", gmt, gmt / "infer", f"python infer.py --checkpoint {gmt}"),
+            ("gmt_shuffle", "GMT, memory shuffled across the batch (ablation)", gmt, gmt / "infer_shuffle",
              f"python infer.py --checkpoint {gmt} system.memory_ablation=shuffle --out {gmt}/infer_shuffle"),
-            ("LoRA on the same layers' self-attention, no memory", lora, lora / "infer",
+            ("lora", "LoRA on the same layers' self-attention, no memory", lora, lora / "infer",
              f"python infer.py --checkpoint {lora}")]
-    out = []
-    for label, run, folder, how in runs:
-        m = _metrics(folder / "metrics.json", how)
-        step, loss = _last_loss(run)
-        out.append([label, step, f"{loss:.3f}"] + [f"{m[f'tc/{k}']:.3f}" if isinstance(m[f"tc/{k}"], float)
-                                                   else m[f"tc/{k}"] for k in METRICS])
-    return out
+
+
+def summary(run: pathlib.Path, folder: pathlib.Path) -> dict | None:
+    """A finished run's row as data, or None when its infer output is not there."""
+    path = folder / "metrics.json"
+    if not path.exists():
+        return None
+    m = json.loads(path.read_text())
+    step, loss = _last_loss(run)
+    return {"steps": step, "train_loss": round(loss, 4), "protocol": m.get("tc/protocol", "gmem"),
+            **{k: m[f"tc/{k}"] for k in METRICS}, "commit": _commit(), "date": datetime.date.today().isoformat()}
+
+
+def merged(gmt: pathlib.Path, lora: pathlib.Path, record: dict) -> tuple[list[list], dict]:
+    """(table rows, updated record): each row from its run folder if it has an infer output, else
+    from the record, else marked not run."""
+    rows, record = [], dict(record)
+    for key, label, run, folder, how in runs(gmt, lora):
+        found = summary(run, folder)
+        if found is not None:
+            record[key] = found
+        r = record.get(key)
+        if r is None:
+            rows.append([label, "not run yet", f"`{how}`"] + [""] * (len(METRICS) + 1))
+            continue
+        rows.append([label, r["steps"], f"{r['train_loss']:.3f}"]
+                    + [f"{r[k]:.3f}" if isinstance(r[k], float) else r[k] for k in METRICS]
+                    + [f"{r['commit']}, {r['date']}"])
+    return rows, record
 
 
 def main(argv=None) -> int:
@@ -65,12 +98,16 @@ def main(argv=None) -> int:
     ap.add_argument("--lora", default="runs/gmt_reference_lora")
     ap.add_argument("--no-write", action="store_true")
     a = ap.parse_args(argv)
-    head = ["run", "steps", "train loss (last 100 steps)"] + [f"test {k}" for k in METRICS]
+    head = ["run", "steps", "train loss (last 100 steps)"] + [f"test {k}" for k in METRICS] + ["commit, date"]
+    record = json.loads(RECORD.read_text()) if RECORD.exists() else {}
+    rows, record = merged(pathlib.Path(a.gmt), pathlib.Path(a.lora), record)
     body = ("## GMT against LoRA at the reference's stage-2 recipe (`python bench/gmt_reference.py`)\n\n"
             "UMLS triple classification, the full test set, gmem's protocol (README, GMT), "
-            "configs/gmt_reference*.yaml.\n\n" + table(head, rows_for(pathlib.Path(a.gmt), pathlib.Path(a.lora))))
+            "configs/gmt_reference*.yaml. Rows of runs finished on an earlier machine come from "
+            "bench/gmt_reference.json.\n\n" + table(head, rows))
     print(body)
     if not a.no_write:
+        RECORD.write_text(json.dumps(record, indent=1, sort_keys=True) + "\n")
         write_section("gmt_reference", body)
     return 0
 
