@@ -14,7 +14,7 @@ checkpoint every 200 steps and resume):
 
 A run's folder (runs/ is not in git) rarely outlives the machine it trained on, and one run
 takes most of a 2-core box's day, so each finished run's summary (steps, train loss, test
-metrics, commit, date) is kept in bench/gmt_reference.json, which is committed: the table is
+metrics, and the commit and date it was first recorded at) is kept in bench/gmt_reference.json, which is committed: the table is
 made from the runs present and, for the others, from that record; a row with neither says so.
 """
 
@@ -80,8 +80,10 @@ def merged(gmt: pathlib.Path, lora: pathlib.Path, record: dict) -> tuple[list[li
     rows, record = [], dict(record)
     for key, label, run, folder, how in runs(gmt, lora):
         found = summary(run, folder)
-        if found is not None:
-            record[key] = found
+        old = record.get(key) or {}
+        if found is not None and {k: v for k, v in found.items() if k not in ("commit", "date")} != \
+                {k: v for k, v in old.items() if k not in ("commit", "date")}:
+            record[key] = found      # new numbers; unchanged ones keep the commit and date first recorded
         r = record.get(key)
         if r is None:
             rows.append([label, "not run yet", f"`{how}`"] + [""] * (len(METRICS) + 1))
@@ -98,7 +100,7 @@ def main(argv=None) -> int:
     ap.add_argument("--lora", default="runs/gmt_reference_lora")
     ap.add_argument("--no-write", action="store_true")
     a = ap.parse_args(argv)
-    head = ["run", "steps", "train loss (last 100 steps)"] + [f"test {k}" for k in METRICS] + ["commit, date"]
+    head = ["run", "steps", "train loss (last 100 steps)"] + [f"test {k}" for k in METRICS] + ["recorded at (commit, date)"]
     record = json.loads(RECORD.read_text()) if RECORD.exists() else {}
     rows, record = merged(pathlib.Path(a.gmt), pathlib.Path(a.lora), record)
     body = ("## GMT against LoRA at the reference's stage-2 recipe (`python bench/gmt_reference.py`)\n\n"
