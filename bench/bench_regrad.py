@@ -10,7 +10,9 @@ tokens whose last 6 are the answer.
   meta step  inner g = grad_theta sum_i L_LM(p_i) (create_graph), theta' = theta - alpha g, outer
              loss on the answer under theta', its gradient w.r.t. theta and alpha, AdamW update.
              gmem: one jitted function (jax.value_and_grad through the inner jax.grad + optax),
-             timed twice: the K passages as one batch, and one at a time (passage_loop);
+             timed three times: the K passages as one batch, one at a time (passage_loop),
+             and one at a time with the meta-gradient written out as g_qa - H(alpha g_qa)
+             (meta_grad: linearize; the loop's XLA count covers one trip of its body);
              torch: torch.autograd.grad(create_graph=True), torch.func.functional_call on theta',
              backward, torch.optim.AdamW (eager attention: it supports double backward).
   bank       per-passage gradients g = grad_theta L_LM(p), no graph: gmem vmaps --bank-batch
@@ -128,6 +130,8 @@ def main() -> None:
     compile_s, g_gflop, g_first, g_med, g_losses = gmem_meta(model)
     # The loop's XLA count covers one trip of the lax.map body, so the batched count stands for both.
     loop_compile, _, _, loop_med, loop_losses = gmem_meta(Model(module, spec, "tie", INIT_ALPHA, passage_loop=True))
+    lin_compile, _, _, lin_med, lin_losses = gmem_meta(
+        Model(module, spec, "tie", INIT_ALPHA, passage_loop=True, meta_grad="linearize"))
 
     bank_fn = jax.jit(model.per_passage_grads)
     bids = rng.integers(100, V, (args.bank_batch, args.passage)).astype(np.int32)
@@ -179,6 +183,8 @@ def main() -> None:
              f"{args.bank_batch / b_med:.2f}", f"{bank_compile:.0f}"],
             ["gmem, passages one at a time (`system.passage_loop`)", f"{loop_med:.1f}",
              f"{loop_compile:.0f}", f"{loop_losses[0]:.5f}", "-", "-"],
+            ["gmem, one at a time + `system.meta_grad: linearize` (Hessian-vector product)",
+             f"{lin_med:.1f}", f"{lin_compile:.0f}", f"{lin_losses[0]:.5f}", "-", "-"],
             ["transformers + peft + autograd", f"{t_med:.1f}", "-", f"{t_losses[0]:.5f}",
              f"{args.bank_batch / tb_med:.2f}", "-"]]
     body = (
@@ -197,7 +203,8 @@ def main() -> None:
         + table(["side", "meta step s", "compile s", "first meta-loss", "bank passages/s",
                  "bank compile s"], rows)
         + f"\n\nMeta step torch / gmem: {t_med / g_med:.2f}x (passages one at a time: "
-          f"{t_med / loop_med:.2f}x); bank gmem / torch: "
+          f"{t_med / loop_med:.2f}x; one at a time with the linearized meta-gradient: "
+          f"{t_med / lin_med:.2f}x); bank gmem / torch: "
           f"{tb_med / b_med:.2f}x. {args.threads} CPU thread(s) per side; the CPU is shared with "
           f"other jobs (load average {os.getloadavg()[0]:.1f} at the end), so compare the rows, "
           f"not runs. jax {jax.__version__}, torch {torch.__version__}, transformers "

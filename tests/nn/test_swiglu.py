@@ -1,12 +1,14 @@
 """swiglu's hand-written backward equals autodiff of silu(g) * u (float64 reference, tolerance
-1e-12 relative), including large |g| where sigmoid saturates."""
+1e-12 relative), including large |g| where sigmoid saturates; inside forward_mode() it is plain autodiff, so
+jax.jvp goes through it."""
 
 import chex
 import jax
 import jax.numpy as jnp
 import numpy as np
+import pytest
 
-from gmem.nn.swiglu import swiglu
+from gmem.nn.swiglu import forward_mode, swiglu
 
 
 def test_forward_and_gradients_match_autodiff():
@@ -23,3 +25,16 @@ def test_forward_and_gradients_match_autodiff():
         # Under jit, inside remat, as the decoder uses it.
         got = jax.jit(jax.grad(jax.checkpoint(lean), (0, 1)))(g, u)
         chex.assert_trees_all_close(got, jax.grad(plain, (0, 1))(g, u), rtol=1e-12, atol=1e-300)
+
+
+def test_forward_mode_traces_plain_autodiff_so_jvp_goes_through():
+    g = jnp.linspace(-3.0, 3.0, 12).reshape(3, 4)
+    u, dg, du = jnp.cos(g), jnp.sin(g), jnp.ones_like(g)
+    with pytest.raises(TypeError, match="custom_vjp"):
+        jax.jvp(swiglu, (g, u), (dg, du))
+    with forward_mode():
+        out, tangent = jax.jvp(swiglu, (g, u), (dg, du))
+    want = jax.jvp(lambda a, b: jax.nn.silu(a) * b, (g, u), (dg, du))
+    chex.assert_trees_all_close((out, tangent), want, rtol=1e-6)
+    with pytest.raises(TypeError, match="custom_vjp"):   # the context ends with the block
+        jax.jvp(swiglu, (g, u), (dg, du))

@@ -11,7 +11,16 @@ scalar [] (same), or is absent (fix: the constant init_alpha).
 
 The meta-gradient of L_QA with respect to theta and alpha is jax.grad of `meta_loss`: JAX
 differentiates through the inner jax.grad, so this is full second-order MAML (the original's
-create_graph=True), and no first-order shortcut is taken.
+create_graph=True), and no first-order shortcut is taken. Two ways to get it (MetaGrad):
+`reverse` lets jax.grad run backward through the inner backward; `linearize` writes the chain
+rule out, since theta' = theta - alpha (.) g(theta) with g the inner gradient:
+
+  dL/dtheta = g_qa - H (alpha (.) g_qa)      H = the inner loss's Hessian (symmetric)
+  dL/dalpha = -g (.) g_qa                    (summed per tensor for tie, over all for same)
+
+with g_qa = grad L_QA at theta' and H v from jax.linearize of the inner jax.grad (forward mode
+over its backward). Both are exact; they differ in rounding only. `task_loss` then carries the
+written-out gradient in a custom_vjp, so a caller's jax.grad gets it unchanged.
 
 L_LM(p) is the mean next-token CE over the passage's real tokens (HF's labels=input_ids loss);
 an empty passage (retrieval padding) contributes nothing.
@@ -27,7 +36,8 @@ import jax.numpy as jnp
 import optax
 
 from gmem.adapters import adapter_collection
-from gmem.systems.regrad.options import AlphaMode
+from gmem.nn.swiglu import forward_mode
+from gmem.systems.regrad.options import AlphaMode, MetaGrad
 
 Tree = Any
 
@@ -36,8 +46,10 @@ class Model:
     """A decoder module, its one LoRA spec and the alpha mode: what every loss here needs."""
 
     def __init__(self, module, spec, alpha_mode: AlphaMode | str = AlphaMode.tie,
-                 init_alpha: float = 0.01, passage_loop: bool = False):
+                 init_alpha: float = 0.01, passage_loop: bool = False,
+                 meta_grad: MetaGrad | str = MetaGrad.reverse):
         self.module, self.spec = module, spec
+        self.meta_grad = MetaGrad(meta_grad)
         self.alpha_mode = AlphaMode(alpha_mode)
         self.init_alpha = float(init_alpha)
         # True: the inner loss runs the K passages one at a time (lax.map) instead of as one
@@ -113,11 +125,62 @@ class Model:
 
     def task_loss(self, trainable: Tree, frozen: Tree, task: dict) -> tuple[jax.Array, dict]:
         """Outer loss of one task {"passage_ids" [K, Lp], "passage_mask", "qa_ids" [Lq],
-        "qa_mask", "qa_labels"} after the inner step."""
+        "qa_mask", "qa_labels"} after the inner step; its gradient w.r.t. trainable as
+        self.meta_grad says."""
+        if self.meta_grad == MetaGrad.linearize:
+            return self._linearized_task_loss(trainable, frozen, task)
+        return self._task_loss(trainable, frozen, task)
+
+    def _task_loss(self, trainable: Tree, frozen: Tree, task: dict) -> tuple[jax.Array, dict]:
         inner, g = self.inner_grads(trainable["lora"], frozen, task["passage_ids"], task["passage_mask"])
         adapted = self.adapt(trainable, g)
         loss, n = self.qa_loss(adapted, frozen, task["qa_ids"], task["qa_mask"], task["qa_labels"])
         return loss, {"inner_loss": inner / task["passage_ids"].shape[0], "answer_tokens": n}
+
+    def task_value_and_meta_grad(self, trainable: Tree, frozen: Tree, task: dict):
+        """((outer loss, aux), d outer loss / d trainable) of one task, the chain rule written
+        out (module docstring): one inner forward and backward kept linearized, one outer
+        forward and backward at theta', one Hessian-vector product through the kept
+        linearization."""
+        lora = trainable["lora"]
+        grads = lambda t: self.inner_grads(t, frozen, task["passage_ids"], task["passage_mask"])
+        with forward_mode():   # no custom_vjp in the traced model: linearize is forward mode
+            (inner, g), hvp = jax.linearize(grads, lora)
+        adapted = self.adapt(trainable, g)
+        qa = lambda t: self.qa_loss(t, frozen, task["qa_ids"], task["qa_mask"], task["qa_labels"])
+        (loss, n), g_qa = jax.value_and_grad(qa, has_aux=True)(adapted)
+        alpha = self.step_sizes(trainable)
+        _, h_v = hvp(jax.tree_util.tree_map(lambda a, q: (a * q).astype(q.dtype), alpha, g_qa))
+        d = {"lora": jax.tree_util.tree_map(lambda q, h: q - h, g_qa, h_v)}
+        if "alpha" in trainable:   # d theta' / d alpha = -g, per entry
+            d_entry = jax.tree_util.tree_map(lambda gi, q: -(gi.astype(q.dtype) * q), g, g_qa)
+            if self.alpha_mode == AlphaMode.full:
+                d["alpha"] = d_entry
+            elif self.alpha_mode == AlphaMode.tie:
+                d["alpha"] = jax.tree_util.tree_map(jnp.sum, d_entry)
+            else:                  # same: one scalar for every tensor
+                d["alpha"] = sum(jnp.sum(x) for x in jax.tree_util.tree_leaves(d_entry))
+            d["alpha"] = jax.tree_util.tree_map(lambda x, a: x.astype(a.dtype), d["alpha"], trainable["alpha"])
+        aux = {"inner_loss": inner / task["passage_ids"].shape[0], "answer_tokens": n}
+        return (loss, aux), d
+
+    def _linearized_task_loss(self, trainable: Tree, frozen: Tree, task: dict):
+        """task_loss whose VJP w.r.t. trainable is task_value_and_meta_grad's gradient (frozen
+        and task get none: nothing here trains them)."""
+
+        @jax.custom_vjp
+        def f(tr, fr, t):   # called undifferentiated: the loss alone
+            return self._task_loss(tr, fr, t)
+
+        def fwd(tr, fr, t):
+            return self.task_value_and_meta_grad(tr, fr, t)
+
+        def bwd(d, cts):
+            ct = cts[0]   # the aux outputs carry no gradient
+            return jax.tree_util.tree_map(lambda x: (ct * x).astype(x.dtype), d), None, None
+
+        f.defvjp(fwd, bwd)
+        return f(trainable, frozen, task)
 
     def meta_loss(self, trainable: Tree, frozen: Tree, batch: dict) -> tuple[jax.Array, dict]:
         """Mean task loss over a batch of tasks (leading dim B); aux: mean inner loss per

@@ -29,6 +29,21 @@ class AlphaMode(str, enum.Enum):
     fix = "fix"
 
 
+class MetaGrad(str, enum.Enum):
+    """How the second-order meta-gradient is computed (the same value either way).
+
+    reverse:   jax.grad of the outer loss through the inner jax.grad (reverse over reverse),
+               as the original's create_graph=True backward.
+    linearize: the chain rule written out: dL/dtheta = g_qa - H (alpha * g_qa) and
+               dL/dalpha = -g * g_qa, with g_qa the outer gradient at theta' and the
+               Hessian-vector product H v from jax.linearize of the inner jax.grad (forward
+               over reverse). No reverse pass through the inner backward.
+    """
+
+    reverse = "reverse"
+    linearize = "linearize"
+
+
 MODES = ("direct", "rag", "regrad", "regrad_icl", "shift")
 
 
@@ -48,7 +63,8 @@ class RegradOptions(SystemOptions):
     a QA row (prompt + answer + newline) is padded to max_prompt_len, the answer cut to
     max_answer_len tokens, the prompt's context to max_context_len tokens. passage_loop: the
     inner loss runs a task's top_k passages one at a time (the same loss and gradients; faster
-    on CPU, bench/bench_regrad.py) instead of as one batch.
+    on CPU, bench/bench_regrad.py) instead of as one batch. meta_grad: how the meta-gradient
+    is computed (see MetaGrad; the same gradient, different cost).
 
     Gradient bank (`--pass bank`): bank_dtype float32 | bfloat16, bank_chunk passages per
     shard file (one commit), bank_batch passages per device batch, bank_dir ('' =
@@ -82,6 +98,7 @@ class RegradOptions(SystemOptions):
     max_answer_len: int = 16
     max_context_len: int = 480
     passage_loop: bool = False
+    meta_grad: MetaGrad = MetaGrad.reverse
 
     bank_dtype: str = "float32"
     bank_chunk: int = 64

@@ -52,7 +52,8 @@ class RegradSystem(LMSystem):
         layers = tuple(o.lora_layers) if o.lora_layers is not None else tuple(range(n // 2, n))
         self.spec = dataclasses.replace(self.specs[0], layers_to_transform=layers)
         self.specs = [self.spec]
-        self.model = Model(self.module, self.spec, o.alpha_mode, o.init_alpha, o.passage_loop)
+        self.model = Model(self.module, self.spec, o.alpha_mode, o.init_alpha, o.passage_loop,
+                           o.meta_grad)
         self.rows = TaskRows(self.tokenizer, o)
         run = pathlib.Path(cfg.train.run_dir)
         self.regrad_data = RegradData(o, o.data_dir or run / "data", progress=cfg.train.progress)

@@ -78,10 +78,12 @@ def gmem_lora(peft_model) -> tuple[dict, dict[str, str]]:
     return unflatten(flat), names
 
 
-def gmem_model(hf_cfg, alpha_mode="tie", dtype="float32", passage_loop=False) -> Model:
+def gmem_model(hf_cfg, alpha_mode="tie", dtype="float32", passage_loop=False,
+               meta_grad="reverse") -> Model:
     cfg = LlamaConfig.from_hf(hf_cfg, dtype=dtype)
     spec = AdapterSpec(targets=TARGETS, rank=RANK, alpha=LORA_ALPHA, layers_to_transform=UPPER)
-    return Model(LlamaForCausalLM(cfg), spec, alpha_mode, passage_loop=passage_loop)
+    return Model(LlamaForCausalLM(cfg), spec, alpha_mode, passage_loop=passage_loop,
+                 meta_grad=meta_grad)
 
 
 def task(seed: int = 0, k: int = 2, lp: int = 12, lq: int = 14, lens=(12, 8), prompt: int = 9,

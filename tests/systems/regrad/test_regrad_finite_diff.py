@@ -4,7 +4,8 @@ compute dtype float64), on the tiny LLaMA of regrad_helpers with non-zero lora_B
 - d L_QA / d alpha for every tensor's alpha (tie);
 - the directional derivative along a random unit direction in theta-space, which checks the
   second-order part (the inner gradient's dependence on theta) as well as the direct one.
-h = 1e-5; tolerance 1e-6 relative to the derivative's scale (measured: ~1e-9).
+h = 1e-5; tolerance 1e-6 relative to the derivative's scale (measured: ~1e-9). Both ways of
+computing the meta-gradient (meta_grad: reverse, linearize).
 One compiled value_and_grad serves every evaluation (each new second-order graph costs seconds
 of compilation).
 """
@@ -24,8 +25,8 @@ from gmem.tree import flatten, unflatten  # noqa: E402
 STEP, TOL = 1e-5, 1e-6
 
 
-@pytest.fixture(scope="module")
-def f64():
+@pytest.fixture(scope="module", params=["reverse", "linearize"])
+def f64(request):
     """(value_and_grad(lora, alpha vector) in float64, lora, paths); x64 on for the module."""
     hf, cfg = H.torch_llama()
     params = H.gmem_params(hf)
@@ -35,7 +36,7 @@ def f64():
         cast = lambda tree: jax.tree_util.tree_map(lambda x: jnp.asarray(x, jnp.float64), tree)
         params, lora = cast(params), cast(lora)
         t = H.task(k=2, lens=(12, 8), seed=3)
-        model = H.gmem_model(cfg, "tie", dtype="float64")
+        model = H.gmem_model(cfg, "tie", dtype="float64", meta_grad=request.param)
 
         def loss(th, a):
             return model.task_loss({"lora": th, "alpha": unflatten(dict(zip(paths, a)))}, params, t)[0]

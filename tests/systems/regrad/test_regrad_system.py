@@ -119,17 +119,19 @@ def test_a_broken_corpus_line_and_an_index_of_another_corpus_are_one_line(make_c
         s.data().retriever()
 
 
-@pytest.mark.parametrize("loop", ["false", "true"])   # system.passage_loop: the lax.map under the sharded vmap
-def test_tasks_spread_over_8_devices_give_the_one_device_step(make_cfg, loop):
+# system.passage_loop: the lax.map under the sharded vmap; system.meta_grad: the custom_vjp too
+@pytest.mark.parametrize("loop,how", [("false", "reverse"), ("true", "reverse"), ("true", "linearize")])
+def test_tasks_spread_over_8_devices_give_the_one_device_step(make_cfg, loop, how):
     """Each device runs its own tasks (the vmap over tasks is sharded like a batch, so no
     device holds every task's activations): one meta step on a data=8 mesh gives the loss (fp32,
     1e-5 relative) and the updated LoRA/alpha of the same step on one device. The updates are
     compared to 1e-3 of their scale: Adam's first step divides each gradient entry by its own
     size, so a 1e-6 relative difference in a tiny entry shows as ~1e-4 of the update, while a
     wrong or sign-flipped update is off by its whole scale."""
-    cfg = make_cfg("data.batch_size=8", "optim.grad_accum=1", f"system.passage_loop={loop}")
+    cfg = make_cfg("data.batch_size=8", "optim.grad_accum=1", f"system.passage_loop={loop}",
+                   f"system.meta_grad={how}")
     s = build_system(cfg)
-    assert s.model.passage_loop == (loop == "true")
+    assert s.model.passage_loop == (loop == "true") and s.model.meta_grad.value == how
     out = []
     for mesh in (shd.make_mesh(devices=jax.devices()[:1]), shd.make_mesh(data=8)):
         plan = make_plan(cfg, s, mesh)
