@@ -4,7 +4,7 @@ regrad_helpers, fp32, lora_B non-zero): `reverse` (jax.grad through the inner ja
 
 Through `meta_loss` on a batch of 2 tasks (vmap, each task its own inner step), jitted, for every
 alpha mode (tie, full, same, fix). Tolerance: 1e-5 of the largest entry per tensor (both are
-fp32 evaluations of the same derivative; measured ~1e-7). The torch reference and the finite
+fp32 evaluations of the same derivative). The torch reference and the finite
 differences check `linearize` too (test_regrad_parity.py, test_regrad_finite_diff.py).
 """
 
