@@ -6,6 +6,7 @@ operand count, source op with layer numbers folded). Made for ReGrad's second-or
 
     python bench/xla_op_time.py                  # ReGrad meta step, passages one at a time
     python bench/xla_op_time.py --batched        # the K passages as one batch
+    python bench/xla_op_time.py --meta-grad linearize
     python bench/xla_op_time.py --top 40 --trace /tmp/trace
 
 Same task as bench/bench_regrad.py (SmolLM2-135M-Instruct from the embedded GGUF, fp32, LoRA r 8
@@ -94,7 +95,7 @@ def regrad_step(args):
                       for i in layers for t, (a, b) in dims.items()
                       for ab, shape in (("A", (a, r)), ("B", (r, b)))})
     spec = AdapterSpec(targets=tuple(dims), rank=r, alpha=2.0 * r, layers_to_transform=layers)
-    model = Model(module, spec, "tie", 0.01, passage_loop=not args.batched)
+    model = Model(module, spec, "tie", 0.01, passage_loop=not args.batched, meta_grad=args.meta_grad)
     opt = optax.chain(optax.clip_by_global_norm(0.5), optax.adamw(4e-4, weight_decay=0.01))
 
     def step(tr, st, frozen, t):
@@ -109,6 +110,8 @@ def regrad_step(args):
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--batched", action="store_true", help="the K passages as one batch")
+    ap.add_argument("--meta-grad", default="reverse", choices=["reverse", "linearize"],
+                    help="how the meta-gradient is computed (system.meta_grad)")
     ap.add_argument("--k", type=int, default=3)
     ap.add_argument("--passage", type=int, default=128)
     ap.add_argument("--qa", type=int, default=96)
