@@ -142,25 +142,17 @@ class Model:
         out (module docstring): one inner forward and backward kept linearized, one outer
         forward and backward at theta', one Hessian-vector product through the kept
         linearization."""
-        lora = trainable["lora"]
         grads = lambda t: self.inner_grads(t, frozen, task["passage_ids"], task["passage_mask"])
         with forward_mode():   # no custom_vjp in the traced model: linearize is forward mode
-            (inner, g), hvp = jax.linearize(grads, lora)
-        adapted = self.adapt(trainable, g)
+            (inner, g), hvp = jax.linearize(grads, trainable["lora"])
+        adapted, adapt_vjp = jax.vjp(self.adapt, trainable, g)
         qa = lambda t: self.qa_loss(t, frozen, task["qa_ids"], task["qa_mask"], task["qa_labels"])
         (loss, n), g_qa = jax.value_and_grad(qa, has_aux=True)(adapted)
-        alpha = self.step_sizes(trainable)
-        _, h_v = hvp(jax.tree_util.tree_map(lambda a, q: (a * q).astype(q.dtype), alpha, g_qa))
-        d = {"lora": jax.tree_util.tree_map(lambda q, h: q - h, g_qa, h_v)}
-        if "alpha" in trainable:   # d theta' / d alpha = -g, per entry
-            d_entry = jax.tree_util.tree_map(lambda gi, q: -(gi.astype(q.dtype) * q), g, g_qa)
-            if self.alpha_mode == AlphaMode.full:
-                d["alpha"] = d_entry
-            elif self.alpha_mode == AlphaMode.tie:
-                d["alpha"] = jax.tree_util.tree_map(jnp.sum, d_entry)
-            else:                  # same: one scalar for every tensor
-                d["alpha"] = sum(jnp.sum(x) for x in jax.tree_util.tree_leaves(d_entry))
-            d["alpha"] = jax.tree_util.tree_map(lambda x, a: x.astype(a.dtype), d["alpha"], trainable["alpha"])
+        # Through adapt with g held: g_qa for theta and -g (.) g_qa reduced as each alpha mode
+        # shares alpha; and d theta'/d g = -alpha (.) g_qa, which H carries back to theta.
+        d, d_g = adapt_vjp(g_qa)
+        _, h_d_g = hvp(d_g)
+        d = dict(d, lora=jax.tree_util.tree_map(jnp.add, d["lora"], h_d_g))
         aux = {"inner_loss": inner / task["passage_ids"].shape[0], "answer_tokens": n}
         return (loss, aux), d
 
@@ -172,14 +164,11 @@ class Model:
         def f(tr, fr, t):   # called undifferentiated: the loss alone
             return self._task_loss(tr, fr, t)
 
-        def fwd(tr, fr, t):
-            return self.task_value_and_meta_grad(tr, fr, t)
-
         def bwd(d, cts):
             ct = cts[0]   # the aux outputs carry no gradient
             return jax.tree_util.tree_map(lambda x: (ct * x).astype(x.dtype), d), None, None
 
-        f.defvjp(fwd, bwd)
+        f.defvjp(self.task_value_and_meta_grad, bwd)
         return f(trainable, frozen, task)
 
     def meta_loss(self, trainable: Tree, frozen: Tree, batch: dict) -> tuple[jax.Array, dict]:
