@@ -36,7 +36,6 @@ import jax.numpy as jnp
 import optax
 
 from gmem.adapters import adapter_collection
-from gmem.nn.swiglu import forward_mode
 from gmem.systems.regrad.options import AlphaMode, MetaGrad
 
 Tree = Any
@@ -52,9 +51,9 @@ class Model:
         self.meta_grad = MetaGrad(meta_grad)
         self.alpha_mode = AlphaMode(alpha_mode)
         self.init_alpha = float(init_alpha)
-        # True: the inner loss runs the K passages one at a time (lax.map) instead of as one
-        # [K, L] batch. The same sums; faster on CPU (bench/bench_regrad.py times both), likely
-        # because one passage's [L, V] logits make a smaller working set (not profiled).
+        # True: the inner loss runs the K passages one at a time instead of as one [K, L]
+        # batch. The same sums; 1.2-1.3x faster on CPU (bench/bench_regrad.py times both),
+        # likely because one passage's [L, V] logits make a smaller working set (not profiled).
         self.passage_loop = bool(passage_loop)
 
     def logits(self, lora: Tree | None, frozen: Tree, ids_BL, mask_BL) -> jax.Array:
@@ -90,8 +89,13 @@ class Model:
     def passage_losses(self, lora: Tree, frozen: Tree, ids_KL, mask_KL) -> jax.Array:
         """Per-passage mean next-token CE [K] over real tokens (0 for an empty row)."""
         if self.passage_loop and ids_KL.shape[0] > 1:
-            one = lambda row: self._batch_losses(lora, frozen, row[0][None], row[1][None])[0]
-            return jax.lax.map(one, (ids_KL, mask_KL))
+            # A Python loop, not lax.map: each passage gets its own ops, so no residual of the
+            # backward is stacked into (and sliced out of) a [K, ...] buffer (7% of the step in
+            # bench/xla_op_time.py), and XLA:CPU may run the passages' ops side by side. One
+            # scratch A/B on 2 cores: 3.96 s a step against lax.map's 4.31; on one core the two
+            # were within noise. Compile time grows with K (3 by default).
+            return jnp.stack([self._batch_losses(lora, frozen, ids_KL[i, None], mask_KL[i, None])[0]
+                              for i in range(ids_KL.shape[0])])
         return self._batch_losses(lora, frozen, ids_KL, mask_KL)
 
     def _batch_losses(self, lora: Tree, frozen: Tree, ids_KL, mask_KL) -> jax.Array:
@@ -143,8 +147,7 @@ class Model:
         forward and backward at theta', one Hessian-vector product through the kept
         linearization."""
         grads = lambda t: self.inner_grads(t, frozen, task["passage_ids"], task["passage_mask"])
-        with forward_mode():   # no custom_vjp in the traced model: linearize is forward mode
-            (inner, g), hvp = jax.linearize(grads, trainable["lora"])
+        (inner, g), hvp = jax.linearize(grads, trainable["lora"])
         adapted, adapt_vjp = jax.vjp(self.adapt, trainable, g)
         qa = lambda t: self.qa_loss(t, frozen, task["qa_ids"], task["qa_mask"], task["qa_labels"])
         (loss, n), g_qa = jax.value_and_grad(qa, has_aux=True)(adapted)

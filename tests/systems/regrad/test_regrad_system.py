@@ -119,7 +119,7 @@ def test_a_broken_corpus_line_and_an_index_of_another_corpus_are_one_line(make_c
         s.data().retriever()
 
 
-# system.passage_loop: the lax.map under the sharded vmap; system.meta_grad: the custom_vjp too
+# system.passage_loop: the per-passage loop under the sharded vmap; system.meta_grad: the custom_vjp too
 @pytest.mark.parametrize("loop,how", [("false", "reverse"), ("true", "reverse"), ("true", "linearize")])
 def test_tasks_spread_over_8_devices_give_the_one_device_step(make_cfg, loop, how):
     """Each device runs its own tasks (the vmap over tasks is sharded like a batch, so no
