@@ -20,6 +20,7 @@ tokens whose last 6 are the answer.
              encode.py).
 
     python bench/bench_regrad.py            # writes the "regrad" section of bench/RESULTS.md
+    python bench/bench_regrad.py --threads 2  # both sides on 2 threads: section "regrad_2threads"
     python bench/bench_regrad.py --quick    # short sequences, 1 rep, nothing written
 """
 
@@ -34,10 +35,10 @@ import numpy as np
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from bench.results import add_threads_arg, limit_xla_threads, table, timed, write_section  # noqa: E402
+from bench.results import add_threads_arg, cpu_per_wall, limit_xla_threads, table, timed, write_section  # noqa: E402
 
-RANK, ALPHA, LR, INIT_ALPHA = 8, 16.0, 4e-4, 0.01
-TARGETS = ("gate_proj", "up_proj", "down_proj")
+from bench.regrad_task import (ALPHA, INIT_ALPHA, LR, RANK, TARGETS, adapter_spec,  # noqa: E402
+                                meta_optimizer, meta_step, random_task, upper_half)
 
 
 def main() -> None:
@@ -54,9 +55,11 @@ def main() -> None:
         args.passage, args.qa, args.reps, args.bank_batch = 32, 24, 1, 2
 
     limit_xla_threads(args.threads)
+    load_start = os.getloadavg()[0]
+    cores = ("One core (the process pinned to it; XLA's thread flags alone left it 1.9 cores busy)"
+             if args.threads == 1 else f"{args.threads} threads (torch.set_num_threads; XLA's default pool)")
     import jax
     import jax.numpy as jnp
-    import optax
     import peft
     import torch
     import transformers
@@ -65,22 +68,17 @@ def main() -> None:
 
     torch.set_num_threads(args.threads)
     import gmem.assets
-    from gmem.adapters import AdapterSpec
     from gmem.hf.gguf import converted_folder, load_gguf
     from gmem.systems.regrad.meta import Model
     from gmem.tree import flatten, unflatten
 
     path = gmem.assets.path("smollm2-135m-instruct")
     module, config, params = load_gguf(path)
-    n = config.num_hidden_layers
-    layers = tuple(range(n // 2, n))
+    layers = upper_half(config)
     rng = np.random.default_rng(0)
     V = config.vocab_size
-    pid = rng.integers(100, V, (args.k, args.passage)).astype(np.int32)
-    qid = rng.integers(100, V, (args.qa,)).astype(np.int32)
-    labels = (np.arange(args.qa) >= args.qa - 6).astype(np.int32)
-    task = {"passage_ids": pid, "passage_mask": np.ones_like(pid), "qa_ids": qid,
-            "qa_mask": np.ones_like(qid), "qa_labels": labels}
+    task = random_task(config, args.k, args.passage, args.qa, rng)
+    pid, qid, labels = task["passage_ids"], task["qa_ids"], task["qa_labels"]
 
     # ---- torch side first: its LoRA A values seed both ----------------------------------------
     hf = transformers.AutoModelForCausalLM.from_pretrained(converted_folder(path), dtype=torch.float32,
@@ -98,19 +96,14 @@ def main() -> None:
     lora = unflatten({gpath(nm): jnp.asarray(p.detach().numpy().T) for nm, p in theta.items()})
 
     # ---- gmem ---------------------------------------------------------------------------------
-    spec = AdapterSpec(targets=TARGETS, rank=RANK, alpha=ALPHA, layers_to_transform=layers)
+    spec = adapter_spec(config)
     model = Model(module, spec, "tie", INIT_ALPHA)
-    opt = optax.chain(optax.clip_by_global_norm(0.5), optax.adamw(LR, weight_decay=0.01))
+    opt = meta_optimizer()
 
     def gmem_meta(m: Model) -> tuple:
         """(compile s, XLA's GFLOP count, first s, median s, losses) of m's jitted meta step."""
         trainable = {"lora": lora, "alpha": m.init_alpha_tree(lora)}
-
-        def step(tr, st, frozen, t):
-            loss, g = jax.value_and_grad(lambda x: m.task_loss(x, frozen, t)[0])(tr)
-            upd, st = opt.update(g, st, tr)
-            return optax.apply_updates(tr, upd), st, loss
-
+        step = meta_step(m, opt)
         state = {"tr": trainable, "st": opt.init(trainable)}
         t0 = time.perf_counter()
         compiled = jax.jit(step).lower(state["tr"], state["st"], params, task).compile()
@@ -122,10 +115,15 @@ def main() -> None:
             state["tr"], state["st"], loss = compiled(state["tr"], state["st"], params, task)
             return float(loss)
 
-        first, med, losses = timed(one, args.reps)
+        first, med, losses = timed(lambda: cpu_per_wall(one), args.reps)
+        busy[m.meta_grad.value, m.passage_loop] = losses[-1][1]
+        losses = [x for x, _ in losses]
         print(f"gmem meta step (passage_loop={m.passage_loop}): compile {compile_s:.1f}s, first "
-              f"{first:.1f}s, median {med:.1f}s, {losses}", flush=True)
+              f"{first:.1f}s, median {med:.1f}s, cores busy {busy[m.meta_grad.value, m.passage_loop]:.2f}, "
+              f"{losses}", flush=True)
         return compile_s, gflop, first, med, losses
+
+    busy = {}   # (meta_grad, passage_loop) or "torch": CPU s / wall s of the last timed step
 
     compile_s, g_gflop, g_first, g_med, g_losses = gmem_meta(model)
     # The loop's XLA count covers one trip of the lax.map body, so the batched count stands for both.
@@ -159,8 +157,11 @@ def main() -> None:
         topt.zero_grad(set_to_none=True)
         return float(outer)
 
-    t_first, t_med, t_losses = timed(torch_step, args.reps)
-    print(f"torch meta step: first {t_first:.1f}s, median {t_med:.1f}s, {t_losses}", flush=True)
+    t_first, t_med, t_losses = timed(lambda: cpu_per_wall(torch_step), args.reps)
+    busy["torch"] = t_losses[-1][1]
+    t_losses = [x for x, _ in t_losses]
+    print(f"torch meta step: first {t_first:.1f}s, median {t_med:.1f}s, cores busy {busy['torch']:.2f}, "
+          f"{t_losses}", flush=True)
 
     with FlopCounterMode(display=False) as counter:   # one more step, after the timed ones
         torch_step()
@@ -205,9 +206,10 @@ def main() -> None:
         + f"\n\nMeta step torch / gmem: {t_med / g_med:.2f}x (passages one at a time: "
           f"{t_med / loop_med:.2f}x; one at a time with the linearized meta-gradient: "
           f"{t_med / lin_med:.2f}x); bank gmem / torch: "
-          f"{tb_med / b_med:.2f}x. {args.threads} CPU thread(s) per side; the CPU is shared with "
-          f"other jobs (load average {os.getloadavg()[0]:.1f} at the end), so compare the rows, "
-          f"not runs. jax {jax.__version__}, torch {torch.__version__}, transformers "
+          f"{tb_med / b_med:.2f}x. {cores} per side; cores kept busy during a meta step (CPU s / wall "
+          f"s): gmem {busy['linearize', True]:.2f} (linearize), torch {busy['torch']:.2f}. Load "
+          f"average {load_start:.1f} at the start, {os.getloadavg()[0]:.1f} at the end; compare the "
+          f"rows, not runs. jax {jax.__version__}, torch {torch.__version__}, transformers "
           f"{transformers.__version__}, peft {peft.__version__}."
     )
     floor = g_gflop / max(rates["xla"], rates["torch"])
@@ -221,7 +223,7 @@ def main() -> None:
     )
     print(body)
     if not args.quick:
-        write_section("regrad", body)
+        write_section("regrad" if args.threads == 1 else f"regrad_{args.threads}threads", body)
 
 
 def dot_rates(jax, jnp, torch, tokens: int, config) -> dict:

@@ -41,16 +41,37 @@ def section_rows(name: str, first_header: str, path: pathlib.Path = RESULTS) -> 
 def add_threads_arg(ap) -> None:
     """--threads for benchmarks that time gmem and PyTorch side by side."""
     ap.add_argument("--threads", type=int, default=1,
-                    help="CPU threads per side (torch.set_num_threads; XLA: 1 = single-threaded "
-                         "Eigen, else its default pool); 1 is the stable choice on a shared CPU")
+                    help="CPU threads per side (torch.set_num_threads; XLA: 1 = the process pinned "
+                         "to one core, else its default pool); 1 is the stable choice on a shared CPU")
 
 
 def limit_xla_threads(threads: int) -> None:
-    """threads == 1: single-threaded XLA:CPU. Must run before jax starts its CPU backend."""
+    """threads == 1: XLA:CPU (and everything else in this process) on one core. Must run before
+    jax starts its CPU backend and before torch starts its threads.
+
+    XLA's flags alone do not do it: with single-threaded Eigen, XLA:CPU still runs independent
+    thunks on its thread pool and its YNNPACK dots split across cores. Measured on the 2-core
+    box: a jitted [381, 576] x [576, 49152] dot kept 1.9 cores busy, and ReGrad's meta step 1.9
+    (CPU time / wall time), while torch.set_num_threads(1) keeps 1.0. Pinning the process with
+    sched_setaffinity (which every thread started later inherits) makes "one thread per side"
+    true; XLA then sizes its pool to the one core it sees."""
     import os
     if threads == 1:
         os.environ["XLA_FLAGS"] = (os.environ.get("XLA_FLAGS", "") + " --xla_cpu_multi_thread_eigen"
                                    "=false intra_op_parallelism_threads=1").strip()
+        if hasattr(os, "sched_setaffinity"):   # Linux; elsewhere the flags are all there is
+            os.sched_setaffinity(0, {max(os.sched_getaffinity(0))})
+
+
+def cpu_per_wall(fn) -> tuple[object, float]:
+    """(fn(), CPU seconds of this process per wall second during the call): how many cores it
+    kept busy, so a table can show that "one thread" was one core."""
+    import os
+    import time
+    c0, t0 = os.times(), time.perf_counter()
+    out = fn()
+    c1, wall = os.times(), time.perf_counter() - t0
+    return out, (c1.user + c1.system - c0.user - c0.system) / max(wall, 1e-9)
 
 
 def timed(fn, reps: int) -> tuple[float, float, list]:

@@ -14,7 +14,8 @@ on gate/up/down of the upper half, alpha tie, K passages of --passage random tok
 --qa tokens), with random LoRA values: the op mix does not depend on them. One XLA thread, as
 the bench. On a busy machine the absolute times stretch; their shares are what to read.
 Prints the total per op kind (the HLO name without its ".N"), per kind and source op, then
-the --top ops.
+the --top ops. With the process on one core the op times add up to the wall time; without the
+pin, XLA ran independent ops on a second core and their sum exceeded it.
 """
 
 from __future__ import annotations
@@ -29,9 +30,12 @@ import time
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-# Before jax starts: one thread, and a TraceMe event around every op the CPU runtime executes.
-os.environ["XLA_FLAGS"] = (os.environ.get("XLA_FLAGS", "") + " --xla_cpu_multi_thread_eigen=false"
-                           " intra_op_parallelism_threads=1 --xla_cpu_enable_xprof_traceme=true").strip()
+from bench.results import limit_xla_threads  # noqa: E402
+
+# Before jax starts: one core, as the bench, and a TraceMe event around every op the CPU runtime
+# executes.
+limit_xla_threads(1)
+os.environ["XLA_FLAGS"] += " --xla_cpu_enable_xprof_traceme=true"
 
 OP_LINE = re.compile(r"^\s*(?:ROOT )?%?([\w.\-]+) = (\S+) (\w[\w\-]*)\((.*)$")
 OP_NAME = re.compile(r'op_name="([^"]*)"')
@@ -53,15 +57,17 @@ def hlo_ops(text: str) -> dict[str, dict]:
 
 
 def op_times(logdir: str) -> collections.Counter:
-    """{HLO op name: total ns} over the XLA:CPU worker threads of the newest trace in logdir
-    (the runtime's own ThunkExecutor/thread-pool events left out)."""
+    """{HLO op name: total ns} over the threads XLA:CPU runs ops on in the newest trace in
+    logdir: its Eigen pool and the PjRt client's own thread, which runs a share of the ops too
+    (about a quarter of the dots of ReGrad's step on one core); the runtime's own
+    ThunkExecutor/thread-pool events left out."""
     from jax.profiler import ProfileData
 
     path = sorted(glob.glob(f"{logdir}/**/*.xplane.pb", recursive=True))[-1]
     out = collections.Counter()
     for plane in ProfileData.from_file(path).planes:
         for line in plane.lines:
-            if "XLAEigen" not in line.name:
+            if "XLAEigen" not in line.name and "XLAPjRtCpuClient" not in line.name:
                 continue
             for ev in line.events:
                 if not ev.name.startswith(("ThunkExecutor", "SlinkyThreadPool", "end: ")):
@@ -70,41 +76,31 @@ def op_times(logdir: str) -> collections.Counter:
 
 
 def regrad_step(args):
-    """(jitted meta step, its arguments) for the bench's ReGrad task."""
+    """(jitted meta step, its arguments) for the bench's ReGrad task (bench/regrad_task.py), with
+    random LoRA values: the op mix does not depend on them."""
     import jax
     import jax.numpy as jnp
     import numpy as np
-    import optax
 
     import gmem.assets
-    from gmem.adapters import AdapterSpec
+    from bench.regrad_task import INIT_ALPHA, RANK, adapter_spec, meta_optimizer, meta_step, random_task, upper_half
     from gmem.hf.gguf import load_gguf
     from gmem.systems.regrad.meta import Model
     from gmem.tree import unflatten
 
     module, config, params = load_gguf(gmem.assets.path("smollm2-135m-instruct"))
-    n, d, f, r = config.num_hidden_layers, config.hidden_size, config.intermediate_size, 8
-    layers = tuple(range(n // 2, n))
+    d, f = config.hidden_size, config.intermediate_size
     rng = np.random.default_rng(0)
-    pid = rng.integers(100, config.vocab_size, (args.k, args.passage)).astype(np.int32)
-    qid = rng.integers(100, config.vocab_size, (args.qa,)).astype(np.int32)
-    task = {"passage_ids": pid, "passage_mask": np.ones_like(pid), "qa_ids": qid,
-            "qa_mask": np.ones_like(qid), "qa_labels": (np.arange(args.qa) >= args.qa - 6).astype(np.int32)}
+    task = random_task(config, args.k, args.passage, args.qa, rng)
     dims = {"gate_proj": (d, f), "up_proj": (d, f), "down_proj": (f, d)}
     lora = unflatten({f"model/layers_{i}/mlp/{t}/lora_{ab}": jnp.asarray(rng.normal(0, 0.02, shape), jnp.float32)
-                      for i in layers for t, (a, b) in dims.items()
-                      for ab, shape in (("A", (a, r)), ("B", (r, b)))})
-    spec = AdapterSpec(targets=tuple(dims), rank=r, alpha=2.0 * r, layers_to_transform=layers)
-    model = Model(module, spec, "tie", 0.01, passage_loop=not args.batched, meta_grad=args.meta_grad)
-    opt = optax.chain(optax.clip_by_global_norm(0.5), optax.adamw(4e-4, weight_decay=0.01))
-
-    def step(tr, st, frozen, t):
-        loss, g = jax.value_and_grad(lambda x: model.task_loss(x, frozen, t)[0])(tr)
-        upd, st = opt.update(g, st, tr)
-        return optax.apply_updates(tr, upd), st, loss
-
+                      for i in upper_half(config) for t, (a, b) in dims.items()
+                      for ab, shape in (("A", (a, RANK)), ("B", (RANK, b)))})
+    model = Model(module, adapter_spec(config), "tie", INIT_ALPHA, passage_loop=not args.batched,
+                  meta_grad=args.meta_grad)
+    opt = meta_optimizer()
     tr = {"lora": lora, "alpha": model.init_alpha_tree(lora)}
-    return jax.jit(step), (tr, opt.init(tr), params, task)
+    return jax.jit(meta_step(model, opt)), (tr, opt.init(tr), params, task)
 
 
 def main() -> None:
@@ -132,7 +128,7 @@ def main() -> None:
         wall = time.perf_counter() - t0
     times, ops = op_times(args.trace), hlo_ops(compiled.as_text())
     total = sum(times.values())
-    print(f"step {wall:.2f} s wall; ops {total / 1e9:.2f} s summed over worker threads; "
+    print(f"step {wall:.2f} s wall; ops {total / 1e9:.2f} s summed over XLA's threads; "
           f"load average {os.getloadavg()[0]:.1f}")
     kinds, counts = collections.Counter(), collections.Counter()
     for name, ns in times.items():
