@@ -30,7 +30,8 @@ import numpy as np
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from bench.results import add_threads_arg, limit_xla_threads, table, timed, write_section  # noqa: E402
+from bench.results import (add_threads_arg, limit_xla_threads, table, threads_phrase,  # noqa: E402
+                           timed, write_section)
 
 RANK, ALPHA, LR, TARGETS = 8, 16.0, 1e-4, ("q_proj", "v_proj")
 
@@ -130,8 +131,8 @@ def main() -> None:
         + table(["side", "trainable params", "tokens/s", "step s", "compile s", "first loss"], rows)
         + f"\n\ngmem / torch tokens/s: {t_med / g_med:.2f}x. The CPU is shared with other jobs while "
           f"this runs (load average {os.getloadavg()[0]:.1f} at the end), so absolute numbers are "
-          f"noisy; both sides ran one after the other in the same process with {args.threads} CPU "
-          f"thread(s) each. jax {jax.__version__}, torch {torch.__version__}, transformers "
+          f"noisy; both sides ran one after the other in the same process on "
+          f"{threads_phrase(args.threads)} each. jax {jax.__version__}, torch {torch.__version__}, transformers "
           f"{transformers.__version__}, peft {peft.__version__}."
     )
     print(body)

@@ -35,7 +35,8 @@ import numpy as np
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from bench.results import add_threads_arg, cpu_per_wall, limit_xla_threads, table, timed, write_section  # noqa: E402
+from bench.results import (add_threads_arg, cpu_per_wall, limit_xla_threads, table,  # noqa: E402
+                           threads_phrase, timed, write_section)
 
 from bench.regrad_task import (ALPHA, INIT_ALPHA, LR, RANK, TARGETS, adapter_spec,  # noqa: E402
                                 meta_optimizer, meta_step, random_task, upper_half)
@@ -56,8 +57,8 @@ def main() -> None:
 
     limit_xla_threads(args.threads)
     load_start = os.getloadavg()[0]
-    cores = ("One core (the process pinned to it; XLA's thread flags alone left it 1.9 cores busy)"
-             if args.threads == 1 else f"{args.threads} threads (torch.set_num_threads; XLA's default pool)")
+    cores = threads_phrase(args.threads)
+    cores = cores[:1].upper() + cores[1:]   # it starts a sentence
     import jax
     import jax.numpy as jnp
     import peft

@@ -26,7 +26,8 @@ import numpy as np
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from bench.results import add_threads_arg, limit_xla_threads, table, timed, write_section  # noqa: E402
+from bench.results import (add_threads_arg, limit_xla_threads, table, threads_phrase,  # noqa: E402
+                           timed, write_section)
 
 PROMPT, NEW, FWD_LEN = 64, 64, 128
 
@@ -111,7 +112,7 @@ def main() -> None:
                 rows)
         + f"\n\nThe CPU is shared with other jobs while this runs (load average "
           f"{os.getloadavg()[0]:.1f} at the end), so absolute numbers are noisy; both sides ran "
-          f"interleaved in the same process with {args.threads} CPU thread(s) each (with two "
+          f"interleaved in the same process on {threads_phrase(args.threads)} each (with two "
           f"threads on the oversubscribed CPU torch slowed down 5-8x from spinning OpenMP "
           f"barriers, which measures the machine, not the libraries). jax {jax.__version__}, "
           f"torch {torch.__version__}, transformers {transformers.__version__}."

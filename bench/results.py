@@ -63,6 +63,13 @@ def limit_xla_threads(threads: int) -> None:
             os.sched_setaffinity(0, {max(os.sched_getaffinity(0))})
 
 
+def threads_phrase(threads: int) -> str:
+    """How a section names the cores each side had, matching limit_xla_threads."""
+    if threads == 1:
+        return "one core (the process pinned to it; XLA's thread flags alone let it use two)"
+    return f"{threads} threads (torch.set_num_threads; XLA's default pool)"
+
+
 def cpu_per_wall(fn) -> tuple[object, float]:
     """(fn(), CPU seconds of this process per wall second during the call): how many cores it
     kept busy, so a table can show that "one thread" was one core."""
