@@ -132,8 +132,8 @@ def main() -> None:
         + f"\n\ngmem / torch tokens/s: {t_med / g_med:.2f}x. The CPU is shared with other jobs while "
           f"this runs (load average {os.getloadavg()[0]:.1f} at the end), so absolute numbers are "
           f"noisy; both sides ran one after the other in the same process on "
-          f"{threads_phrase(args.threads)} each. jax {jax.__version__}, torch {torch.__version__}, transformers "
-          f"{transformers.__version__}, peft {peft.__version__}."
+          f"{threads_phrase(args.threads)} each. jax {jax.__version__}, torch {torch.__version__}, "
+          f"transformers {transformers.__version__}, peft {peft.__version__}."
     )
     print(body)
     if not args.quick:

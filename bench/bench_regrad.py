@@ -12,7 +12,7 @@ tokens whose last 6 are the answer.
              gmem: one jitted function (jax.value_and_grad through the inner jax.grad + optax),
              timed three times: the K passages as one batch, one at a time (passage_loop),
              and one at a time with the meta-gradient written out as g_qa - H(alpha g_qa)
-             (meta_grad: linearize; the loop's XLA count covers one trip of its body);
+             (meta_grad: linearize);
              torch: torch.autograd.grad(create_graph=True), torch.func.functional_call on theta',
              backward, torch.optim.AdamW (eager attention: it supports double backward).
   bank       per-passage gradients g = grad_theta L_LM(p), no graph: gmem vmaps --bank-batch
@@ -127,7 +127,7 @@ def main() -> None:
     busy = {}   # (meta_grad, passage_loop) or "torch": CPU s / wall s of the last timed step
 
     compile_s, g_gflop, g_first, g_med, g_losses = gmem_meta(model)
-    # The loop's XLA count covers one trip of the lax.map body, so the batched count stands for both.
+    # The loop and the batch do the same work; the table gives the batched form's XLA count.
     loop_compile, _, _, loop_med, loop_losses = gmem_meta(Model(module, spec, "tie", INIT_ALPHA, passage_loop=True))
     lin_compile, _, _, lin_med, lin_losses = gmem_meta(
         Model(module, spec, "tie", INIT_ALPHA, passage_loop=True, meta_grad="linearize"))

@@ -17,8 +17,8 @@ TARGETS = ("gate_proj", "up_proj", "down_proj")
 
 def upper_half(config) -> tuple[int, ...]:
     """The layers ReGrad adapts by default (lora_layers null)."""
-    n = config.num_hidden_layers
-    return tuple(range(n // 2, n))
+    from gmem.systems.regrad.options import adapted_layers
+    return adapted_layers(None, config.num_hidden_layers)
 
 
 def random_task(config, k: int, passage: int, qa: int, rng: np.random.Generator) -> dict:

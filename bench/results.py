@@ -66,7 +66,7 @@ def limit_xla_threads(threads: int) -> None:
 def threads_phrase(threads: int) -> str:
     """How a section names the cores each side had, matching limit_xla_threads."""
     if threads == 1:
-        return "one core (the process pinned to it; XLA's thread flags alone let it use two)"
+        return "one core (the process pinned to it; XLA's thread flags alone let it use every core)"
     return f"{threads} threads (torch.set_num_threads; XLA's default pool)"
 
 

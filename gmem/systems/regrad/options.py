@@ -14,6 +14,13 @@ from typing import Dict, List, Optional
 from gmem.config import SystemOptions
 
 
+def adapted_layers(lora_layers: Optional[List[int]], num_layers: int) -> tuple[int, ...]:
+    """The decoder layers ReGrad puts LoRA on: `system.lora_layers`, or the upper half when null."""
+    if lora_layers is not None:
+        return tuple(lora_layers)
+    return tuple(range(num_layers // 2, num_layers))
+
+
 class AlphaMode(str, enum.Enum):
     """How the inner step size alpha is parameterised (the original's LearnerConfig.alpha_mode).
 

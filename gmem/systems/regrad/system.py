@@ -33,7 +33,7 @@ from gmem.systems.regrad import bank as B
 from gmem.systems.regrad.data import RegradData, TaskRows, bank_passages, batch_indices
 from gmem.systems.regrad.meta import Model
 from gmem.systems.regrad.modes import Answerer, bank_grads, check_modes, combined
-from gmem.systems.regrad.options import AlphaMode, RegradOptions
+from gmem.systems.regrad.options import AlphaMode, RegradOptions, adapted_layers
 from gmem.systems.regrad.prompt import extract_answer, passage_rows
 from gmem.train.system import OfflinePass
 from gmem.tree import flatten
@@ -48,8 +48,7 @@ class RegradSystem(LMSystem):
         super().__init__(cfg, load_data=False)   # LMSystem: base model, tokenizer, adapter specs
         o = self.opts
         self._check_options(o)
-        n = self.model_config.num_hidden_layers
-        layers = tuple(o.lora_layers) if o.lora_layers is not None else tuple(range(n // 2, n))
+        layers = adapted_layers(o.lora_layers, self.model_config.num_hidden_layers)
         self.spec = dataclasses.replace(self.specs[0], layers_to_transform=layers)
         self.specs = [self.spec]
         self.model = Model(self.module, self.spec, o.alpha_mode, o.init_alpha, o.passage_loop,
